@@ -1,0 +1,65 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "coatcheck",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "coatcheck", targets: ["coatcheck"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // System libraries and the few inline shims Swift cannot see.
+        .systemLibrary(name: "CLibevent", path: "Sources/CLibevent"),
+        .systemLibrary(name: "CHTTPParser", path: "Sources/CHTTPParser"),
+
+        // One event_base per thread; cross-thread hand-off; timers.
+        .target(name: "Loop", dependencies: ["CLibevent"], swiftSettings: strict),
+        // HTTP/1.1 server and client connections on bufferevents + http_parser.
+        .target(name: "HTTP", dependencies: ["Loop", "CLibevent", "CHTTPParser"], swiftSettings: strict),
+        // The YAML configuration model and loader.
+        .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+        // Routes, upstream pools, header rules, the sync exchange.
+        .target(name: "Proxy", dependencies: ["HTTP", "Loop", "Config", "CLibevent"], swiftSettings: strict),
+        // /healthz /readyz.
+        .target(name: "Admin", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
+        // The slow synchronous backend for the quick start and the tests.
+        .target(name: "DemoBackend", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
+        // Lifecycle: loops, listeners, signals, reload, drain.
+        .target(
+            name: "Server",
+            dependencies: [
+                "Loop", "HTTP", "Config", "Proxy", "Admin", "DemoBackend", "CLibevent",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "coatcheck",
+            dependencies: [
+                "Server", "Config",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
+        .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(
+            name: "ProxyTests",
+            dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "DemoBackend", "Admin", "CLibevent"],
+            swiftSettings: strict
+        ),
+    ]
+)

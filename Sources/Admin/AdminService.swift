@@ -1,0 +1,45 @@
+import HTTP
+import Loop
+
+/// The admin listener's endpoints (SPEC §7): `/healthz` answers while the
+/// loops run; `/readyz` when the store answers and the proxy is not draining.
+public final class AdminService: HTTPService {
+    public let isReady: () -> Bool
+    public private(set) var server: HTTPServer!
+    private let answered = AdminAnswered()
+
+    public init(loop: EventLoop, isReady: @escaping () -> Bool) {
+        self.isReady = isReady
+        self.server = HTTPServer(loop: loop, service: self, limits: HTTPServerLimits(), budget: ConnectionBudget(limit: 256))
+    }
+
+    public func handler(for request: MessageReader, on connection: HTTPServerConnection) -> any RequestHandler {
+        let path = request.path
+        let get = request.methodName.elementsEqual("GET".utf8) || request.isHead
+        if get && path.elementsEqual("/healthz".utf8) {
+            reply(connection, 200, "{\"status\":\"ok\"}")
+        } else if get && path.elementsEqual("/readyz".utf8) {
+            if isReady() {
+                reply(connection, 200, "{\"status\":\"ready\"}")
+            } else {
+                reply(connection, 503, "{\"status\":\"not_ready\"}")
+            }
+        } else {
+            connection.respondError(HTTPError(404, "not_found", "admin endpoints: /healthz /readyz"))
+        }
+        return answered
+    }
+
+    private func reply(_ c: HTTPServerConnection, _ status: Int, _ body: StaticString) {
+        c.respond(status: status, contentType: "application/json",
+                  body: UnsafeBufferPointer(start: body.utf8Start, count: body.utf8CodeUnitCount)) { w in
+            w.header("Cache-Control", "no-store")
+        }
+    }
+}
+
+final class AdminAnswered: RequestHandler {
+    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    func requestEnd(connection: HTTPServerConnection) {}
+    func connectionClosed(connection: HTTPServerConnection) {}
+}

@@ -1,0 +1,138 @@
+import CLibevent
+
+/// A reusable, growable byte buffer for building heads and log lines:
+/// many small appends, then one `evbuffer_add`. Owned by one connection
+/// (or one loop) and never shared.
+public final class ByteWriter {
+    public private(set) var base: UnsafeMutablePointer<UInt8>
+    public private(set) var count = 0
+    private var capacity: Int
+
+    public init(capacity: Int = 4096) {
+        self.capacity = capacity
+        self.base = .allocate(capacity: capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    @inline(__always)
+    private func reserve(_ n: Int) {
+        if count + n > capacity { grow(count + n) }
+    }
+
+    private func grow(_ needed: Int) {
+        var newCapacity = capacity * 2
+        while newCapacity < needed { newCapacity *= 2 }
+        let newBase = UnsafeMutablePointer<UInt8>.allocate(capacity: newCapacity)
+        newBase.update(from: base, count: count)
+        base.deallocate()
+        base = newBase
+        capacity = newCapacity
+    }
+
+    public func reset() { count = 0 }
+
+    @inline(__always)
+    public func append(_ s: StaticString) {
+        let n = s.utf8CodeUnitCount
+        reserve(n)
+        (base + count).update(from: s.utf8Start, count: n)
+        count += n
+    }
+
+    @inline(__always)
+    public func append(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let p = bytes.baseAddress, bytes.count > 0 else { return }
+        reserve(bytes.count)
+        (base + count).update(from: p, count: bytes.count)
+        count += bytes.count
+    }
+
+    public func append(_ bytes: [UInt8]) {
+        bytes.withUnsafeBufferPointer { append($0) }
+    }
+
+    public func append(_ s: String) {
+        var s = s
+        s.withUTF8 { append($0) }
+    }
+
+    @inline(__always)
+    public func append(byte: UInt8) {
+        reserve(1)
+        base[count] = byte
+        count += 1
+    }
+
+    /// Decimal digits of a non-negative integer.
+    public func append(decimal value: Int64) {
+        reserve(20)
+        if value == 0 { append(byte: 0x30); return }
+        var v = value < 0 ? 0 : value
+        var digits = 0
+        var t = v
+        while t > 0 { t /= 10; digits += 1 }
+        var i = count + digits - 1
+        while v > 0 {
+            base[i] = UInt8(0x30 + v % 10)
+            v /= 10
+            i -= 1
+        }
+        count += digits
+    }
+
+    /// `value` as a JSON string body (no quotes): escapes `"`, `\` and controls.
+    public func appendJSONEscaped(_ bytes: UnsafeBufferPointer<UInt8>) {
+        for c in bytes {
+            switch c {
+            case UInt8(ascii: "\""): append("\\\"")
+            case UInt8(ascii: "\\"): append("\\\\")
+            case 0..<0x20:
+                append("\\u00")
+                append(byte: hexDigit(c >> 4))
+                append(byte: hexDigit(c & 0xF))
+            default: append(byte: c)
+            }
+        }
+    }
+
+    public func appendJSONEscaped(_ s: String) {
+        var s = s
+        s.withUTF8 { appendJSONEscaped($0) }
+    }
+
+    /// Appends "Name: value\r\n".
+    @inline(__always)
+    public func header(_ name: StaticString, _ value: StaticString) {
+        append(name); append(": "); append(value); append("\r\n")
+    }
+
+    @inline(__always)
+    public func header(_ name: StaticString, _ value: UnsafeBufferPointer<UInt8>) {
+        append(name); append(": "); append(value); append("\r\n")
+    }
+
+    public func header(_ name: StaticString, decimal value: Int64) {
+        append(name); append(": "); append(decimal: value); append("\r\n")
+    }
+
+    @inline(__always)
+    public func header(_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) {
+        append(name); append(": "); append(value); append("\r\n")
+    }
+
+    public var bytes: UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: base, count: count)
+    }
+
+    /// Copies the contents to the end of `buffer` and resets.
+    public func flush(to buffer: OpaquePointer) {
+        evbuffer_add(buffer, base, count)
+        count = 0
+    }
+}
+
+@inline(__always)
+func hexDigit(_ v: UInt8) -> UInt8 {
+    v < 10 ? 0x30 + v : 0x61 + v - 10
+}

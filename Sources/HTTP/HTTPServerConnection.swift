@@ -1,0 +1,465 @@
+import CHTTPParser
+import CLibevent
+import Loop
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the response body is delimited on the client connection.
+public enum ResponseFraming: Equatable {
+    /// No body follows; a Content-Length to state is given for HEAD and 304.
+    case none(contentLength: Int64?)
+    case contentLength(Int64)
+    /// Length unknown: chunked to HTTP/1.1 clients, close-delimited to 1.0.
+    case streamed
+}
+
+/// One client connection: reads requests in order, hands each to a handler,
+/// writes its response, and keeps the connection alive or closes it.
+///
+/// Request side: `idle` (between requests) -> `head` (bytes of a head
+/// arrived; header_timeout runs from the first one) -> `body` (body_timeout)
+/// -> `done` (the handler owes the response; pipelined bytes wait in the
+/// input buffer). Response side: `none` -> `streaming` -> `done`. When both
+/// sides are done the connection goes back to `idle`, or closes.
+public final class HTTPServerConnection {
+    enum RequestState { case idle, head, body, done }
+    enum ResponseState { case none, streaming, done }
+
+    public let server: HTTPServer
+    public let peer: [UInt8]
+    public let reader: MessageReader
+    public let headWriter = ByteWriter(capacity: 2048)
+
+    private var bev: OpaquePointer?
+    private var requestState = RequestState.idle
+    private var responseState = ResponseState.none
+    private var handler: (any RequestHandler)?
+    private var keepAlive = true
+    private var closing = false
+    private var chunkedResponse = false
+    private var suppressBody = false
+    private var readingPaused = false
+    private var wantsDrainCallback = false
+    private var retained: Unmanaged<HTTPServerConnection>?
+    private var timer: Timer!
+    private let scratch: OpaquePointer
+    /// Monotonic time the current request's first byte arrived.
+    public private(set) var requestStart: UInt64 = 0
+    /// Response status of the current exchange (for logs).
+    public private(set) var responseStatus = 0
+    /// The upstream name of the current exchange, for the access log.
+    public var logUpstream: String?
+    /// Requests served on this connection.
+    public private(set) var requestCount = 0
+
+    /// Output above this is congested: producers should stop and wait for `outputDrained`.
+    public static let outputHighWater = 256 * 1024
+    static let outputLowWater = 64 * 1024
+
+    init(server: HTTPServer, fd: Int32, peer: [UInt8]) {
+        self.server = server
+        self.peer = peer
+        self.reader = MessageReader(kind: .request, capacity: server.limits.maxHeaderBytes)
+        self.scratch = evbuffer_new()
+        setNoDelay(fd)
+        self.bev = bufferevent_socket_new(server.loop.base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
+        self.timer = Timer(loop: server.loop) { [unowned self] in self.timerFired() }
+    }
+
+    deinit {
+        evbuffer_free(scratch)
+    }
+
+    func start() {
+        guard let bev else { return }
+        retained = Unmanaged.passRetained(self)
+        let ctx = retained!.toOpaque()
+        bufferevent_setcb(bev, { _, ctx in
+            Unmanaged<HTTPServerConnection>.fromOpaque(ctx!).takeUnretainedValue().readable()
+        }, { _, ctx in
+            Unmanaged<HTTPServerConnection>.fromOpaque(ctx!).takeUnretainedValue().writable()
+        }, { _, what, ctx in
+            Unmanaged<HTTPServerConnection>.fromOpaque(ctx!).takeUnretainedValue().event(what)
+        }, ctx)
+        // Reading pauses by itself when unconsumed input passes this mark:
+        // that bounds pipelined input and a paused request body.
+        bufferevent_setwatermark(bev, Int16(EV_READ), 0, server.limits.maxHeaderBytes + 64 * 1024)
+        bufferevent_setwatermark(bev, Int16(EV_WRITE), HTTPServerConnection.outputLowWater, 0)
+        bufferevent_set_max_single_read(bev, 64 * 1024)
+        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+        timer.schedule(after: server.limits.headerTimeout)
+    }
+
+    // MARK: Reading
+
+    private func readable() {
+        process()
+    }
+
+    /// True while `process` runs: calls that would re-enter it (a handler
+    /// answering synchronously, resuming a paused body) just change state,
+    /// and the running loop picks the change up.
+    private var processing = false
+
+    private func process() {
+        guard !processing, let bev else { return }
+        processing = true
+        defer { processing = false }
+        let input = bufferevent_get_input(bev)!
+        while self.bev != nil {
+            switch requestState {
+            case .idle, .head:
+                if closing {
+                    evbuffer_drain(input, evbuffer_get_length(input))
+                    return
+                }
+                if requestState == .idle {
+                    skipEmptyLines(input)
+                    if evbuffer_get_length(input) == 0 { return }
+                    requestState = .head
+                    requestStart = monotonicNanos()
+                    if requestCount > 0 { timer.schedule(after: server.limits.headerTimeout) }
+                }
+                let result: MessageReader.HeadResult
+                do {
+                    result = try reader.readHead(from: input)
+                } catch {
+                    fail(error)
+                    return
+                }
+                guard result == .complete else { return }
+                requestCount += 1
+                requestState = .body
+                responseState = .none
+                responseStatus = 0
+                logUpstream = nil
+                keepAlive = reader.keepAlive && !server.draining
+                if case .length(let n) = reader.framing, n > server.limits.maxRequestBody {
+                    fail(.bodyTooLarge)
+                    return
+                }
+                if reader.isMessageComplete {
+                    timer.cancel()
+                } else {
+                    timer.schedule(after: server.limits.bodyTimeout)
+                    if reader.expectContinue {
+                        evbuffer_add(bufferevent_get_output(bev), "HTTP/1.1 100 Continue\r\n\r\n", 25)
+                    }
+                }
+                handler = server.service.handler(for: reader, on: self)
+
+            case .body:
+                if readingPaused { return }
+                let done: Bool
+                do {
+                    done = try reader.readBody(from: input, into: scratch)
+                } catch {
+                    fail(error)
+                    return
+                }
+                if reader.bodyBytesRead > server.limits.maxRequestBody {
+                    fail(.bodyTooLarge)
+                    return
+                }
+                if evbuffer_get_length(scratch) > 0 {
+                    handler?.requestBody(scratch, connection: self)
+                    evbuffer_drain(scratch, evbuffer_get_length(scratch))
+                    if self.bev == nil || requestState != .body { continue }
+                }
+                guard done else { return }
+                requestState = .done
+                timer.cancel()
+                handler?.requestEnd(connection: self)
+                if requestState == .done && responseState == .done {
+                    finishExchange()
+                }
+
+            case .done:
+                return
+            }
+        }
+    }
+
+    private func skipEmptyLines(_ input: OpaquePointer) {
+        // RFC 9112 §2.2: ignore empty lines before a request line.
+        while let p = evbuffer_pullup(input, 1), p[0] == 0x0D || p[0] == 0x0A {
+            evbuffer_drain(input, 1)
+        }
+    }
+
+    /// Stops handing request body to the handler (its upstream is congested).
+    public func pauseReadingBody() { readingPaused = true }
+
+    /// Resumes after `pauseReadingBody`, first with what is already buffered.
+    public func resumeReadingBody() {
+        guard readingPaused else { return }
+        readingPaused = false
+        process()
+    }
+
+    // MARK: Writing
+
+    public var output: OpaquePointer? { bev.map { bufferevent_get_output($0) } }
+
+    /// True when the client is slow: stop producing until `outputDrained`.
+    public var isOutputCongested: Bool {
+        guard let output else { return false }
+        let congested = evbuffer_get_length(output) > HTTPServerConnection.outputHighWater
+        if congested { wantsDrainCallback = true }
+        return congested
+    }
+
+    public var isRequestHead: Bool { reader.isHead }
+    public var hasResponseStarted: Bool { responseState != .none }
+    public var isClientHTTP10: Bool { reader.versionMinor == 0 }
+
+    /// Writes the status line, the caller's headers, the framing and
+    /// Connection headers. The caller's closure appends end-to-end headers.
+    public func startResponse(status: Int, reason: UnsafeBufferPointer<UInt8>? = nil, framing: ResponseFraming,
+                              headers: (ByteWriter) -> Void) {
+        guard let bev, responseState == .none else { return }
+        responseState = .streaming
+        responseStatus = status
+        if server.draining || closing { keepAlive = false }
+        let w = headWriter
+        w.reset()
+        w.append("HTTP/1.1 ")
+        w.append(decimal: Int64(status))
+        w.append(byte: 0x20)
+        if let reason, reason.count > 0 {
+            w.append(reason)
+        } else {
+            let text = http_status_str(http_status(UInt32(status)))!
+            w.append(UnsafeBufferPointer(start: UnsafeRawPointer(text).assumingMemoryBound(to: UInt8.self), count: strlen(text)))
+        }
+        w.append("\r\n")
+        headers(w)
+        suppressBody = reader.isHead
+        chunkedResponse = false
+        switch framing {
+        case .none(let length):
+            suppressBody = true
+            if let length { w.header("Content-Length", decimal: length) }
+        case .contentLength(let n):
+            w.header("Content-Length", decimal: n)
+        case .streamed:
+            if reader.versionMinor == 0 {
+                keepAlive = false
+            } else if !suppressBody {
+                chunkedResponse = true
+                w.header("Transfer-Encoding", "chunked")
+            }
+        }
+        if !keepAlive {
+            w.header("Connection", "close")
+        } else if reader.versionMinor == 0 {
+            w.header("Connection", "keep-alive")
+        }
+        w.append("\r\n")
+        w.flush(to: bufferevent_get_output(bev))
+    }
+
+    /// Moves all of `buffer` to the client, framed.
+    public func writeBody(_ buffer: OpaquePointer) {
+        let n = evbuffer_get_length(buffer)
+        guard let bev, responseState == .streaming, n > 0 else { return }
+        if suppressBody {
+            evbuffer_drain(buffer, n)
+            return
+        }
+        let out = bufferevent_get_output(bev)!
+        if chunkedResponse {
+            CLibevent_evbuffer_add_chunk_header(out, n)
+            evbuffer_add_buffer(out, buffer)
+            evbuffer_add(out, "\r\n", 2)
+        } else {
+            evbuffer_add_buffer(out, buffer)
+        }
+    }
+
+    public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard let bev, responseState == .streaming, bytes.count > 0, !suppressBody else { return }
+        let out = bufferevent_get_output(bev)!
+        if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
+        evbuffer_add(out, bytes.baseAddress, bytes.count)
+        if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
+    }
+
+    /// The response is complete.
+    public func endResponse() {
+        guard let bev, responseState == .streaming else { return }
+        if chunkedResponse {
+            evbuffer_add(bufferevent_get_output(bev), "0\r\n\r\n", 5)
+        }
+        responseState = .done
+        if requestState == .done {
+            finishExchange()
+        } else if requestState == .body && reader.isMessageComplete {
+            // Bodyless request answered at once: `process` finishes it.
+        } else {
+            // Answered before the request body ended: the rest of the body
+            // is not read, so the connection cannot be reused.
+            keepAlive = false
+            handler = nil
+            closeAfterFlush()
+        }
+    }
+
+    /// A whole response in one call (the proxy's own answers).
+    public func respond(status: Int, contentType: StaticString, body: UnsafeBufferPointer<UInt8>,
+                        headers: (ByteWriter) -> Void = { _ in }) {
+        startResponse(status: status, framing: .contentLength(Int64(body.count))) { w in
+            w.header("Content-Type", contentType)
+            headers(w)
+        }
+        writeBody(body)
+        endResponse()
+    }
+
+    /// SPEC §6 JSON error: {"error":{"code":"...","message":"..."}}.
+    public func respondError(_ error: HTTPError, headers: (ByteWriter) -> Void = { _ in }) {
+        let body = ByteWriter(capacity: 256)
+        body.append("{\"error\":{\"code\":\"")
+        body.append(error.code)
+        body.append("\",\"message\":\"")
+        body.append(error.message)
+        body.append("\"}}")
+        respond(status: error.status, contentType: "application/json", body: body.bytes, headers: headers)
+    }
+
+    /// Closes now: the client sees a truncated message if one was under way.
+    public func abort() {
+        close()
+    }
+
+    // MARK: Lifecycle
+
+    private func finishExchange() {
+        handler = nil
+        server.onExchangeEnd?(self)
+        if !keepAlive || closing {
+            closeAfterFlush()
+            return
+        }
+        reader.reset()
+        requestState = .idle
+        responseState = .none
+        timer.schedule(after: server.limits.idleTimeout)
+        // Pipelined requests already buffered are served now, in order.
+        if !processing, let bev, evbuffer_get_length(bufferevent_get_input(bev)) > 0 {
+            process()
+        }
+    }
+
+    /// An error the connection answers itself, then closes.
+    private func fail(_ error: HTTPError) {
+        server.onConnectionError?(self, error)
+        if responseState == .none {
+            keepAlive = false
+            let h = handler
+            handler = nil
+            h?.connectionClosed(connection: self)
+            if bev == nil { return }
+            requestState = .done
+            respondError(error)
+            if requestStart == 0 { requestStart = monotonicNanos() }
+            server.onExchangeEnd?(self)
+            closeAfterFlush()
+        } else {
+            close()
+        }
+    }
+
+    /// Sends what is buffered, half-closes, discards input briefly, closes:
+    /// closing with unread input would reset the connection and could
+    /// destroy the response before the client reads it.
+    private func closeAfterFlush() {
+        guard let bev else { return }
+        if closing { return }
+        closing = true
+        handler = nil
+        requestState = .idle
+        bufferevent_setwatermark(bev, Int16(EV_WRITE), 0, 0)
+        bufferevent_setwatermark(bev, Int16(EV_READ), 0, 0)
+        if evbuffer_get_length(bufferevent_get_output(bev)) == 0 {
+            lingeringClose()
+        }
+    }
+
+    private var lingering = false
+
+    private func lingeringClose() {
+        guard let bev, !lingering else { return }
+        lingering = true
+        shutdown(bufferevent_getfd(bev), Int32(SHUT_WR))
+        let input = bufferevent_get_input(bev)!
+        evbuffer_drain(input, evbuffer_get_length(input))
+        timer.schedule(after: .seconds(2))
+    }
+
+    /// Finish the current exchange, then close (SIGTERM drain).
+    func drain() {
+        keepAlive = false
+        if requestState == .idle && responseState != .streaming {
+            if let bev, evbuffer_get_length(bufferevent_get_input(bev)) == 0 { close() }
+        }
+    }
+
+    private func writable() {
+        guard let bev else { return }
+        if closing {
+            if evbuffer_get_length(bufferevent_get_output(bev)) == 0 { lingeringClose() }
+            return
+        }
+        if wantsDrainCallback {
+            wantsDrainCallback = false
+            handler?.outputDrained(connection: self)
+        }
+    }
+
+    private func event(_ what: Int16) {
+        if what & Int16(BEV_EVENT_EOF) != 0 && what & Int16(BEV_EVENT_ERROR) == 0 {
+            if closing { close(); return }
+            // Half-close after a complete request: answer it, then close.
+            if requestState == .done && responseState != .done {
+                keepAlive = false
+                return
+            }
+        }
+        close()
+    }
+
+    private func timerFired() {
+        if closing { close(); return }
+        switch requestState {
+        case .idle:
+            close()
+        case .head:
+            fail(.headerTimeout)
+        case .body:
+            fail(.bodyTimeout)
+        case .done:
+            break
+        }
+    }
+
+    private func close() {
+        guard let bev else { return }
+        bufferevent_free(bev)
+        self.bev = nil
+        timer.cancel()
+        let h = handler
+        handler = nil
+        if requestState != .idle || responseState == .streaming {
+            h?.connectionClosed(connection: self)
+        }
+        server.connectionDidClose(self)
+        retained?.release()
+        retained = nil
+    }
+
+    public var isOpen: Bool { bev != nil }
+}
+

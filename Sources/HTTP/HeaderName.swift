@@ -1,0 +1,90 @@
+/// Header names the proxy acts on, recognised once per field while the head
+/// is validated, so later passes switch on a small enum instead of comparing
+/// bytes again.
+public enum HeaderKind: UInt8, Sendable {
+    case other
+    case host
+    case contentLength
+    case transferEncoding
+    case connection
+    case keepAlive
+    case proxyConnection
+    case te
+    case trailer
+    case upgrade
+    case expect
+    case xForwardedFor
+    case xForwardedProto
+    case xForwardedHost
+    case contentType
+
+    /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the framing ones the proxy
+    /// always writes itself.
+    @inlinable
+    public var isHopByHop: Bool {
+        switch self {
+        case .connection, .keepAlive, .proxyConnection, .te, .trailer, .upgrade,
+             .transferEncoding, .contentLength:
+            return true
+        default:
+            return false
+        }
+    }
+
+    static func classify(_ p: UnsafePointer<UInt8>, _ n: Int) -> HeaderKind {
+        switch n {
+        case 2: return equalsLower(p, n, "te") ? .te : .other
+        case 4: return equalsLower(p, n, "host") ? .host : .other
+        case 6: return equalsLower(p, n, "expect") ? .expect : .other
+        case 7:
+            if equalsLower(p, n, "trailer") { return .trailer }
+            if equalsLower(p, n, "upgrade") { return .upgrade }
+            return .other
+        case 10:
+            if equalsLower(p, n, "connection") { return .connection }
+            if equalsLower(p, n, "keep-alive") { return .keepAlive }
+            return .other
+        case 12: return equalsLower(p, n, "content-type") ? .contentType : .other
+        case 14: return equalsLower(p, n, "content-length") ? .contentLength : .other
+        case 15: return equalsLower(p, n, "x-forwarded-for") ? .xForwardedFor : .other
+        case 16:
+            if equalsLower(p, n, "proxy-connection") { return .proxyConnection }
+            if equalsLower(p, n, "x-forwarded-host") { return .xForwardedHost }
+            return .other
+        case 17:
+            if equalsLower(p, n, "transfer-encoding") { return .transferEncoding }
+            if equalsLower(p, n, "x-forwarded-proto") { return .xForwardedProto }
+            return .other
+        default: return .other
+        }
+    }
+}
+
+/// Compares `n` bytes at `p`, ASCII case-insensitively, with a lower-case
+/// literal of the same length.
+@inline(__always)
+func equalsLower(_ p: UnsafePointer<UInt8>, _ n: Int, _ lower: StaticString) -> Bool {
+    guard lower.utf8CodeUnitCount == n else { return false }
+    let q = lower.utf8Start
+    for i in 0..<n {
+        let b = q[i]
+        // Fold only letters: `| 0x20` would also map '@' onto '`' and the like.
+        let a = (b >= 0x61 && b <= 0x7A) ? p[i] | 0x20 : p[i]
+        if a != b { return false }
+    }
+    return true
+}
+
+/// RFC 9110 `tchar`.
+@usableFromInline
+let tcharTable: [Bool] = {
+    var t = [Bool](repeating: false, count: 256)
+    for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
+    for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
+    for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
+    for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
+    return t
+}()
+
+@inline(__always)
+func isTchar(_ c: UInt8) -> Bool { tcharTable[Int(c)] }

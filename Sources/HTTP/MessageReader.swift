@@ -1,0 +1,608 @@
+import CHTTPParser
+import CLibevent
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One header field: byte ranges into the head buffer, and its kind.
+public struct HeaderField: Sendable {
+    public var nameStart: Int32
+    public var nameEnd: Int32
+    public var valueStart: Int32
+    public var valueEnd: Int32
+    public var kind: HeaderKind
+}
+
+/// How a message body is delimited (RFC 9112 §6).
+public enum BodyFraming: Sendable, Equatable {
+    case none
+    case length(Int64)
+    case chunked
+    /// Until the connection closes (responses only).
+    case untilClose
+}
+
+/// Reads HTTP/1.x messages, one at a time, from a libevent input buffer.
+///
+/// The head is copied once into a buffer owned here (at most
+/// `max_header_bytes`), parsed by http_parser, and then checked against the
+/// stricter rules of RFC 9112 that http_parser leaves to its caller. Names and
+/// values stay byte ranges into that buffer, valid until the next `readHead`.
+/// Bodies: fixed-length and close-delimited ones move buffer chains without
+/// copying; chunked ones go through http_parser's chunk decoder.
+public final class MessageReader {
+    public enum Kind { case request, response }
+    public enum HeadResult { case incomplete, complete }
+
+    public let kind: Kind
+    public let capacity: Int
+
+    /// The head bytes; `headLength` of them are valid after `.complete`.
+    public let bytes: UnsafeMutablePointer<UInt8>
+    public private(set) var headLength = 0
+    public private(set) var fields: [HeaderField] = []
+
+    // Request line.
+    public private(set) var method: UInt8 = 0
+    public private(set) var targetStart = 0
+    public private(set) var targetEnd = 0
+    /// Where the origin-form path starts inside the target (absolute-form is reduced).
+    public private(set) var pathStart = 0
+    // Status line.
+    public private(set) var status = 0
+    public private(set) var reasonStart = 0
+    public private(set) var reasonEnd = 0
+
+    public private(set) var versionMinor = 1
+    public private(set) var framing: BodyFraming = .none
+    /// The Content-Length field's value, when there was one.
+    public private(set) var declaredContentLength: Int64?
+    public private(set) var keepAlive = true
+    public private(set) var expectContinue = false
+    /// Index of the Host field, or -1.
+    public private(set) var hostIndex = -1
+    /// The Connection header names fields other than close/keep-alive.
+    public private(set) var connectionNominates = false
+    /// A response to HEAD (set before reading the response head).
+    public var requestWasHead = false
+
+    private let parser: UnsafeMutablePointer<http_parser>
+    private var headersDone = false
+    private var messageDone = false
+    private var inBody = false
+    private var lastWasValue = true
+    private var scannedTo = 0
+    private var bodyDestination: OpaquePointer?
+    /// Bytes of a fixed-length body still to come.
+    public private(set) var remaining: Int64 = 0
+    /// Decoded body bytes read so far for this message.
+    public private(set) var bodyBytesRead: Int64 = 0
+
+    public init(kind: Kind, capacity: Int) {
+        self.kind = kind
+        self.capacity = max(capacity, 64)
+        self.bytes = .allocate(capacity: self.capacity)
+        self.parser = .allocate(capacity: 1)
+        fields.reserveCapacity(32)
+        reset()
+    }
+
+    deinit {
+        bytes.deallocate()
+        parser.deallocate()
+    }
+
+    /// Forgets the previous message; the next `readHead` starts a new one.
+    public func reset() {
+        http_parser_init(parser, kind == .request ? HTTP_REQUEST : HTTP_RESPONSE)
+        parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+        headLength = 0
+        fields.removeAll(keepingCapacity: true)
+        headersDone = false
+        messageDone = false
+        inBody = false
+        lastWasValue = true
+        scannedTo = 0
+        framing = .none
+        declaredContentLength = nil
+        keepAlive = true
+        expectContinue = false
+        hostIndex = -1
+        connectionNominates = false
+        remaining = 0
+        bodyBytesRead = 0
+        status = 0
+    }
+
+    // MARK: Head
+
+    /// Looks for a complete head at the front of `input`. On `.complete` the
+    /// head bytes have been drained from `input`; on error nothing is drained.
+    public func readHead(from input: OpaquePointer) throws(HTTPError) -> HeadResult {
+        let available = evbuffer_get_length(input)
+        let n = min(available, capacity)
+        if n > scannedTo {
+            _ = evbuffer_copyout(input, bytes, n)
+        }
+        guard let end = findHeadEnd(n) else {
+            scannedTo = max(0, n - 2)
+            if available >= capacity {
+                if kind == .request && !hasLineFeed(n) { throw .targetTooLong }
+                throw kind == .request ? .headersTooLarge : .badResponse
+            }
+            return .incomplete
+        }
+        headLength = end
+        try parseHead()
+        evbuffer_drain(input, end)
+        return .complete
+    }
+
+    private func hasLineFeed(_ n: Int) -> Bool {
+        memchr(bytes, 0x0A, n) != nil
+    }
+
+    /// Offset just past the empty line ending the head, or nil.
+    private func findHeadEnd(_ n: Int) -> Int? {
+        var i = scannedTo
+        while i < n {
+            guard let hit = memchr(bytes + i, 0x0A, n - i) else { return nil }
+            let lf = bytes.distance(to: hit.assumingMemoryBound(to: UInt8.self))
+            if lf + 1 < n && bytes[lf + 1] == 0x0A { return lf + 2 }
+            if lf + 2 < n && bytes[lf + 1] == 0x0D && bytes[lf + 2] == 0x0A { return lf + 3 }
+            if lf + 2 >= n { return nil }
+            i = lf + 1
+        }
+        return nil
+    }
+
+    private func parseHead() throws(HTTPError) {
+        let parsed = withUnsafePointer(to: MessageReader.settings) { settings in
+            bytes.withMemoryRebound(to: CChar.self, capacity: headLength) {
+                http_parser_execute(parser, settings, $0, headLength)
+            }
+        }
+        let errno = CHTTPParser_errno(parser)
+        if errno != HPE_OK && errno != HPE_PAUSED {
+            throw mapParserError(errno)
+        }
+        guard headersDone, parsed == headLength else {
+            throw kind == .request ? .badRequest : .badResponse
+        }
+        if errno == HPE_PAUSED { http_parser_pause(parser, 0) }
+        try validate()
+    }
+
+    private func mapParserError(_ errno: http_errno) -> HTTPError {
+        guard kind == .request else { return .badResponse }
+        switch errno {
+        case HPE_INVALID_TRANSFER_ENCODING:
+            return .unsupportedEncoding
+        case HPE_INVALID_CONTENT_LENGTH, HPE_UNEXPECTED_CONTENT_LENGTH:
+            return .badFraming
+        case HPE_INVALID_HEADER_TOKEN, HPE_LF_EXPECTED:
+            return .badHeader
+        case HPE_INVALID_URL:
+            return .badTarget
+        case HPE_INVALID_VERSION:
+            return .versionNotSupported
+        case HPE_HEADER_OVERFLOW:
+            return .headersTooLarge
+        default:
+            return .badRequest
+        }
+    }
+
+    /// The RFC 9112 rules http_parser does not enforce (DESIGN.md lists them).
+    private func validate() throws(HTTPError) {
+        let isRequest = kind == .request
+        let major = Int(parser.pointee.http_major)
+        versionMinor = Int(parser.pointee.http_minor)
+        if major != 1 { throw isRequest ? .versionNotSupported : .badResponse }
+        if versionMinor > 1 { versionMinor = 1 }
+
+        // Raw bytes: NUL, bare CR, and obs-fold (a line starting with SP/HT).
+        var i = 0
+        while i < headLength {
+            let c = bytes[i]
+            if c == 0 { throw isRequest ? .badHeader : .badResponse }
+            if c == 0x0D && (i + 1 >= headLength || bytes[i + 1] != 0x0A) {
+                throw isRequest ? .badHeader : .badResponse
+            }
+            if c == 0x0A && i + 1 < headLength && (bytes[i + 1] == 0x20 || bytes[i + 1] == 0x09) {
+                throw isRequest ? .obsFold : .badResponse
+            }
+            i += 1
+        }
+
+        if isRequest {
+            method = UInt8(CHTTPParser_method(parser))
+            if method == UInt8(HTTP_CONNECT.rawValue) || method == UInt8(HTTP_TRACE.rawValue) {
+                throw .methodNotAllowed
+            }
+        } else {
+            status = Int(CHTTPParser_status(parser))
+            if status < 100 || status > 599 { throw .badResponse }
+            for j in reasonStart..<reasonEnd {
+                let c = bytes[j]
+                if c < 0x20 && c != 0x09 || c == 0x7F { throw .badResponse }
+            }
+        }
+
+        var contentLengthSeen = false
+        var transferEncodingSeen = false
+        var contentLength: Int64 = 0
+        var connectionClose = false
+        var connectionKeepAlive = false
+
+        for index in fields.indices {
+            var f = fields[index]
+            let name = bytes + Int(f.nameStart)
+            let nameLength = Int(f.nameEnd - f.nameStart)
+            guard nameLength > 0 else { throw isRequest ? .badHeader : .badResponse }
+            for j in 0..<nameLength where !isTchar(name[j]) {
+                throw isRequest ? .badHeader : .badResponse
+            }
+            // Trim trailing OWS; leading OWS http_parser already skipped.
+            while f.valueEnd > f.valueStart && (bytes[Int(f.valueEnd) - 1] == 0x20 || bytes[Int(f.valueEnd) - 1] == 0x09) {
+                f.valueEnd -= 1
+            }
+            for j in Int(f.valueStart)..<Int(f.valueEnd) {
+                let c = bytes[j]
+                if (c < 0x20 && c != 0x09) || c == 0x7F { throw isRequest ? .badHeader : .badResponse }
+            }
+            f.kind = HeaderKind.classify(name, nameLength)
+            fields[index] = f
+            let value = UnsafeBufferPointer(start: bytes + Int(f.valueStart), count: Int(f.valueEnd - f.valueStart))
+
+            switch f.kind {
+            case .host where isRequest:
+                if hostIndex >= 0 || !isValidAuthority(value) { throw .badHost }
+                hostIndex = index
+            case .contentLength:
+                if contentLengthSeen { throw isRequest ? .badFraming : .badResponse }
+                contentLengthSeen = true
+                guard let n = parseDecimal(value) else { throw isRequest ? .badFraming : .badResponse }
+                contentLength = n
+                declaredContentLength = n
+            case .transferEncoding:
+                if transferEncodingSeen { throw isRequest ? .badFraming : .badResponse }
+                transferEncodingSeen = true
+                if value.isEmpty { throw isRequest ? .badFraming : .badResponse }
+                if !(value.count == 7 && equalsLower(value.baseAddress!, 7, "chunked")) {
+                    throw isRequest ? .unsupportedEncoding : .badResponse
+                }
+            case .connection:
+                forEachToken(value) { token in
+                    if token.count == 5 && equalsLower(token.baseAddress!, 5, "close") {
+                        connectionClose = true
+                    } else if token.count == 10 && equalsLower(token.baseAddress!, 10, "keep-alive") {
+                        connectionKeepAlive = true
+                    } else {
+                        connectionNominates = true
+                    }
+                }
+            case .expect where isRequest:
+                guard value.count == 12 && equalsLower(value.baseAddress!, 12, "100-continue") else {
+                    throw .expectationFailed
+                }
+                expectContinue = versionMinor == 1
+            default:
+                break
+            }
+        }
+
+        if transferEncodingSeen {
+            if contentLengthSeen || versionMinor == 0 { throw isRequest ? .badFraming : .badResponse }
+        }
+        keepAlive = versionMinor == 1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
+
+        if isRequest {
+            if versionMinor == 1 && hostIndex < 0 { throw .badHost }
+            try validateTarget()
+            framing = transferEncodingSeen ? .chunked : (contentLength > 0 ? .length(contentLength) : .none)
+        } else {
+            if requestWasHead || status < 200 || status == 204 || status == 304 {
+                framing = .none
+            } else if transferEncodingSeen {
+                framing = .chunked
+            } else if contentLengthSeen {
+                framing = contentLength > 0 ? .length(contentLength) : .none
+            } else {
+                framing = .untilClose
+            }
+        }
+        if case .length(let n) = framing { remaining = n }
+        if case .none = framing { messageDone = true }
+        inBody = true
+    }
+
+    /// RFC 9112 §3.2: origin-form, absolute-form (reduced to its path, and
+    /// only for the host the request names), asterisk-form for OPTIONS.
+    private func validateTarget() throws(HTTPError) {
+        let n = targetEnd - targetStart
+        guard n > 0 else { throw .badTarget }
+        for j in targetStart..<targetEnd {
+            let c = bytes[j]
+            if c <= 0x20 || c >= 0x7F { throw .badTarget }
+        }
+        let first = bytes[targetStart]
+        if first == UInt8(ascii: "/") {
+            pathStart = targetStart
+            return
+        }
+        if first == UInt8(ascii: "*") && n == 1 && method == UInt8(HTTP_OPTIONS.rawValue) {
+            pathStart = targetStart
+            return
+        }
+        // absolute-form: scheme "://" authority path-abempty [ "?" query ]
+        let p = bytes + targetStart
+        var schemeLength = 0
+        if n > 7 && equalsLower(p, 7, "http://") { schemeLength = 7 }
+        else if n > 8 && equalsLower(p, 8, "https://") { schemeLength = 8 }
+        else { throw .badTarget }
+        var authorityEnd = targetStart + schemeLength
+        while authorityEnd < targetEnd && bytes[authorityEnd] != UInt8(ascii: "/") && bytes[authorityEnd] != UInt8(ascii: "?") {
+            authorityEnd += 1
+        }
+        let authority = UnsafeBufferPointer(start: bytes + targetStart + schemeLength, count: authorityEnd - targetStart - schemeLength)
+        guard hostIndex >= 0, !authority.isEmpty, isValidAuthority(authority) else { throw .badTarget }
+        let host = fields[hostIndex]
+        let hostValue = UnsafeBufferPointer(start: bytes + Int(host.valueStart), count: Int(host.valueEnd - host.valueStart))
+        // A request naming another host than its Host field is refused: this
+        // is a reverse proxy, never an open forward proxy.
+        guard hostValue.count == authority.count,
+              (0..<authority.count).allSatisfy({ hostValue[$0] | 0x20 == authority[$0] | 0x20 }) else {
+            throw .badTarget
+        }
+        // Forward the path; "http://h?q" has none and becomes "/?q" upstream
+        // via the serializer's handling of a missing leading slash.
+        pathStart = authorityEnd
+    }
+
+    // MARK: Body
+
+    public var isMessageComplete: Bool { messageDone }
+
+    /// Moves decoded body bytes from `input` into `destination`. Returns
+    /// true once the whole body has been read. Chunk framing errors throw.
+    public func readBody(from input: OpaquePointer, into destination: OpaquePointer) throws(HTTPError) -> Bool {
+        if messageDone { return true }
+        switch framing {
+        case .none:
+            messageDone = true
+        case .length:
+            let available = Int64(evbuffer_get_length(input))
+            let n = min(available, remaining)
+            if n > 0 {
+                evbuffer_remove_buffer(input, destination, Int(n))
+                remaining -= n
+                bodyBytesRead += n
+            }
+            if remaining == 0 { messageDone = true }
+        case .untilClose:
+            let n = evbuffer_get_length(input)
+            if n > 0 {
+                evbuffer_add_buffer(destination, input)
+                bodyBytesRead += Int64(n)
+            }
+        case .chunked:
+            try readChunked(from: input, into: destination)
+        }
+        return messageDone
+    }
+
+    /// For `.untilClose`: the peer closed, so the body is whole.
+    public func finishAtClose() {
+        if case .untilClose = framing { messageDone = true }
+    }
+
+    private func readChunked(from input: OpaquePointer, into destination: OpaquePointer) throws(HTTPError) {
+        bodyDestination = destination
+        defer { bodyDestination = nil }
+        // One buffer chain at a time: peek it, decode it, drain what was used.
+        var chain = iovec()
+        while !messageDone, evbuffer_peek(input, -1, nil, &chain, 1) > 0, chain.iov_len > 0 {
+            let parsed = withUnsafePointer(to: MessageReader.settings) { settings in
+                http_parser_execute(parser, settings, chain.iov_base.assumingMemoryBound(to: CChar.self), chain.iov_len)
+            }
+            evbuffer_drain(input, parsed)
+            let errno = CHTTPParser_errno(parser)
+            if errno == HPE_PAUSED {
+                http_parser_pause(parser, 0)
+            } else if errno != HPE_OK {
+                throw kind == .request ? .badChunk : .badResponse
+            }
+        }
+    }
+
+    // MARK: http_parser callbacks (trampolines: context pointer back to self)
+
+    private static let settings: http_parser_settings = {
+        var s = http_parser_settings()
+        http_parser_settings_init(&s)
+        s.on_url = { p, at, n in reader(p).onURL(at!, n) }
+        s.on_status = { p, at, n in reader(p).onStatus(at!, n) }
+        s.on_header_field = { p, at, n in reader(p).onHeaderField(at!, n) }
+        s.on_header_value = { p, at, n in reader(p).onHeaderValue(at!, n) }
+        s.on_headers_complete = { p in reader(p).onHeadersComplete() }
+        s.on_body = { p, at, n in reader(p).onBody(at!, n) }
+        s.on_message_complete = { p in reader(p).onMessageComplete() }
+        return s
+    }()
+
+    @inline(__always)
+    private static func reader(_ p: UnsafeMutablePointer<http_parser>?) -> MessageReader {
+        Unmanaged<MessageReader>.fromOpaque(p!.pointee.data).takeUnretainedValue()
+    }
+
+    private func offset(_ at: UnsafePointer<CChar>) -> Int32 {
+        Int32(UnsafeRawPointer(bytes).distance(to: UnsafeRawPointer(at)))
+    }
+
+    private func onURL(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        let o = Int(offset(at))
+        if targetEnd == o && targetEnd > targetStart { targetEnd += n } else { targetStart = o; targetEnd = o + n }
+        return 0
+    }
+
+    private func onStatus(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        reasonStart = Int(offset(at))
+        reasonEnd = reasonStart + n
+        return 0
+    }
+
+    private func onHeaderField(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        if inBody { return 0 } // trailer fields are read and dropped
+        let o = offset(at)
+        if lastWasValue {
+            fields.append(HeaderField(nameStart: o, nameEnd: o + Int32(n), valueStart: o, valueEnd: o, kind: .other))
+        } else {
+            fields[fields.count - 1].nameEnd = o + Int32(n)
+        }
+        lastWasValue = false
+        return 0
+    }
+
+    private func onHeaderValue(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        if inBody { return 0 }
+        let o = offset(at)
+        if !lastWasValue {
+            fields[fields.count - 1].valueStart = o
+        }
+        fields[fields.count - 1].valueEnd = o + Int32(n)
+        lastWasValue = true
+        return 0
+    }
+
+    private func onHeadersComplete() -> Int32 {
+        headersDone = true
+        if kind == .response {
+            let code = Int(CHTTPParser_status(parser))
+            // No body follows, whatever Content-Length says (RFC 9112 §6.3).
+            if requestWasHead || code < 200 || code == 204 || code == 304 { return 1 }
+        }
+        return 0
+    }
+
+    private func onBody(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        if let destination = bodyDestination {
+            evbuffer_add(destination, at, n)
+            bodyBytesRead += Int64(n)
+        }
+        return 0
+    }
+
+    private func onMessageComplete() -> Int32 {
+        messageDone = true
+        // Stop at the message boundary: a pipelined next message waits.
+        http_parser_pause(parser, 1)
+        return 0
+    }
+
+    // MARK: Accessors
+
+    @inlinable
+    public func name(_ f: HeaderField) -> UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: bytes + Int(f.nameStart), count: Int(f.nameEnd - f.nameStart))
+    }
+
+    @inlinable
+    public func value(_ f: HeaderField) -> UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: bytes + Int(f.valueStart), count: Int(f.valueEnd - f.valueStart))
+    }
+
+    public var target: UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: bytes + targetStart, count: targetEnd - targetStart)
+    }
+
+    /// The origin-form path and query to forward.
+    public var path: UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: bytes + pathStart, count: targetEnd - pathStart)
+    }
+
+    public var reason: UnsafeBufferPointer<UInt8> {
+        UnsafeBufferPointer(start: bytes + reasonStart, count: reasonEnd - reasonStart)
+    }
+
+    public var hostValue: UnsafeBufferPointer<UInt8>? {
+        hostIndex >= 0 ? value(fields[hostIndex]) : nil
+    }
+
+    public var methodName: UnsafeBufferPointer<UInt8> {
+        let s = http_method_str(http_method(UInt32(method)))!
+        return UnsafeBufferPointer(start: UnsafeRawPointer(s).assumingMemoryBound(to: UInt8.self), count: strlen(s))
+    }
+
+    public var isHead: Bool { method == UInt8(HTTP_HEAD.rawValue) }
+
+    /// First field of `kind`, if any.
+    public func first(_ kind: HeaderKind) -> HeaderField? {
+        fields.first { $0.kind == kind }
+    }
+
+    /// True if a Connection field of this message names `f`'s field name.
+    public func isNominatedByConnection(_ f: HeaderField) -> Bool {
+        guard connectionNominates else { return false }
+        let name = self.name(f)
+        for c in fields where c.kind == .connection {
+            var found = false
+            forEachToken(value(c)) { token in
+                if token.count == name.count && (0..<name.count).allSatisfy({ token[$0] | 0x20 == name[$0] | 0x20 }) {
+                    found = true
+                }
+            }
+            if found { return true }
+        }
+        return false
+    }
+}
+
+/// Calls `body` with each comma-separated, OWS-trimmed, non-empty element.
+func forEachToken(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+    var i = 0
+    let n = value.count
+    while i < n {
+        while i < n && (value[i] == 0x20 || value[i] == 0x09 || value[i] == UInt8(ascii: ",")) { i += 1 }
+        let start = i
+        while i < n && value[i] != UInt8(ascii: ",") { i += 1 }
+        var end = i
+        while end > start && (value[end - 1] == 0x20 || value[end - 1] == 0x09) { end -= 1 }
+        if end > start {
+            body(UnsafeBufferPointer(rebasing: value[start..<end]))
+        }
+    }
+}
+
+/// 1*DIGIT, at most 18 of them (no sign, no spaces, no commas).
+func parseDecimal(_ value: UnsafeBufferPointer<UInt8>) -> Int64? {
+    guard !value.isEmpty, value.count <= 18 else { return nil }
+    var n: Int64 = 0
+    for c in value {
+        guard c >= 0x30 && c <= 0x39 else { return nil }
+        n = n * 10 + Int64(c - 0x30)
+    }
+    return n
+}
+
+/// RFC 3986 authority without userinfo: reg-name / IPv4 / [IP-literal], optional :port.
+func isValidAuthority(_ value: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard !value.isEmpty else { return false }
+    for c in value {
+        switch c {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+             UInt8(ascii: "0")...UInt8(ascii: "9"):
+            continue
+        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"),
+             UInt8(ascii: ":"), UInt8(ascii: "["), UInt8(ascii: "]"), UInt8(ascii: "%"),
+             UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"),
+             UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: "="):
+            continue
+        default:
+            return false
+        }
+    }
+    return true
+}

@@ -1,0 +1,174 @@
+import CLibevent
+import Dispatch
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A thread that owns one `event_base`.
+///
+/// Everything that touches the base (bufferevents, timers, listeners) is
+/// created and used on this thread only. Other threads hand work over with
+/// `execute`, which queues a closure under a lock and wakes the loop with one
+/// activated event: the per-request path never takes that lock.
+public final class EventLoop: @unchecked Sendable {
+    /// The `event_base` this loop owns; valid until `deinit`.
+    public let base: OpaquePointer
+    public let index: Int
+
+    private let wakeEvent: OpaquePointer
+    private let pending = Mutex<[@Sendable () -> Void]>([])
+    private let threadID = Atomic<UInt>(0)
+    private let stopped = Atomic<Bool>(false)
+
+    /// One-time process setup: libevent must know about pthreads before any
+    /// base is made, or cross-thread `event_active` is undefined.
+    private static let threadingReady: Bool = {
+        evthread_use_pthreads() == 0
+    }()
+
+    public init(index: Int = 0) {
+        precondition(EventLoop.threadingReady, "evthread_use_pthreads failed")
+        guard let base = event_base_new() else {
+            fatalError("event_base_new failed")
+        }
+        self.base = base
+        self.index = index
+        // The callback argument is `self`, which exists only from here on:
+        // make the event, then assign it its real argument.
+        self.wakeEvent = event_new(base, -1, 0, { _, _, _ in }, nil)
+        event_assign(wakeEvent, base, -1, 0, { _, _, arg in
+            Unmanaged<EventLoop>.fromOpaque(arg!).takeUnretainedValue().runPending()
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit {
+        event_free(wakeEvent)
+        event_base_free(base)
+    }
+
+    /// True when called on this loop's thread.
+    public var inEventLoop: Bool {
+        threadID.load(ordering: .acquiring) == UInt(bitPattern: Int(bitPattern: pthread_self()))
+    }
+
+    public func preconditionInEventLoop(file: StaticString = #fileID, line: UInt = #line) {
+        precondition(inEventLoop, "not on event loop \(index)", file: file, line: line)
+    }
+
+    /// Runs `work` on this loop's thread, soon; safe from any thread.
+    public func execute(_ work: @escaping @Sendable () -> Void) {
+        let wasEmpty = pending.withLock { queue in
+            queue.append(work)
+            return queue.count == 1
+        }
+        if wasEmpty {
+            event_active(wakeEvent, 0, 0)
+        }
+    }
+
+    private func runPending() {
+        let work = pending.withLock { queue in
+            let taken = queue
+            queue.removeAll(keepingCapacity: true)
+            return taken
+        }
+        for item in work {
+            item()
+        }
+    }
+
+    /// Runs the loop on the calling thread until `stop()`.
+    public func run() {
+        threadID.store(UInt(bitPattern: Int(bitPattern: pthread_self())), ordering: .releasing)
+        while !stopped.load(ordering: .acquiring) {
+            event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY)
+        }
+        runPending()
+    }
+
+    /// Makes `run()` return once the current callbacks finish; safe from any thread.
+    public func stop() {
+        execute { [self] in
+            stopped.store(true, ordering: .releasing)
+            event_base_loopbreak(base)
+        }
+    }
+}
+
+/// A group of loops, each on its own thread; loop 0 may run on the caller.
+public final class EventLoopGroup: Sendable {
+    public let loops: [EventLoop]
+    private let threads = Mutex<[pthread_t]>([])
+
+    public init(count: Int) {
+        precondition(count >= 1)
+        loops = (0..<count).map { EventLoop(index: $0) }
+    }
+
+    public init(loops: [EventLoop]) {
+        precondition(!loops.isEmpty)
+        self.loops = loops
+    }
+
+    /// Waits for the loop threads to end (after `stop()` from elsewhere).
+    public func join() {
+        let started = threads.withLock { $0 }
+        for thread in started { pthread_join(thread, nil) }
+    }
+
+    /// Starts loops `first...` on new threads.
+    public func start(from first: Int = 0) {
+        for loop in loops[first...] {
+            let box = Unmanaged.passRetained(ThreadStart(loop: loop)).toOpaque()
+            var thread = pthread_t()
+            let rc = pthread_create(&thread, nil, { arg in
+                let start = Unmanaged<ThreadStart>.fromOpaque(arg!).takeRetainedValue()
+                start.loop.run()
+                return nil
+            }, box)
+            precondition(rc == 0, "pthread_create failed: \(rc)")
+            threads.withLock { $0.append(thread) }
+        }
+    }
+
+    /// Stops every loop and joins the threads this group started.
+    public func shutdown() {
+        for loop in loops { loop.stop() }
+        let started = threads.withLock { t -> [pthread_t] in
+            let all = t
+            t.removeAll()
+            return all
+        }
+        for thread in started {
+            pthread_join(thread, nil)
+        }
+    }
+
+    public static var coreCount: Int {
+        max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    }
+}
+
+private final class ThreadStart {
+    let loop: EventLoop
+    init(loop: EventLoop) { self.loop = loop }
+}
+
+extension EventLoop {
+    /// Runs `work` on this loop and waits for its result. For setup and
+    /// tests only: never call it from another loop's callbacks.
+    public func submitAndWait<T: Sendable>(_ work: @escaping @Sendable () throws -> T) throws -> T {
+        if inEventLoop { return try work() }
+        let done = DispatchSemaphore(value: 0)
+        let result = Mutex<Result<T, any Error>?>(nil)
+        execute {
+            let r = Result { try work() }
+            result.withLock { $0 = r }
+            done.signal()
+        }
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+}

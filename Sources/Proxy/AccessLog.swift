@@ -1,0 +1,100 @@
+import HTTP
+import Loop
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One JSON line per answered request (SPEC §7), buffered per loop and
+/// written to stdout in batches: a short timer or a full buffer flushes.
+final class AccessLog {
+    private let writer = ByteWriter(capacity: 64 * 1024)
+    private var flushTimer: Timer!
+    private var cachedSecond: Int64 = -1
+    private var secondPrefix = [UInt8]()
+    private static let stdoutLock = Mutex<Void>(())
+
+    init(loop: EventLoop) {
+        flushTimer = Timer(loop: loop) { [unowned self] in self.flush() }
+    }
+
+    deinit { flush() }
+
+    func record(_ c: HTTPServerConnection, status: Int, jobID: UnsafeBufferPointer<UInt8>? = nil) {
+        let now = wallClockMillis()
+        let w = writer
+        w.append("{\"ts\":\"")
+        appendTimestamp(now)
+        w.append("\",\"method\":\"")
+        w.append(c.reader.methodName)
+        w.append("\",\"path\":\"")
+        // The target's bytes are validated visible ASCII; only `"` and `\` need escaping.
+        w.appendJSONEscaped(c.reader.target)
+        w.append("\",\"status\":")
+        w.append(decimal: Int64(status))
+        w.append(",\"duration_ms\":")
+        let micros = Int64((monotonicNanos() &- c.requestStart) / 1000)
+        w.append(decimal: micros / 1000)
+        w.append(byte: UInt8(ascii: "."))
+        let frac = micros % 1000
+        if frac < 100 { w.append(byte: 0x30) }
+        if frac < 10 { w.append(byte: 0x30) }
+        w.append(decimal: frac)
+        w.append(",\"upstream\":")
+        if let name = c.logUpstream {
+            w.append(byte: UInt8(ascii: "\""))
+            w.appendJSONEscaped(name)
+            w.append(byte: UInt8(ascii: "\""))
+        } else {
+            w.append("null")
+        }
+        w.append(",\"job\":")
+        if let jobID {
+            // Job ids are capabilities: at most an 8-character prefix is logged.
+            w.append(byte: UInt8(ascii: "\""))
+            w.append(UnsafeBufferPointer(rebasing: jobID.prefix(8)))
+            w.append(byte: UInt8(ascii: "\""))
+        } else {
+            w.append("null")
+        }
+        w.append(",\"client\":\"")
+        w.append(c.peer)
+        w.append("\"}\n")
+        if w.count > 32 * 1024 {
+            flush()
+        } else if !flushTimer.isScheduled {
+            flushTimer.schedule(after: .milliseconds(100))
+        }
+    }
+
+    func flush() {
+        guard writer.count > 0 else { return }
+        AccessLog.stdoutLock.withLock { _ in
+            var p = UnsafeRawPointer(writer.base)
+            var left = writer.count
+            while left > 0 {
+                let n = write(1, p, left)
+                if n <= 0 { break }
+                p += n
+                left -= n
+            }
+        }
+        writer.reset()
+    }
+
+    /// ISO 8601 UTC with milliseconds; the part up to the second is cached.
+    private func appendTimestamp(_ millis: Int64) {
+        let second = millis / 1000
+        if second != cachedSecond {
+            cachedSecond = second
+            secondPrefix = Array(iso8601UTC(millis: second * 1000).utf8.dropLast(4))
+        }
+        writer.append(secondPrefix)
+        let ms = millis % 1000
+        writer.append(byte: UInt8(0x30 + ms / 100))
+        writer.append(byte: UInt8(0x30 + (ms / 10) % 10))
+        writer.append(byte: UInt8(0x30 + ms % 10))
+        writer.append(byte: UInt8(ascii: "Z"))
+    }
+}

@@ -1,0 +1,124 @@
+import Loop
+import Synchronization
+
+/// `max_concurrency` and `max_queued` for one upstream, across every loop.
+///
+/// The common case (a free slot, nobody waiting) is one compare-and-swap; the
+/// lock is taken only to queue or to hand a freed slot to a waiter. A waiter
+/// is granted its slot on its own loop through `EventLoop.execute`.
+public final class ConcurrencyGate: Sendable {
+    public struct Waiter: Sendable {
+        public let loop: EventLoop
+        public let grant: @Sendable () -> Void
+
+        public init(loop: EventLoop, grant: @escaping @Sendable () -> Void) {
+            self.loop = loop
+            self.grant = grant
+        }
+    }
+
+    public enum Outcome: Equatable, Sendable { case acquired, queued, rejected }
+
+    private let inFlight = Atomic<Int>(0)
+    private let waiting = Atomic<Int>(0)
+    private let limit: Atomic<Int>
+    private let maxQueued: Atomic<Int>
+    private let queue = Mutex<WaiterQueue>(WaiterQueue())
+    private let highWater = Atomic<Int>(0)
+
+    public init(limit: Int, maxQueued: Int) {
+        self.limit = Atomic(max(1, limit))
+        self.maxQueued = Atomic(max(0, maxQueued))
+    }
+
+    /// New limits apply from now on (SIGHUP); slots already held stay held.
+    public func update(limit: Int, maxQueued: Int) {
+        self.limit.store(max(1, limit), ordering: .sequentiallyConsistent)
+        self.maxQueued.store(max(0, maxQueued), ordering: .sequentiallyConsistent)
+        drain()
+    }
+
+    public var current: Int { inFlight.load(ordering: .relaxed) }
+    public var queued: Int { waiting.load(ordering: .relaxed) }
+    /// The most slots ever held at once.
+    public var peak: Int { highWater.load(ordering: .relaxed) }
+
+    /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
+    public func acquire(_ waiter: @autoclosure () -> Waiter) -> Outcome {
+        if waiting.load(ordering: .sequentiallyConsistent) == 0 && tryIncrement() {
+            return .acquired
+        }
+        var granted: [Waiter] = []
+        let outcome: Outcome = queue.withLock { q in
+            if q.isEmpty && tryIncrement() { return .acquired }
+            if q.count >= maxQueued.load(ordering: .relaxed) { return .rejected }
+            q.append(waiter())
+            waiting.wrappingAdd(1, ordering: .sequentiallyConsistent)
+            // A release may have run between our failed increment and the
+            // enqueue; it saw no waiter, so take the freed slot here.
+            grantWhilePossible(&q, into: &granted)
+            return .queued
+        }
+        for w in granted { w.loop.execute(w.grant) }
+        return outcome
+    }
+
+    /// Gives a slot back; the oldest waiter, if any, gets it.
+    public func release() {
+        inFlight.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+        if waiting.load(ordering: .sequentiallyConsistent) > 0 {
+            drain()
+        }
+    }
+
+    private func drain() {
+        var granted: [Waiter] = []
+        queue.withLock { q in grantWhilePossible(&q, into: &granted) }
+        for w in granted { w.loop.execute(w.grant) }
+    }
+
+    private func grantWhilePossible(_ q: inout WaiterQueue, into granted: inout [Waiter]) {
+        while !q.isEmpty && tryIncrement() {
+            granted.append(q.removeFirst())
+            waiting.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+        }
+    }
+
+    private func tryIncrement() -> Bool {
+        var current = inFlight.load(ordering: .sequentiallyConsistent)
+        let max = limit.load(ordering: .relaxed)
+        while current < max {
+            let (exchanged, original) = inFlight.compareExchange(
+                expected: current, desired: current + 1, ordering: .sequentiallyConsistent)
+            if exchanged {
+                if current + 1 > highWater.load(ordering: .relaxed) {
+                    highWater.store(current + 1, ordering: .relaxed)
+                }
+                return true
+            }
+            current = original
+        }
+        return false
+    }
+}
+
+/// FIFO of waiters: an array with a moving head, compacted as it drains.
+struct WaiterQueue {
+    private var items: [ConcurrencyGate.Waiter] = []
+    private var head = 0
+
+    var isEmpty: Bool { head == items.count }
+    var count: Int { items.count - head }
+
+    mutating func append(_ w: ConcurrencyGate.Waiter) { items.append(w) }
+
+    mutating func removeFirst() -> ConcurrencyGate.Waiter {
+        let w = items[head]
+        head += 1
+        if head > 64 && head * 2 > items.count {
+            items.removeFirst(head)
+            head = 0
+        }
+        return w
+    }
+}

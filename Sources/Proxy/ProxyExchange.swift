@@ -1,0 +1,282 @@
+import CLibevent
+import Config
+import HTTP
+import Loop
+
+/// One proxied request in `sync` mode: client request -> upstream -> client.
+///
+/// States: `waitingForSlot` (queued at the upstream's gate) -> `connecting`
+/// (a new upstream connection is being made) -> `exchanging` (request being
+/// written, response awaited) -> `relaying` (response head sent to the
+/// client, body streaming) -> `finished`. Every failure path ends in
+/// `finished` with the slot released exactly once.
+final class ProxyExchange: RequestHandler, HTTPClientDelegate {
+    enum State { case waitingForSlot, connecting, exchanging, relaying, finished }
+
+    let proxy: ProxyLoop
+    let client: HTTPServerConnection
+    let route: CompiledRoute
+    var target: UpstreamTarget { route.upstream }
+
+    private var state = State.waitingForSlot
+    private var upstream: HTTPClientConnection?
+    private var holdsSlot = false
+    private var timer: Timer!
+    /// The serialized upstream request head, kept for one retry on a stale
+    /// keep-alive connection.
+    private let head: OpaquePointer
+    /// Body bytes that arrived before an upstream connection was ready.
+    private let pending: OpaquePointer
+    private let chunkedUpstream: Bool
+    private let requestHasBody: Bool
+    private var requestComplete = false
+    private var retried = false
+    /// The head went out: body bytes now go straight to the upstream.
+    private var headSent = false
+    private let isHead: Bool
+
+    init(proxy: ProxyLoop, client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
+        self.proxy = proxy
+        self.client = client
+        self.route = route
+        self.head = evbuffer_new()
+        self.pending = evbuffer_new()
+        self.isHead = request.isHead
+        switch request.framing {
+        case .chunked:
+            chunkedUpstream = true
+            requestHasBody = true
+        case .length:
+            chunkedUpstream = false
+            requestHasBody = true
+        default:
+            chunkedUpstream = false
+            requestHasBody = false
+        }
+        requestComplete = request.isMessageComplete
+        timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
+        RequestSerializer.write(request: request, peer: client.peer, target: route.upstream,
+                                into: proxy.scratchWriter)
+        proxy.scratchWriter.flush(to: head)
+    }
+
+    deinit {
+        evbuffer_free(head)
+        evbuffer_free(pending)
+    }
+
+    func start() {
+        client.logUpstream = target.name
+        timer.schedule(after: target.config.syncTimeout)
+        let loopBound = LoopBound(self, loop: proxy.loop)
+        switch target.gate.acquire(.init(loop: proxy.loop, grant: { loopBound.value.slotGranted() })) {
+        case .acquired:
+            holdsSlot = true
+            connect()
+        case .queued:
+            break
+        case .rejected:
+            finish()
+            client.respondError(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full")) { w in
+                w.header("Retry-After", "1")
+            }
+        }
+    }
+
+    private func slotGranted() {
+        holdsSlot = true
+        guard state == .waitingForSlot else {
+            releaseSlot()
+            return
+        }
+        connect()
+    }
+
+    private func connect() {
+        if let pooled = proxy.pool(for: target).take() {
+            upstream = pooled
+            pooled.beginExchange(delegate: self, isHead: isHead)
+            sendRequest()
+            return
+        }
+        freshConnection()
+    }
+
+    private func freshConnection() {
+        state = .connecting
+        headSent = false
+        let c = HTTPClientConnection(loop: proxy.loop, maxHeaderBytes: proxy.maxResponseHeadBytes)
+        upstream = c
+        c.beginExchange(delegate: self, isHead: isHead)
+        c.connect(to: target.address, timeout: target.config.connectTimeout)
+    }
+
+    func clientConnected(_ connection: HTTPClientConnection) {
+        sendRequest()
+    }
+
+    private func sendRequest() {
+        guard let upstream, let out = upstream.output else { return }
+        state = .exchanging
+        headSent = true
+        let n = evbuffer_get_length(head)
+        evbuffer_add(out, evbuffer_pullup(head, n), n)
+        if evbuffer_get_length(pending) > 0 {
+            evbuffer_add_buffer(out, pending)
+        }
+        if requestComplete && chunkedUpstream {
+            evbuffer_add(out, "0\r\n\r\n", 5)
+        }
+        client.resumeReadingBody()
+    }
+
+    // MARK: Client side
+
+    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
+        let n = evbuffer_get_length(buffer)
+        let out: OpaquePointer
+        if headSent, let o = upstream?.output {
+            out = o
+        } else {
+            out = pending
+        }
+        if chunkedUpstream { CLibevent_evbuffer_add_chunk_header(out, n) }
+        evbuffer_add_buffer(out, buffer)
+        if chunkedUpstream { evbuffer_add(out, "\r\n", 2) }
+        // Backpressure: stop reading the client while the upstream lags.
+        if out == pending {
+            if evbuffer_get_length(pending) > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
+        } else if upstream?.isOutputCongested == true {
+            client.pauseReadingBody()
+        }
+    }
+
+    func requestEnd(connection: HTTPServerConnection) {
+        requestComplete = true
+        guard requestHasBody, chunkedUpstream else { return }
+        if headSent, let out = upstream?.output {
+            evbuffer_add(out, "0\r\n\r\n", 5)
+        }
+    }
+
+    func outputDrained(connection: HTTPServerConnection) {
+        upstream?.resumeReading()
+    }
+
+    func connectionClosed(connection: HTTPServerConnection) {
+        // The client is gone: the upstream exchange is abandoned mid-way.
+        upstream?.close()
+        upstream = nil
+        finish()
+    }
+
+    func clientOutputDrained(_ connection: HTTPClientConnection) {
+        client.resumeReadingBody()
+    }
+
+    // MARK: Upstream side
+
+    func clientResponseHead(_ connection: HTTPClientConnection, response: MessageReader) {
+        let framing: ResponseFraming
+        switch response.framing {
+        case .none:
+            let noLength = response.status < 200 || response.status == 204
+            framing = .none(contentLength: noLength ? nil : response.declaredContentLength)
+        case .length(let n):
+            framing = .contentLength(n)
+        case .chunked:
+            framing = .streamed
+        case .untilClose:
+            // An HTTP/1.1 response without framing cannot be told apart from
+            // a truncated one: refuse it. HTTP/1.0 servers may close-delimit.
+            guard response.versionMinor == 0 else {
+                fail(.badResponse)
+                return
+            }
+            framing = .streamed
+        }
+        state = .relaying
+        client.startResponse(status: response.status, reason: response.reason, framing: framing) { w in
+            ResponseSerializer.writeHeaders(of: response, into: w)
+        }
+    }
+
+    func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {
+        client.writeBody(buffer)
+        if client.isOutputCongested {
+            connection.pauseReading()
+        }
+    }
+
+    func clientResponseEnd(_ connection: HTTPClientConnection) {
+        // The connection is reusable only if the whole request went out.
+        if connection.isOpen {
+            if requestComplete && connection.output.map({ evbuffer_get_length($0) == 0 }) ?? false {
+                proxy.pool(for: target).put(connection)
+            } else {
+                connection.close()
+            }
+        }
+        upstream = nil
+        finish()
+        client.endResponse()
+    }
+
+    func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
+        upstream = nil
+        // A reused keep-alive connection may have been closed by the upstream
+        // just as we sent: retry once on a new one if nothing can be lost.
+        if failure == .reset && connection.completedExchanges > 0 && !retried && !requestHasBody {
+            retried = true
+            freshConnection()
+            return
+        }
+        switch failure {
+        case .unreachable:
+            fail(HTTPError(502, "upstream_unreachable", "upstream refused or unreachable"))
+        case .connectTimeout:
+            fail(HTTPError(504, "upstream_timeout", "upstream connect timed out"))
+        case .reset:
+            fail(HTTPError(502, "upstream_reset", "upstream closed the connection before responding"))
+        case .badResponse:
+            fail(.badResponse)
+        case .truncated:
+            fail(HTTPError(502, "upstream_reset", "upstream response was truncated"))
+        }
+    }
+
+    private func timedOut() {
+        guard state != .finished else { return }
+        upstream?.close()
+        upstream = nil
+        fail(HTTPError(504, "upstream_timeout", "upstream did not answer within sync_timeout"))
+    }
+
+    /// Ends the exchange with an error: a JSON answer if nothing was sent
+    /// yet, else the client connection is closed so it sees the truncation.
+    private func fail(_ error: HTTPError) {
+        upstream?.close()
+        upstream = nil
+        let started = client.hasResponseStarted
+        finish()
+        if started {
+            client.abort()
+        } else {
+            client.respondError(error)
+        }
+    }
+
+    private func finish() {
+        guard state != .finished else { return }
+        state = .finished
+        timer.cancel()
+        releaseSlot()
+    }
+
+    private func releaseSlot() {
+        if holdsSlot {
+            holdsSlot = false
+            target.gate.release()
+        }
+    }
+}

@@ -1,0 +1,95 @@
+import CLibevent
+import Config
+import HTTP
+import Loop
+
+/// The proxy on one event loop: its listener, its upstream pools, its
+/// access log, and the configuration it currently routes by.
+public final class ProxyLoop: HTTPService {
+    public let loop: EventLoop
+    public private(set) var config: RuntimeConfig
+    public private(set) var server: HTTPServer!
+    let scratchWriter = ByteWriter(capacity: 4096)
+    let maxResponseHeadBytes = 64 * 1024
+    private var pools: [ObjectIdentifier: UpstreamPool] = [:]
+    private var accessLog: AccessLog?
+    private let answered = AnsweredHandler()
+
+    public init(loop: EventLoop, config: RuntimeConfig, budget: ConnectionBudget) {
+        loop.preconditionInEventLoop()
+        self.loop = loop
+        self.config = config
+        self.server = nil
+        self.server = HTTPServer(loop: loop, service: self, limits: config.serverLimits, budget: budget)
+        applyLogging()
+    }
+
+    public func listen(host: String, port: Int, reusePort: Bool) throws(SocketError) -> Int {
+        try server.listen(host: host, port: port, reusePort: reusePort)
+    }
+
+    /// Swaps in a reloaded configuration; exchanges in flight finish on the old one.
+    public func apply(_ newConfig: RuntimeConfig) {
+        loop.preconditionInEventLoop()
+        config = newConfig
+        server.limits = newConfig.serverLimits
+        // Pools belong to the old targets; their idle connections are closed.
+        for pool in pools.values { pool.closeAll() }
+        pools.removeAll()
+        applyLogging()
+    }
+
+    private func applyLogging() {
+        if config.configuration.accessLog {
+            if accessLog == nil { accessLog = AccessLog(loop: loop) }
+            server.onExchangeEnd = { [unowned self] c in
+                self.accessLog?.record(c, status: c.responseStatus)
+            }
+        } else {
+            accessLog?.flush()
+            accessLog = nil
+            server.onExchangeEnd = nil
+        }
+    }
+
+    public func beginDrain() {
+        server.beginDrain()
+        for pool in pools.values { pool.closeAll() }
+    }
+
+    public var openConnections: Int { server.openConnections }
+
+    public func flushLogs() { accessLog?.flush() }
+
+    func pool(for target: UpstreamTarget) -> UpstreamPool {
+        let key = ObjectIdentifier(target)
+        if let pool = pools[key] { return pool }
+        let pool = UpstreamPool(loop: loop, target: target)
+        pools[key] = pool
+        return pool
+    }
+
+    // MARK: HTTPService
+
+    public func handler(for request: MessageReader, on connection: HTTPServerConnection) -> any RequestHandler {
+        if config.isJobPath(request) {
+            // The job path is never forwarded (SPEC §2).
+            connection.respondError(HTTPError(404, "not_found", "no such job"))
+            return answered
+        }
+        guard let route = config.route(for: request) else {
+            connection.respondError(HTTPError(404, "no_route", "no route matches this request"))
+            return answered
+        }
+        let exchange = ProxyExchange(proxy: self, client: connection, request: request, route: route)
+        exchange.start()
+        return exchange
+    }
+}
+
+/// The handler of a request the proxy answered itself: any body is dropped.
+final class AnsweredHandler: RequestHandler {
+    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    func requestEnd(connection: HTTPServerConnection) {}
+    func connectionClosed(connection: HTTPServerConnection) {}
+}

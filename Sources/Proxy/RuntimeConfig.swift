@@ -1,0 +1,130 @@
+import Config
+import HTTP
+import Loop
+
+/// An upstream as the data path uses it: resolved address and its gate.
+public final class UpstreamTarget: Sendable {
+    public let name: String
+    public let config: Upstream
+    public let address: ResolvedAddress
+    /// "host:port" as bytes, for requests that carry no Host (HTTP/1.0).
+    public let authority: [UInt8]
+    public let pathPrefix: [UInt8]
+    public let gate: ConcurrencyGate
+
+    init(config: Upstream, address: ResolvedAddress, gate: ConcurrencyGate) {
+        self.name = config.name
+        self.config = config
+        self.address = address
+        self.gate = gate
+        let u = config.url
+        let host = u.host.contains(":") ? "[\(u.host)]" : u.host
+        self.authority = Array("\(host):\(u.port)".utf8)
+        self.pathPrefix = Array(u.pathPrefix.utf8)
+    }
+}
+
+/// A route with its match data as bytes, so matching allocates nothing.
+public struct CompiledRoute: Sendable {
+    public let pathPrefix: [UInt8]
+    public let methods: [[UInt8]]
+    public let host: [UInt8]?
+    public let upstream: UpstreamTarget
+    public let mode: RouteMode
+    public let index: Int
+}
+
+/// The immutable runtime form of a `Configuration`. A reload builds a new one
+/// and each loop swaps its reference; exchanges in flight keep the old one.
+public final class RuntimeConfig: Sendable {
+    public let configuration: Configuration
+    public let routes: [CompiledRoute]
+    public let upstreams: [UpstreamTarget]
+    public let jobsPath: [UInt8]
+    public let serverLimits: HTTPServerLimits
+
+    /// Resolves upstream hosts (once, like nginx's `proxy_pass`). Gates of
+    /// upstreams that keep their name are reused so in-flight counts carry over.
+    public init(_ configuration: Configuration, previous: RuntimeConfig? = nil) throws(SocketError) {
+        self.configuration = configuration
+        var targets: [UpstreamTarget] = []
+        for u in configuration.upstreams {
+            let address = try SocketAddress.resolve(host: u.url.host, port: u.url.port)
+            let gate: ConcurrencyGate
+            if let old = previous?.upstreams.first(where: { $0.name == u.name }) {
+                gate = old.gate
+                gate.update(limit: u.maxConcurrency, maxQueued: u.maxQueued)
+            } else {
+                gate = ConcurrencyGate(limit: u.maxConcurrency, maxQueued: u.maxQueued)
+            }
+            targets.append(UpstreamTarget(config: u, address: address, gate: gate))
+        }
+        self.upstreams = targets
+        var routes: [CompiledRoute] = []
+        for (i, r) in configuration.routes.enumerated() {
+            guard let target = targets.first(where: { $0.name == r.upstream }) else {
+                throw SocketError(message: "route \(i + 1) names unknown upstream '\(r.upstream)'")
+            }
+            routes.append(CompiledRoute(
+                pathPrefix: Array(r.pathPrefix.utf8),
+                methods: r.methods.map { Array($0.uppercased().utf8) },
+                host: r.host.map { Array($0.lowercased().utf8) },
+                upstream: target, mode: r.mode, index: i))
+        }
+        self.routes = routes
+        self.jobsPath = Array(configuration.jobs.path.utf8)
+        var limits = HTTPServerLimits()
+        limits.maxHeaderBytes = configuration.limits.maxHeaderBytes
+        limits.maxRequestBody = configuration.limits.maxRequestBody
+        limits.headerTimeout = configuration.limits.headerTimeout
+        limits.bodyTimeout = configuration.limits.bodyTimeout
+        limits.idleTimeout = configuration.limits.idleTimeout
+        self.serverLimits = limits
+    }
+
+    /// The first route matching the request, or nil (SPEC §2: in order).
+    public func route(for request: MessageReader) -> CompiledRoute? {
+        let path = request.path
+        let method = request.methodName
+        let host = request.hostValue
+        for route in routes {
+            if !hasPrefix(path, route.pathPrefix) { continue }
+            if !route.methods.isEmpty && !route.methods.contains(where: { bytesEqual(method, $0) }) { continue }
+            if let want = route.host {
+                guard let host, hostMatches(host, want) else { continue }
+            }
+            return route
+        }
+        return nil
+    }
+
+    /// True when the path is the job endpoint or below it.
+    public func isJobPath(_ request: MessageReader) -> Bool {
+        let path = request.path
+        guard hasPrefix(path, jobsPath) else { return false }
+        return path.count == jobsPath.count || path[jobsPath.count] == UInt8(ascii: "/") || path[jobsPath.count] == UInt8(ascii: "?")
+    }
+}
+
+func hasPrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: [UInt8]) -> Bool {
+    guard bytes.count >= prefix.count else { return false }
+    for i in 0..<prefix.count where bytes[i] != prefix[i] { return false }
+    return true
+}
+
+func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    for i in 0..<b.count where a[i] != b[i] { return false }
+    return true
+}
+
+/// Host field against a lower-case route host, ignoring the port.
+func hostMatches(_ host: UnsafeBufferPointer<UInt8>, _ want: [UInt8]) -> Bool {
+    var n = host.count
+    if let colon = host.lastIndex(of: UInt8(ascii: ":")), !host.contains(UInt8(ascii: "]")) || host[n - 1] != UInt8(ascii: "]") {
+        n = colon
+    }
+    guard n == want.count else { return false }
+    for i in 0..<n where host[i] | 0x20 != want[i] | 0x20 { return false }
+    return true
+}

@@ -1,0 +1,74 @@
+import HTTP
+
+/// Upstream request heads, re-serialized from parsed, validated parts
+/// (SPEC §6): never the client's raw bytes.
+enum RequestSerializer {
+    static func write(request r: MessageReader, peer: [UInt8], target: UpstreamTarget, into w: ByteWriter) {
+        w.reset()
+        w.append(r.methodName)
+        w.append(byte: 0x20)
+        let path = r.path
+        w.append(target.pathPrefix)
+        if path.first != UInt8(ascii: "/") && !(path.count == 1 && path[0] == UInt8(ascii: "*")) {
+            w.append(byte: UInt8(ascii: "/"))
+        }
+        if !(path.count == 1 && path[0] == UInt8(ascii: "*") && !target.pathPrefix.isEmpty) {
+            w.append(path)
+        }
+        w.append(" HTTP/1.1\r\n")
+        if r.hostIndex < 0 {
+            w.append("Host: ")
+            w.append(target.authority)
+            w.append("\r\n")
+        }
+        var forwardedFor = false
+        for f in r.fields {
+            switch f.kind {
+            case .xForwardedFor:
+                // Merge every X-Forwarded-For value into one field, peer last.
+                if !forwardedFor {
+                    w.append("X-Forwarded-For: ")
+                    forwardedFor = true
+                } else {
+                    w.append(", ")
+                }
+                w.append(r.value(f))
+                continue
+            case .xForwardedProto, .xForwardedHost, .expect:
+                continue
+            default:
+                if f.kind.isHopByHop || r.isNominatedByConnection(f) { continue }
+            }
+            w.header(r.name(f), r.value(f))
+        }
+        if forwardedFor {
+            w.append(", ")
+        } else {
+            w.append("X-Forwarded-For: ")
+        }
+        w.append(peer)
+        w.append("\r\nX-Forwarded-Proto: http\r\n")
+        if let host = r.hostValue {
+            w.header("X-Forwarded-Host", host)
+        }
+        switch r.framing {
+        case .length(let n): w.header("Content-Length", decimal: n)
+        case .chunked: w.header("Transfer-Encoding", "chunked")
+        default:
+            // A request method whose semantics expect a body gets an explicit 0.
+            if r.declaredContentLength != nil { w.header("Content-Length", "0") }
+        }
+        w.append("\r\n")
+    }
+}
+
+/// End-to-end response headers for the client; framing and Connection are
+/// the server connection's to write.
+enum ResponseSerializer {
+    static func writeHeaders(of r: MessageReader, into w: ByteWriter) {
+        for f in r.fields {
+            if f.kind.isHopByHop || r.isNominatedByConnection(f) { continue }
+            w.header(r.name(f), r.value(f))
+        }
+    }
+}

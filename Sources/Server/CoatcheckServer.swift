@@ -1,0 +1,291 @@
+import Admin
+import CLibevent
+import Config
+import Dispatch
+import HTTP
+import Logging
+import Loop
+import Proxy
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The running process: loops, listeners, the admin endpoint, reload and
+/// drain. Lifecycle: `initial` -> `running` (after `start`) -> `draining`
+/// (SIGTERM/SIGINT or `beginShutdown`) -> `stopped`.
+public final class CoatcheckServer: Sendable {
+    public enum Phase: Sendable { case initial, running, draining, stopped }
+
+    public let group: EventLoopGroup
+    public let logger: Logger
+    private let budget: ConnectionBudget
+    private let state: Mutex<State>
+    private let stopped = DispatchSemaphore(value: 0)
+    /// Re-reads the configuration for SIGHUP; nil means reload is unavailable.
+    private let reloadSource: (@Sendable () throws -> Configuration)?
+
+    private struct State {
+        var phase = Phase.initial
+        var runtime: RuntimeConfig
+        var proxies: [LoopBound<ProxyLoop>] = []
+        var admin: LoopBound<AdminService>?
+        var port = 0
+        var adminPort: Int?
+        var signals: LoopBound<SignalWatcher>?
+    }
+
+    public init(configuration: Configuration, logger: Logger,
+                reloadSource: (@Sendable () throws -> Configuration)? = nil) throws {
+        let runtime: RuntimeConfig
+        do {
+            runtime = try RuntimeConfig(configuration)
+        } catch {
+            throw StartupError(message: error.message)
+        }
+        self.group = EventLoopGroup(count: configuration.threads ?? EventLoopGroup.coreCount)
+        self.logger = logger
+        self.budget = ConnectionBudget(limit: configuration.limits.maxConnections)
+        self.state = Mutex(State(runtime: runtime))
+        self.reloadSource = reloadSource
+    }
+
+    public var port: Int { state.withLock { $0.port } }
+    public var adminPort: Int? { state.withLock { $0.adminPort } }
+    public var phase: Phase { state.withLock { $0.phase } }
+    public var configuration: Configuration { state.withLock { $0.runtime.configuration } }
+
+    /// Binds every listener and starts serving. Throws if an address is taken.
+    public func start() throws {
+        signal(SIGPIPE, SIG_IGN)
+        group.start()
+        let runtime = state.withLock { $0.runtime }
+        let config = runtime.configuration
+        let budget = self.budget
+        var port = config.listen.port
+        var proxies: [LoopBound<ProxyLoop>] = []
+        do {
+            for loop in group.loops {
+                let boundPort = port
+                let bound = try loop.submitAndWait { () throws -> LoopBound<ProxyLoop> in
+                    LoopBound(ProxyLoop(loop: loop, config: runtime, budget: budget), loop: loop)
+                }
+                proxies.append(bound)
+                port = try loop.submitAndWait {
+                    // One listener per loop on the same port (SO_REUSEPORT):
+                    // the kernel spreads connections, none crosses threads.
+                    try bound.value.listen(host: config.listen.host, port: boundPort, reusePort: true)
+                }
+            }
+        } catch {
+            group.shutdown()
+            throw StartupError(message: "\(error)")
+        }
+        var adminPort: Int?
+        var admin: LoopBound<AdminService>?
+        if let adminListen = config.adminListen {
+            let loop = group.loops[0]
+            do {
+                let (a, p) = try loop.submitAndWait { () throws -> (LoopBound<AdminService>, Int) in
+                    let service = AdminService(loop: loop) { [weak self] in self?.isReady ?? false }
+                    let p = try service.server.listen(host: adminListen.host, port: adminListen.port, reusePort: false)
+                    return (LoopBound(service, loop: loop), p)
+                }
+                admin = a
+                adminPort = p
+            } catch {
+                group.shutdown()
+                throw StartupError(message: "\(error)")
+            }
+        }
+        let finalPort = port
+        state.withLock {
+            $0.proxies = proxies
+            $0.port = finalPort
+            $0.adminPort = adminPort
+            $0.admin = admin
+            $0.phase = .running
+        }
+        logger.info("coatcheck listening", metadata: [
+            "listen": "\(config.listen.host):\(finalPort)",
+            "admin": "\(adminPort.map { "\(config.adminListen!.host):\($0)" } ?? "off")",
+            "threads": "\(group.loops.count)",
+            "routes": "\(config.routes.count)",
+        ])
+    }
+
+    /// Ready when running and not draining (the store joins this with jobs).
+    public var isReady: Bool { phase == .running }
+
+    /// SIGTERM/SIGINT drain, SIGHUP reload; handled on loop 0 (signals reach one base only).
+    public func installSignalHandlers() {
+        let loop = group.loops[0]
+        let watcher = try? loop.submitAndWait { [self] in
+            LoopBound(SignalWatcher(loop: loop, server: self), loop: loop)
+        }
+        state.withLock { $0.signals = watcher }
+    }
+
+    /// Applies a new configuration to every loop. Invalid ones throw and the
+    /// old configuration stays.
+    public func reload(_ configuration: Configuration) throws {
+        let current = state.withLock { $0.runtime }
+        let next: RuntimeConfig
+        do {
+            next = try RuntimeConfig(configuration, previous: current)
+        } catch {
+            throw StartupError(message: error.message)
+        }
+        if configuration.listen != current.configuration.listen || configuration.threads != current.configuration.threads {
+            logger.warning("listen and threads changes take effect on restart only")
+        }
+        budget.limit.store(configuration.limits.maxConnections, ordering: .relaxed)
+        let proxies = state.withLock {
+            $0.runtime = next
+            return $0.proxies
+        }
+        for proxy in proxies {
+            proxy.loop.execute { proxy.value.apply(next) }
+        }
+        logger.info("configuration reloaded", metadata: ["routes": "\(configuration.routes.count)", "upstreams": "\(configuration.upstreams.count)"])
+    }
+
+    func reloadFromSource() {
+        guard let reloadSource else {
+            logger.warning("SIGHUP ignored: no configuration file to reload")
+            return
+        }
+        do {
+            try reload(try reloadSource())
+        } catch {
+            logger.error("reload failed, keeping the running configuration: \(error)")
+        }
+    }
+
+    /// Stops accepting, lets open exchanges finish within `shutdown_grace`,
+    /// then stops the loops; `waitUntilStopped` returns after that.
+    public func beginShutdown() {
+        let (proxies, grace) = state.withLock { s -> ([LoopBound<ProxyLoop>], Duration) in
+            guard s.phase == .running else { return ([], .zero) }
+            s.phase = .draining
+            return (s.proxies, s.runtime.configuration.limits.shutdownGrace)
+        }
+        guard !proxies.isEmpty else { return }
+        logger.info("draining", metadata: ["open_connections": "\(budget.current)", "grace": "\(grace)"])
+        for proxy in proxies {
+            proxy.loop.execute { proxy.value.beginDrain() }
+        }
+        let deadline = monotonicNanos() + UInt64(max(0, grace.nanoseconds))
+        let loop = group.loops[0]
+        loop.execute { [self] in
+            DrainWatch(loop: loop, deadline: deadline, server: self).start()
+        }
+    }
+
+    func drainFinished(timedOut: Bool) {
+        if timedOut {
+            logger.warning("shutdown_grace passed; closing \(budget.current) connections")
+        }
+        let proxies = state.withLock { s -> [LoopBound<ProxyLoop>] in
+            s.phase = .stopped
+            return s.proxies
+        }
+        for proxy in proxies {
+            proxy.loop.execute { proxy.value.flushLogs() }
+        }
+        stopped.signal()
+    }
+
+    var openConnections: Int { budget.current }
+
+    /// Blocks the calling thread (not a loop) until the drain is over, then
+    /// stops and joins the loops.
+    public func waitUntilStopped() {
+        stopped.wait()
+        group.shutdown()
+        logger.info("stopped")
+    }
+
+    /// For tests: drain, wait, stop.
+    public func shutdown() {
+        beginShutdown()
+        if phase == .stopped || phase == .draining {
+            waitUntilStopped()
+        } else {
+            group.shutdown()
+        }
+    }
+}
+
+public struct StartupError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+/// Polls the connection count while draining; a coarse timer is fine here
+/// (shutdown only), and the budget is the one count shared by every loop.
+final class DrainWatch {
+    let deadline: UInt64
+    unowned let server: CoatcheckServer
+    private var timer: Timer!
+    private var retained: DrainWatch?
+
+    init(loop: EventLoop, deadline: UInt64, server: CoatcheckServer) {
+        self.deadline = deadline
+        self.server = server
+        self.timer = Timer(loop: loop) { [unowned self] in self.check() }
+    }
+
+    func start() {
+        retained = self
+        check()
+    }
+
+    private func check() {
+        if server.openConnections == 0 {
+            finish(timedOut: false)
+        } else if monotonicNanos() >= deadline {
+            finish(timedOut: true)
+        } else {
+            timer.schedule(after: .milliseconds(20))
+        }
+    }
+
+    private func finish(timedOut: Bool) {
+        server.drainFinished(timedOut: timedOut)
+        retained = nil
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP as libevent signal events on loop 0.
+final class SignalWatcher {
+    private var events: [OpaquePointer] = []
+    unowned let server: CoatcheckServer
+
+    init(loop: EventLoop, server: CoatcheckServer) {
+        self.server = server
+        let ctx = Unmanaged.passUnretained(self).toOpaque()
+        for signo in [SIGTERM, SIGINT, SIGHUP] {
+            let ev = CLibevent_evsignal_new(loop.base, signo, { signo, _, ctx in
+                Unmanaged<SignalWatcher>.fromOpaque(ctx!).takeUnretainedValue().received(signo)
+            }, ctx)!
+            event_add(ev, nil)
+            events.append(ev)
+        }
+    }
+
+    deinit {
+        for ev in events { event_free(ev) }
+    }
+
+    private func received(_ signo: Int32) {
+        if signo == SIGHUP {
+            server.logger.info("SIGHUP: reloading configuration")
+            server.reloadFromSource()
+        } else {
+            server.logger.info("signal \(signo): shutting down")
+            server.beginShutdown()
+        }
+    }
+}

@@ -1,0 +1,188 @@
+import ArgumentParser
+import Config
+import DemoBackend
+import HTTP
+import Logging
+import Loop
+import Server
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Coatcheck: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coatcheck",
+        abstract: "A reverse proxy that turns long requests into 202 jobs.",
+        subcommands: [Serve.self, CheckConfig.self, DemoBackendCommand.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the proxy (precedence: flags, then environment, then the file, then defaults)."
+    )
+
+    @Option(name: .long, help: "YAML configuration file (env COATCHECK_CONFIG).")
+    var config: String?
+    @Option(name: .long, help: "Listen address HOST:PORT (env COATCHECK_LISTEN).")
+    var listen: String?
+    @Option(name: .long, help: "Upstream URL: one upstream, one catch-all auto route (env COATCHECK_UPSTREAM).")
+    var upstream: String?
+    @Option(name: .long, help: "Job store: memory:, sqlite:PATH or redis://HOST:PORT/DB (env COATCHECK_STORE).")
+    var store: String?
+    @Option(name: .customLong("async-after"), help: "How long auto routes wait before answering 202, e.g. 2s.")
+    var asyncAfter: String?
+    @Option(name: .customLong("admin-listen"), help: "Admin listener HOST:PORT for /healthz and /readyz.")
+    var adminListen: String?
+    @Option(name: .long, help: "Event-loop threads: a number or auto.")
+    var threads: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String?
+
+    mutating func validate() throws {
+        if let asyncAfter, parseDuration(asyncAfter) == nil {
+            throw ValidationError("--async-after: expected a duration like 250ms, 2s, 15m")
+        }
+    }
+
+    func run() throws {
+        let overrides = ConfigOverrides(
+            listen: listen, upstream: upstream, store: store,
+            asyncAfter: asyncAfter.flatMap(parseDuration), adminListen: adminListen,
+            threads: threads, logLevel: logLevel)
+        let environment = processEnvironment()
+        let file = config
+        let configuration: Configuration
+        do {
+            configuration = try ConfigLoader.resolve(file: file, flags: overrides, environment: environment)
+        } catch {
+            printError(error.description)
+            throw ExitCode(1)
+        }
+        let level = Logger.Level(rawValue: configuration.logLevel.rawValue) ?? .info
+        LoggingSystem.bootstrap { JSONLineLogHandler(label: $0, level: level) }
+        let logger = Logger(label: "coatcheck")
+
+        let reloadSource: (@Sendable () throws -> Configuration)?
+        if file != nil || environment["COATCHECK_CONFIG"] != nil {
+            reloadSource = { try ConfigLoader.resolve(file: file, flags: overrides, environment: environment) }
+        } else {
+            reloadSource = nil
+        }
+        do {
+            let server = try CoatcheckServer(configuration: configuration, logger: logger, reloadSource: reloadSource)
+            try server.start()
+            server.installSignalHandlers()
+            server.waitUntilStopped()
+        } catch {
+            printError("coatcheck: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a configuration file: exit 0, or exit 1 with FILE:LINE:COL: message."
+    )
+
+    @Argument(help: "The YAML file to check.")
+    var file: String
+
+    func run() throws {
+        do {
+            let config = try ConfigLoader.load(path: file)
+            print("\(file): ok (\(config.upstreams.count) upstreams, \(config.routes.count) routes)")
+        } catch {
+            printError(error.description)
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct DemoBackendCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo-backend",
+        abstract: "A small slow synchronous backend: /sleep?ms=N /status/CODE /echo /bytes/N /stats."
+    )
+
+    @Option(name: .long, help: "Listen address HOST:PORT (port 0 picks a free port).")
+    var listen: String
+
+    mutating func validate() throws {
+        if SocketAddressSpec(parsing: listen) == nil {
+            throw ValidationError("--listen: expected HOST:PORT")
+        }
+    }
+
+    func run() throws {
+        let address = SocketAddressSpec(parsing: listen)!
+        let loop = EventLoop()
+        let group = LoopRunner(loop: loop)
+        do {
+            let port = try loop.submitAndWaitBeforeRun(group) { () throws -> Int in
+                let backend = DemoBackend(loop: loop)
+                let port = try backend.server.listen(host: address.host, port: address.port, reusePort: false)
+                DemoHolder.keep(backend)
+                return port
+            }
+            print("demo-backend listening on \(SocketAddressSpec(host: address.host, port: port))")
+            fflushStdout()
+        } catch {
+            printError("demo-backend: \(error)")
+            throw ExitCode(1)
+        }
+        group.join()
+    }
+}
+
+/// Keeps the demo backend alive for the life of the process.
+enum DemoHolder {
+    nonisolated(unsafe) static var kept: [AnyObject] = []
+    static func keep(_ o: AnyObject) { kept.append(o) }
+}
+
+/// Runs one loop on a new thread for the demo backend.
+final class LoopRunner: Sendable {
+    let group: EventLoopGroup
+    init(loop: EventLoop) {
+        self.group = EventLoopGroup(loops: [loop])
+        signal(SIGPIPE, SIG_IGN)
+        group.start()
+    }
+    func join() { group.join() }
+}
+
+extension EventLoop {
+    func submitAndWaitBeforeRun<T: Sendable>(_ runner: LoopRunner, _ work: @escaping @Sendable () throws -> T) throws -> T {
+        try submitAndWait(work)
+    }
+}
+
+func printError(_ message: String) {
+    var line = message + "\n"
+    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+func fflushStdout() {
+    fflush(nil)
+}
+
+func processEnvironment() -> [String: String] {
+    var result: [String: String] = [:]
+    var p = environ
+    while let entry = p.pointee {
+        let s = String(cString: entry)
+        if let eq = s.firstIndex(of: "=") {
+            result[String(s[..<eq])] = String(s[s.index(after: eq)...])
+        }
+        p += 1
+    }
+    return result
+}
+
+Coatcheck.main()

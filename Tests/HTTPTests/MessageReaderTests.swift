@@ -1,0 +1,141 @@
+import CLibevent
+import HTTP
+import Testing
+
+/// Socket-free tests of the strict head reader.
+@Suite struct MessageReaderTests {
+    func readRequest(_ text: String, capacity: Int = 16 * 1024) -> Result<MessageReader, HTTPError> {
+        let reader = MessageReader(kind: .request, capacity: capacity)
+        let buffer = evbuffer_new()!
+        defer { evbuffer_free(buffer) }
+        var bytes = Array(text.utf8)
+        evbuffer_add(buffer, &bytes, bytes.count)
+        do {
+            let r = try reader.readHead(from: buffer)
+            guard r == .complete else { return .failure(HTTPError(0, "incomplete", "incomplete")) }
+            return .success(reader)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test func simpleGet() throws {
+        let r = try readRequest("GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-A:  v  \r\n\r\n").get()
+        #expect(String(decoding: r.methodName, as: UTF8.self) == "GET")
+        #expect(String(decoding: r.path, as: UTF8.self) == "/a?b=1")
+        #expect(r.fields.count == 2)
+        #expect(String(decoding: r.value(r.fields[1]), as: UTF8.self) == "v")
+        #expect(r.keepAlive)
+        #expect(r.framing == .none)
+    }
+
+    @Test func http10DefaultsToClose() throws {
+        let r = try readRequest("GET / HTTP/1.0\r\n\r\n").get()
+        #expect(!r.keepAlive)
+        #expect(r.versionMinor == 0)
+    }
+
+    @Test func incompleteHeadWaits() {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let buffer = evbuffer_new()!
+        defer { evbuffer_free(buffer) }
+        var bytes = Array("GET / HTTP/1.1\r\nHost: a\r\n".utf8)
+        evbuffer_add(buffer, &bytes, bytes.count)
+        #expect((try? reader.readHead(from: buffer)) == .incomplete)
+        #expect(evbuffer_get_length(buffer) == bytes.count)
+    }
+
+    @Test(arguments: [
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
+        ("POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\u{0}b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX(y): v\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET /a\u{1}b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET http://evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        ("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+        ("POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n", 417),
+    ])
+    func refused(request: String, status: Int) {
+        switch readRequest(request) {
+        case .success: Issue.record("accepted: \(request.debugDescription)")
+        case .failure(let e): #expect(e.status == status, "\(request.debugDescription)")
+        }
+    }
+
+    @Test func absoluteFormForOwnHostIsReduced() throws {
+        let r = try readRequest("GET http://a.example:8080/x?y HTTP/1.1\r\nHost: a.example:8080\r\n\r\n").get()
+        #expect(String(decoding: r.path, as: UTF8.self) == "/x?y")
+    }
+
+    @Test func headTooLarge() {
+        let big = "GET / HTTP/1.1\r\nHost: a\r\nX: " + String(repeating: "a", count: 2000) + "\r\n\r\n"
+        if case .failure(let e) = readRequest(big, capacity: 1024) { #expect(e.status == 431) } else { Issue.record("accepted") }
+        let longTarget = "GET /" + String(repeating: "a", count: 2000) + " HTTP/1.1\r\nHost: a\r\n\r\n"
+        if case .failure(let e) = readRequest(longTarget, capacity: 1024) { #expect(e.status == 414) } else { Issue.record("accepted") }
+    }
+
+    @Test func chunkedBodyDecodes() throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let input = evbuffer_new()!, out = evbuffer_new()!
+        defer { evbuffer_free(input); evbuffer_free(out) }
+        var bytes = Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET".utf8)
+        evbuffer_add(input, &bytes, bytes.count)
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(reader.framing == .chunked)
+        #expect(try reader.readBody(from: input, into: out))
+        var decoded = [UInt8](repeating: 0, count: evbuffer_get_length(out))
+        evbuffer_remove(out, &decoded, decoded.count)
+        #expect(String(decoding: decoded, as: UTF8.self) == "abcde")
+        // The pipelined next request is left in place.
+        #expect(evbuffer_get_length(input) == 3)
+    }
+
+    @Test(arguments: ["0x3\r\nabc\r\n0\r\n\r\n", "+3\r\nabc\r\n0\r\n\r\n", "-1\r\nabc\r\n0\r\n\r\n", "zz\r\n"])
+    func badChunkSizes(body: String) throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let input = evbuffer_new()!, out = evbuffer_new()!
+        defer { evbuffer_free(input); evbuffer_free(out) }
+        var bytes = Array(("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body).utf8)
+        evbuffer_add(input, &bytes, bytes.count)
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(throws: HTTPError.badChunk) { try reader.readBody(from: input, into: out) }
+    }
+
+    @Test func responseWithoutFramingIsCloseDelimited() throws {
+        let reader = MessageReader(kind: .response, capacity: 1024)
+        let input = evbuffer_new()!
+        defer { evbuffer_free(input) }
+        var bytes = Array("HTTP/1.1 200 OK\r\nX: y\r\n\r\nbody".utf8)
+        evbuffer_add(input, &bytes, bytes.count)
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(reader.framing == .untilClose)
+        #expect(reader.status == 200)
+    }
+
+    @Test func responseToHeadHasNoBody() throws {
+        let reader = MessageReader(kind: .response, capacity: 1024)
+        reader.requestWasHead = true
+        let input = evbuffer_new()!
+        defer { evbuffer_free(input) }
+        var bytes = Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".utf8)
+        evbuffer_add(input, &bytes, bytes.count)
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(reader.framing == .none)
+        #expect(reader.declaredContentLength == 10)
+    }
+}
