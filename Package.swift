@@ -3,6 +3,9 @@ import PackageDescription
 
 let strict: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
+    // Release builds skip dynamic exclusivity checks: they showed up in
+    // profiles of the per-request path (swift_beginAccess); debug keeps them.
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
 ]

@@ -37,7 +37,7 @@ public protocol HTTPClientDelegate: AnyObject {
 /// States: `connecting` -> `active` (a request is written, its response is
 /// read) -> `idle` (in a pool, watched for the peer closing) -> `active`...
 /// and `closed` from anywhere.
-public final class HTTPClientConnection {
+public final class HTTPClientConnection: ChannelDelegate {
     public enum State { case connecting, active, idle, closed }
 
     public let loop: EventLoop
@@ -51,7 +51,7 @@ public final class HTTPClientConnection {
     /// Any byte of the current response arrived.
     public private(set) var receivedResponseBytes = false
 
-    private var bev: OpaquePointer?
+    private var channel: Channel?
     private var headDone = false
     private var readPaused = false
     private var wantsDrainCallback = false
@@ -74,37 +74,30 @@ public final class HTTPClientConnection {
 
     /// Starts connecting; `delegate.clientConnected` or `clientFailed` follows.
     public func connect(to address: ResolvedAddress, timeout: Duration) {
-        guard let bev = bufferevent_socket_new(loop.base, -1, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue)) else {
+        guard let channel = Channel.connect(loop: loop, to: address) else {
             fail(.unreachable)
             return
         }
-        self.bev = bev
+        self.channel = channel
         retained = Unmanaged.passRetained(self)
-        let ctx = retained!.toOpaque()
-        bufferevent_setcb(bev, { _, ctx in
-            Unmanaged<HTTPClientConnection>.fromOpaque(ctx!).takeUnretainedValue().readable()
-        }, { _, ctx in
-            Unmanaged<HTTPClientConnection>.fromOpaque(ctx!).takeUnretainedValue().writable()
-        }, { _, what, ctx in
-            Unmanaged<HTTPClientConnection>.fromOpaque(ctx!).takeUnretainedValue().event(what)
-        }, ctx)
-        bufferevent_setwatermark(bev, Int16(EV_WRITE), 64 * 1024, 0)
-        bufferevent_setwatermark(bev, Int16(EV_READ), 0, 512 * 1024)
-        bufferevent_set_max_single_read(bev, 64 * 1024)
-        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
-        var address = address
-        let rc = address.withSockaddr { addr, len in
-            bufferevent_socket_connect(bev, UnsafeMutablePointer(mutating: addr), len)
-        }
-        if rc != 0 {
-            fail(.unreachable)
-            return
-        }
+        channel.delegate = self
+        channel.outputLowWater = 64 * 1024
+        channel.inputHighWater = 512 * 1024
         connectTimer.schedule(after: timeout)
     }
 
     /// Where the request goes; valid while not closed.
-    public var output: OpaquePointer? { bev.map { bufferevent_get_output($0) } }
+    public var output: OpaquePointer? { channel.flatMap { $0.isClosed ? nil : $0.output } }
+
+    /// Writes the buffered request now (once connected), else on connect.
+    public func writeNow() {
+        channel?.flush()
+    }
+
+    /// Writes the buffered request at the end of this loop turn.
+    public func flushSoon() {
+        channel?.flushSoon()
+    }
 
     public var isOutputCongested: Bool {
         guard let output else { return false }
@@ -122,35 +115,34 @@ public final class HTTPClientConnection {
         receivedResponseBytes = false
         readPaused = false
         if state == .idle { state = .active }
-        if let bev { bufferevent_enable(bev, Int16(EV_READ | EV_WRITE)) }
+        if state == .active { channel?.startReading() }
     }
 
     /// Back to the pool: the previous response was whole and keep-alive.
     public func becomeIdle() {
-        guard state == .active, let bev else { return }
+        guard state == .active, let channel, !channel.isClosed else { return }
         state = .idle
         delegate = nil
         completedExchanges += 1
-        bufferevent_enable(bev, Int16(EV_READ))
+        channel.startReading()
     }
 
     public func pauseReading() {
         readPaused = true
-        if let bev { bufferevent_disable(bev, Int16(EV_READ)) }
+        channel?.stopReading()
     }
 
     public func resumeReading() {
-        guard readPaused, let bev else { return }
+        guard readPaused, let channel, !channel.isClosed else { return }
         readPaused = false
-        bufferevent_enable(bev, Int16(EV_READ))
+        channel.startReading()
         readable()
     }
 
     /// Closes without telling the delegate (the exchange gave up on it).
     public func close() {
-        guard let bev else { return }
-        bufferevent_free(bev)
-        self.bev = nil
+        guard let channel, !channel.isClosed else { return }
+        channel.close()
         connectTimer.cancel()
         let wasIdle = state == .idle
         state = .closed
@@ -163,9 +155,14 @@ public final class HTTPClientConnection {
 
     // MARK: Callbacks
 
+    public func channelReadable(_ channel: Channel) {
+        readable()
+        channel.inputConsumed()
+    }
+
     private func readable() {
-        guard let bev else { return }
-        let input = bufferevent_get_input(bev)!
+        guard let channel, !channel.isClosed else { return }
+        let input = channel.input
         if state == .idle {
             // An idle upstream has nothing to say; bytes here mean it is broken.
             if evbuffer_get_length(input) > 0 { close() }
@@ -194,7 +191,7 @@ public final class HTTPClientConnection {
                 }
                 headDone = true
                 delegate?.clientResponseHead(self, response: reader)
-                if self.bev == nil || state != .active { return }
+                if channel.isClosed || state != .active { return }
                 continue
             }
             let done: Bool
@@ -207,7 +204,7 @@ public final class HTTPClientConnection {
             if evbuffer_get_length(scratch) > 0 {
                 delegate?.clientResponseBody(self, buffer: scratch)
                 evbuffer_drain(scratch, evbuffer_get_length(scratch))
-                if self.bev == nil || state != .active { return }
+                if channel.isClosed || state != .active { return }
             }
             if done {
                 finishResponse()
@@ -226,33 +223,34 @@ public final class HTTPClientConnection {
         d?.clientResponseEnd(self)
     }
 
-    private func writable() {
+    public func channelWritable(_ channel: Channel) {
         if wantsDrainCallback {
             wantsDrainCallback = false
             delegate?.clientOutputDrained(self)
         }
     }
 
-    private func event(_ what: Int16) {
-        if what & Int16(BEV_EVENT_CONNECTED) != 0 {
-            connectTimer.cancel()
-            if let bev { setNoDelay(bufferevent_getfd(bev)) }
-            state = .active
-            delegate?.clientConnected(self)
-            return
-        }
-        if state == .connecting {
+    public func channelConnected(_ channel: Channel, error: Int32) {
+        connectTimer.cancel()
+        guard error == 0 else {
             fail(.unreachable)
             return
         }
+        setNoDelay(channel.fd)
+        state = .active
+        channel.startReading()
+        delegate?.clientConnected(self)
+    }
+
+    public func channelClosed(_ channel: Channel, error: Int32) {
         if state == .idle {
             close()
             return
         }
-        if what & Int16(BEV_EVENT_EOF) != 0 && headDone && reader.framing == .untilClose {
+        if error == 0 && headDone && reader.framing == .untilClose {
             // A close-delimited body ends here: drain what is left first.
             readable()
-            guard bev != nil else { return }
+            guard !channel.isClosed else { return }
             reader.finishAtClose()
             let d = delegate
             delegate = nil
@@ -274,5 +272,5 @@ public final class HTTPClientConnection {
         d?.clientFailed(self, failure: failure)
     }
 
-    public var isOpen: Bool { bev != nil }
+    public var isOpen: Bool { channel.map { !$0.isClosed } ?? false }
 }

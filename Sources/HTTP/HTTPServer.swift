@@ -212,8 +212,3 @@ public struct ResolvedAddress: Sendable {
     }
 }
 
-/// Sets TCP_NODELAY: heads and small bodies must not wait for Nagle.
-func setNoDelay(_ fd: Int32) {
-    var one: Int32 = 1
-    setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-}

@@ -23,7 +23,7 @@ public enum ResponseFraming: Equatable {
 /// -> `done` (the handler owes the response; pipelined bytes wait in the
 /// input buffer). Response side: `none` -> `streaming` -> `done`. When both
 /// sides are done the connection goes back to `idle`, or closes.
-public final class HTTPServerConnection {
+public final class HTTPServerConnection: ChannelDelegate {
     enum RequestState { case idle, head, body, done }
     enum ResponseState { case none, streaming, done }
 
@@ -32,7 +32,7 @@ public final class HTTPServerConnection {
     public let reader: MessageReader
     public let headWriter = ByteWriter(capacity: 2048)
 
-    private var bev: OpaquePointer?
+    private let channel: Channel
     private var requestState = RequestState.idle
     private var responseState = ResponseState.none
     private var handler: (any RequestHandler)?
@@ -64,7 +64,7 @@ public final class HTTPServerConnection {
         self.reader = MessageReader(kind: .request, capacity: server.limits.maxHeaderBytes)
         self.scratch = evbuffer_new()
         setNoDelay(fd)
-        self.bev = bufferevent_socket_new(server.loop.base, fd, Int32(BEV_OPT_CLOSE_ON_FREE.rawValue))
+        self.channel = Channel(loop: server.loop, fd: fd)
         self.timer = Timer(loop: server.loop) { [unowned self] in self.timerFired() }
     }
 
@@ -73,30 +73,25 @@ public final class HTTPServerConnection {
     }
 
     func start() {
-        guard let bev else { return }
         retained = Unmanaged.passRetained(self)
-        let ctx = retained!.toOpaque()
-        bufferevent_setcb(bev, { _, ctx in
-            Unmanaged<HTTPServerConnection>.fromOpaque(ctx!).takeUnretainedValue().readable()
-        }, { _, ctx in
-            Unmanaged<HTTPServerConnection>.fromOpaque(ctx!).takeUnretainedValue().writable()
-        }, { _, what, ctx in
-            Unmanaged<HTTPServerConnection>.fromOpaque(ctx!).takeUnretainedValue().event(what)
-        }, ctx)
+        channel.delegate = self
         // Reading pauses by itself when unconsumed input passes this mark:
         // that bounds pipelined input and a paused request body.
-        bufferevent_setwatermark(bev, Int16(EV_READ), 0, server.limits.maxHeaderBytes + 64 * 1024)
-        bufferevent_setwatermark(bev, Int16(EV_WRITE), HTTPServerConnection.outputLowWater, 0)
-        bufferevent_set_max_single_read(bev, 64 * 1024)
-        bufferevent_enable(bev, Int16(EV_READ | EV_WRITE))
+        channel.inputHighWater = server.limits.maxHeaderBytes + 64 * 1024
+        channel.outputLowWater = HTTPServerConnection.outputLowWater
+        channel.startReading()
         timer.schedule(after: server.limits.headerTimeout)
     }
 
+    private var isClosed: Bool { channel.isClosed }
+
     // MARK: Reading
 
-    private func readable() {
+    public func channelReadable(_ channel: Channel) {
         process()
     }
+
+    public func channelConnected(_ channel: Channel, error: Int32) {}
 
     /// True while `process` runs: calls that would re-enter it (a handler
     /// answering synchronously, resuming a paused body) just change state,
@@ -104,11 +99,14 @@ public final class HTTPServerConnection {
     private var processing = false
 
     private func process() {
-        guard !processing, let bev else { return }
+        guard !processing, !isClosed else { return }
         processing = true
-        defer { processing = false }
-        let input = bufferevent_get_input(bev)!
-        while self.bev != nil {
+        defer {
+            processing = false
+            channel.inputConsumed()
+        }
+        let input = channel.input
+        while !isClosed {
             switch requestState {
             case .idle, .head:
                 if closing {
@@ -145,7 +143,8 @@ public final class HTTPServerConnection {
                 } else {
                     timer.schedule(after: server.limits.bodyTimeout)
                     if reader.expectContinue {
-                        evbuffer_add(bufferevent_get_output(bev), "HTTP/1.1 100 Continue\r\n\r\n", 25)
+                        evbuffer_add(channel.output, "HTTP/1.1 100 Continue\r\n\r\n", 25)
+                        channel.flushSoon()
                     }
                 }
                 handler = server.service.handler(for: reader, on: self)
@@ -166,7 +165,7 @@ public final class HTTPServerConnection {
                 if evbuffer_get_length(scratch) > 0 {
                     handler?.requestBody(scratch, connection: self)
                     evbuffer_drain(scratch, evbuffer_get_length(scratch))
-                    if self.bev == nil || requestState != .body { continue }
+                    if isClosed || requestState != .body { continue }
                 }
                 guard done else { return }
                 requestState = .done
@@ -201,12 +200,9 @@ public final class HTTPServerConnection {
 
     // MARK: Writing
 
-    public var output: OpaquePointer? { bev.map { bufferevent_get_output($0) } }
-
     /// True when the client is slow: stop producing until `outputDrained`.
     public var isOutputCongested: Bool {
-        guard let output else { return false }
-        let congested = evbuffer_get_length(output) > HTTPServerConnection.outputHighWater
+        let congested = evbuffer_get_length(channel.output) > HTTPServerConnection.outputHighWater
         if congested { wantsDrainCallback = true }
         return congested
     }
@@ -219,7 +215,7 @@ public final class HTTPServerConnection {
     /// Connection headers. The caller's closure appends end-to-end headers.
     public func startResponse(status: Int, reason: UnsafeBufferPointer<UInt8>? = nil, framing: ResponseFraming,
                               headers: (ByteWriter) -> Void) {
-        guard let bev, responseState == .none else { return }
+        guard !isClosed, responseState == .none else { return }
         responseState = .streaming
         responseStatus = status
         if server.draining || closing { keepAlive = false }
@@ -258,18 +254,20 @@ public final class HTTPServerConnection {
             w.header("Connection", "keep-alive")
         }
         w.append("\r\n")
-        w.flush(to: bufferevent_get_output(bev))
+        w.flush(to: channel.output)
+        channel.flushSoon()
     }
 
     /// Moves all of `buffer` to the client, framed.
     public func writeBody(_ buffer: OpaquePointer) {
         let n = evbuffer_get_length(buffer)
-        guard let bev, responseState == .streaming, n > 0 else { return }
+        guard !isClosed, responseState == .streaming, n > 0 else { return }
         if suppressBody {
             evbuffer_drain(buffer, n)
             return
         }
-        let out = bufferevent_get_output(bev)!
+        let out = channel.output
+        channel.flushSoon()
         if chunkedResponse {
             CLibevent_evbuffer_add_chunk_header(out, n)
             evbuffer_add_buffer(out, buffer)
@@ -280,8 +278,9 @@ public final class HTTPServerConnection {
     }
 
     public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>) {
-        guard let bev, responseState == .streaming, bytes.count > 0, !suppressBody else { return }
-        let out = bufferevent_get_output(bev)!
+        guard !isClosed, responseState == .streaming, bytes.count > 0, !suppressBody else { return }
+        let out = channel.output
+        channel.flushSoon()
         if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
         evbuffer_add(out, bytes.baseAddress, bytes.count)
         if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
@@ -289,11 +288,12 @@ public final class HTTPServerConnection {
 
     /// The response is complete.
     public func endResponse() {
-        guard let bev, responseState == .streaming else { return }
+        guard !isClosed, responseState == .streaming else { return }
         if chunkedResponse {
-            evbuffer_add(bufferevent_get_output(bev), "0\r\n\r\n", 5)
+            evbuffer_add(channel.output, "0\r\n\r\n", 5)
         }
         responseState = .done
+        channel.flush()
         if requestState == .done {
             finishExchange()
         } else if requestState == .body && reader.isMessageComplete {
@@ -348,7 +348,7 @@ public final class HTTPServerConnection {
         responseState = .none
         timer.schedule(after: server.limits.idleTimeout)
         // Pipelined requests already buffered are served now, in order.
-        if !processing, let bev, evbuffer_get_length(bufferevent_get_input(bev)) > 0 {
+        if !processing, evbuffer_get_length(channel.input) > 0 {
             process()
         }
     }
@@ -361,7 +361,7 @@ public final class HTTPServerConnection {
             let h = handler
             handler = nil
             h?.connectionClosed(connection: self)
-            if bev == nil { return }
+            if isClosed { return }
             requestState = .done
             respondError(error)
             if requestStart == 0 { requestStart = monotonicNanos() }
@@ -376,14 +376,14 @@ public final class HTTPServerConnection {
     /// closing with unread input would reset the connection and could
     /// destroy the response before the client reads it.
     private func closeAfterFlush() {
-        guard let bev else { return }
-        if closing { return }
+        guard !isClosed, !closing else { return }
         closing = true
         handler = nil
         requestState = .idle
-        bufferevent_setwatermark(bev, Int16(EV_WRITE), 0, 0)
-        bufferevent_setwatermark(bev, Int16(EV_READ), 0, 0)
-        if evbuffer_get_length(bufferevent_get_output(bev)) == 0 {
+        channel.outputLowWater = 0
+        channel.inputHighWater = 0
+        channel.flush()
+        if channel.pendingOutput == 0 {
             lingeringClose()
         }
     }
@@ -391,26 +391,25 @@ public final class HTTPServerConnection {
     private var lingering = false
 
     private func lingeringClose() {
-        guard let bev, !lingering else { return }
+        guard !isClosed, !lingering else { return }
         lingering = true
-        shutdown(bufferevent_getfd(bev), Int32(SHUT_WR))
-        let input = bufferevent_get_input(bev)!
-        evbuffer_drain(input, evbuffer_get_length(input))
+        channel.shutdownOutput()
+        evbuffer_drain(channel.input, evbuffer_get_length(channel.input))
+        channel.startReading()
         timer.schedule(after: .seconds(2))
     }
 
     /// Finish the current exchange, then close (SIGTERM drain).
     func drain() {
         keepAlive = false
-        if requestState == .idle && responseState != .streaming {
-            if let bev, evbuffer_get_length(bufferevent_get_input(bev)) == 0 { close() }
+        if requestState == .idle && responseState != .streaming && evbuffer_get_length(channel.input) == 0 {
+            close()
         }
     }
 
-    private func writable() {
-        guard let bev else { return }
+    public func channelWritable(_ channel: Channel) {
         if closing {
-            if evbuffer_get_length(bufferevent_get_output(bev)) == 0 { lingeringClose() }
+            if channel.pendingOutput == 0 { lingeringClose() }
             return
         }
         if wantsDrainCallback {
@@ -419,8 +418,8 @@ public final class HTTPServerConnection {
         }
     }
 
-    private func event(_ what: Int16) {
-        if what & Int16(BEV_EVENT_EOF) != 0 && what & Int16(BEV_EVENT_ERROR) == 0 {
+    public func channelClosed(_ channel: Channel, error: Int32) {
+        if error == 0 {
             if closing { close(); return }
             // Half-close after a complete request: answer it, then close.
             if requestState == .done && responseState != .done {
@@ -446,9 +445,8 @@ public final class HTTPServerConnection {
     }
 
     private func close() {
-        guard let bev else { return }
-        bufferevent_free(bev)
-        self.bev = nil
+        guard !isClosed else { return }
+        channel.close()
         timer.cancel()
         let h = handler
         handler = nil
@@ -460,6 +458,6 @@ public final class HTTPServerConnection {
         retained = nil
     }
 
-    public var isOpen: Bool { bev != nil }
+    public var isOpen: Bool { !isClosed }
 }
 

@@ -127,6 +127,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         if requestComplete && chunkedUpstream {
             evbuffer_add(out, "0\r\n\r\n", 5)
         }
+        upstream.writeNow()
         client.resumeReadingBody()
     }
 
@@ -143,6 +144,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         if chunkedUpstream { CLibevent_evbuffer_add_chunk_header(out, n) }
         evbuffer_add_buffer(out, buffer)
         if chunkedUpstream { evbuffer_add(out, "\r\n", 2) }
+        if out != pending { upstream?.flushSoon() }
         // Backpressure: stop reading the client while the upstream lags.
         if out == pending {
             if evbuffer_get_length(pending) > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
@@ -156,6 +158,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         guard requestHasBody, chunkedUpstream else { return }
         if headSent, let out = upstream?.output {
             evbuffer_add(out, "0\r\n\r\n", 5)
+            upstream?.flushSoon()
         }
     }
 

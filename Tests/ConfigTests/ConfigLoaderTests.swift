@@ -90,7 +90,7 @@ func minimal(_ extra: String = "") -> String {
 
         #expect(c.upstreams.count == 1)
         let u = try #require(c.upstream(named: "reports"))
-        #expect(u.url == UpstreamURL(scheme: "https", host: "127.0.0.1", port: 9000, pathPrefix: ""))
+        #expect(u.url == UpstreamURL(scheme: "http", host: "127.0.0.1", port: 9000, pathPrefix: ""))
         #expect(u.maxConcurrency == 4)
         #expect(u.maxQueued == 10_000)
         #expect(u.connectTimeout == .seconds(2))
