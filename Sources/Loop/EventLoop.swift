@@ -8,48 +8,48 @@ import Glibc
 
 /// A thread that owns one `event_base`.
 ///
-/// Everything that touches the base (bufferevents, timers, listeners) is
-/// created and used on this thread only. Other threads hand work over with
-/// `execute`, which queues a closure under a lock and wakes the loop with one
-/// activated event: the per-request path never takes that lock.
+/// Everything that touches the base (sockets, timers, listeners) is created
+/// and used on this thread only, so libevent runs without its own locks.
+/// Other threads hand work over with `execute`: a closure queued under a
+/// mutex and, when the queue was empty, one write to an eventfd the loop
+/// watches (memcached's queue + wake-up). The per-request path never takes
+/// that mutex.
 public final class EventLoop: @unchecked Sendable {
     /// The `event_base` this loop owns; valid until `deinit`.
     public let base: OpaquePointer
     public let index: Int
 
-    private let wakeEvent: OpaquePointer
+    private let wakeFD: Int32
+    private var wakeEvent: OpaquePointer!
     private let pending = Mutex<[@Sendable () -> Void]>([])
     private let threadID = Atomic<UInt>(0)
     private let stopped = Atomic<Bool>(false)
 
-    /// One-time process setup: libevent must know about pthreads before any
-    /// base is made, or cross-thread `event_active` is undefined.
-    private static let threadingReady: Bool = {
-        evthread_use_pthreads() == 0
-    }()
-
     public init(index: Int = 0) {
-        precondition(EventLoop.threadingReady, "evthread_use_pthreads failed")
         let config = event_config_new()!
-        // Enable/disable pairs within one loop turn (write interest added for
-        // a response that is then written at once) cost no epoll_ctl at all.
+        // Enable/disable pairs within one loop turn cost no epoll_ctl at all.
         event_config_set_flag(config, Int32(EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST.rawValue))
+        // One thread per base: libevent needs no locks of its own.
+        event_config_set_flag(config, Int32(EVENT_BASE_FLAG_NOLOCK.rawValue))
         guard let base = event_base_new_with_config(config) else {
             fatalError("event_base_new_with_config failed")
         }
         event_config_free(config)
         self.base = base
         self.index = index
-        // The callback argument is `self`, which exists only from here on:
-        // make the event, then assign it its real argument.
-        self.wakeEvent = event_new(base, -1, 0, { _, _, _ in }, nil)
-        event_assign(wakeEvent, base, -1, 0, { _, _, arg in
+        self.wakeFD = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
+        precondition(wakeFD >= 0, "eventfd failed")
+        wakeEvent = event_new(base, wakeFD, Int16(EV_READ | EV_PERSIST), { fd, _, arg in
+            var counter: UInt64 = 0
+            _ = read(fd, &counter, 8)
             Unmanaged<EventLoop>.fromOpaque(arg!).takeUnretainedValue().runPending()
         }, Unmanaged.passUnretained(self).toOpaque())
+        event_add(wakeEvent, nil)
     }
 
     deinit {
         event_free(wakeEvent)
+        close(wakeFD)
         event_base_free(base)
     }
 
@@ -69,7 +69,8 @@ public final class EventLoop: @unchecked Sendable {
             return queue.count == 1
         }
         if wasEmpty {
-            event_active(wakeEvent, 0, 0)
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
         }
     }
 
