@@ -34,6 +34,8 @@ let package = Package(
         .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
         // Routes, upstream pools, header rules, the sync exchange.
         .target(name: "Proxy", dependencies: ["HTTP", "Loop", "Config", "CLibevent"], swiftSettings: strict),
+        // Jobs: ids, the lifecycle state machine (stores and dispatch follow).
+        .target(name: "Jobs", dependencies: [], swiftSettings: strict),
         // /healthz /readyz.
         .target(name: "Admin", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
         // The slow synchronous backend for the quick start and the tests.
@@ -59,6 +61,7 @@ let package = Package(
 
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",
             dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "DemoBackend", "Admin", "CLibevent"],

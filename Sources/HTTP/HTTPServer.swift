@@ -35,10 +35,14 @@ public protocol RequestHandler: AnyObject {
     func outputDrained(connection: HTTPServerConnection)
     /// The connection closed before the exchange finished.
     func connectionClosed(connection: HTTPServerConnection)
+    /// The connection dropped its reference to this handler; called exactly
+    /// once per request, last.
+    func detached(from connection: HTTPServerConnection)
 }
 
 extension RequestHandler {
     public func outputDrained(connection: HTTPServerConnection) {}
+    public func detached(from connection: HTTPServerConnection) {}
 }
 
 /// A process-wide count of open client connections, for `max_connections`.

@@ -302,7 +302,7 @@ public final class HTTPServerConnection: ChannelDelegate {
             // Answered before the request body ended: the rest of the body
             // is not read, so the connection cannot be reused.
             keepAlive = false
-            handler = nil
+            dropHandler()
             closeAfterFlush()
         }
     }
@@ -336,8 +336,15 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     // MARK: Lifecycle
 
-    private func finishExchange() {
+    /// Lets go of the current handler and tells it so, exactly once.
+    private func dropHandler() {
+        guard let h = handler else { return }
         handler = nil
+        h.detached(from: self)
+    }
+
+    private func finishExchange() {
+        dropHandler()
         server.onExchangeEnd?(self)
         if !keepAlive || closing {
             closeAfterFlush()
@@ -361,12 +368,12 @@ public final class HTTPServerConnection: ChannelDelegate {
             let h = handler
             handler = nil
             h?.connectionClosed(connection: self)
+            h?.detached(from: self)
             if isClosed { return }
             requestState = .done
-            respondError(error)
             if requestStart == 0 { requestStart = monotonicNanos() }
-            server.onExchangeEnd?(self)
-            closeAfterFlush()
+            // Answered and logged through endResponse, which then closes.
+            respondError(error)
         } else {
             close()
         }
@@ -378,7 +385,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     private func closeAfterFlush() {
         guard !isClosed, !closing else { return }
         closing = true
-        handler = nil
+        dropHandler()
         requestState = .idle
         channel.outputLowWater = 0
         channel.inputHighWater = 0
@@ -453,6 +460,7 @@ public final class HTTPServerConnection: ChannelDelegate {
         if requestState != .idle || responseState == .streaming {
             h?.connectionClosed(connection: self)
         }
+        h?.detached(from: self)
         server.connectionDidClose(self)
         retained?.release()
         retained = nil

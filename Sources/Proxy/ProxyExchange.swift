@@ -10,38 +10,58 @@ import Loop
 /// written, response awaited) -> `relaying` (response head sent to the
 /// client, body streaming) -> `finished`. Every failure path ends in
 /// `finished` with the slot released exactly once.
+///
+/// Exchanges are reused per loop (`ProxyLoop.makeExchange`): the buffers and
+/// the timer are made once, `begin` resets the per-request state, and the
+/// connection's `detached` call hands a finished exchange back.
 final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     enum State { case waitingForSlot, connecting, exchanging, relaying, finished }
 
-    let proxy: ProxyLoop
-    let client: HTTPServerConnection
-    let route: CompiledRoute
+    unowned let proxy: ProxyLoop
+    private(set) var client: HTTPServerConnection!
+    private var route: CompiledRoute!
     var target: UpstreamTarget { route.upstream }
 
-    private var state = State.waitingForSlot
+    private var state = State.finished
     private var upstream: HTTPClientConnection?
     private var holdsSlot = false
+    /// Queued at the gate at some point: a grant may still arrive, so this
+    /// exchange is not reused.
+    private(set) var wasQueued = false
     private var timer: Timer!
     /// The serialized upstream request head, kept for one retry on a stale
     /// keep-alive connection.
-    private let head: OpaquePointer
+    private let head = ByteWriter(capacity: 1024)
     /// Body bytes that arrived before an upstream connection was ready.
     private let pending: OpaquePointer
-    private let chunkedUpstream: Bool
-    private let requestHasBody: Bool
+    private var chunkedUpstream = false
+    private var requestHasBody = false
     private var requestComplete = false
     private var retried = false
     /// The head went out: body bytes now go straight to the upstream.
     private var headSent = false
-    private let isHead: Bool
+    private var isHead = false
 
-    init(proxy: ProxyLoop, client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
+    init(proxy: ProxyLoop) {
         self.proxy = proxy
+        self.pending = evbuffer_new()
+        timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
+    }
+
+    deinit {
+        evbuffer_free(pending)
+    }
+
+    func begin(client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
         self.client = client
         self.route = route
-        self.head = evbuffer_new()
-        self.pending = evbuffer_new()
-        self.isHead = request.isHead
+        state = .waitingForSlot
+        upstream = nil
+        holdsSlot = false
+        retried = false
+        headSent = false
+        isHead = request.isHead
+        evbuffer_drain(pending, evbuffer_get_length(pending))
         switch request.framing {
         case .chunked:
             chunkedUpstream = true
@@ -54,18 +74,11 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             requestHasBody = false
         }
         requestComplete = request.isMessageComplete
-        timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
-        RequestSerializer.write(request: request, peer: client.peer, target: route.upstream,
-                                into: proxy.scratchWriter)
-        proxy.scratchWriter.flush(to: head)
+        RequestSerializer.write(request: request, peer: client.peer, target: route.upstream, into: head)
+        start()
     }
 
-    deinit {
-        evbuffer_free(head)
-        evbuffer_free(pending)
-    }
-
-    func start() {
+    private func start() {
         client.logUpstream = target.name
         timer.schedule(after: target.config.syncTimeout)
         let loopBound = LoopBound(self, loop: proxy.loop)
@@ -74,12 +87,20 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             holdsSlot = true
             connect()
         case .queued:
-            break
+            wasQueued = true
         case .rejected:
             finish()
             client.respondError(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full")) { w in
                 w.header("Retry-After", "1")
             }
+        }
+    }
+
+    /// The client connection let go of this exchange.
+    func detached(from connection: HTTPServerConnection) {
+        client = nil
+        if state == .finished && !wasQueued {
+            proxy.recycle(self)
         }
     }
 
@@ -119,8 +140,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         guard let upstream, let out = upstream.output else { return }
         state = .exchanging
         headSent = true
-        let n = evbuffer_get_length(head)
-        evbuffer_add(out, evbuffer_pullup(head, n), n)
+        evbuffer_add(out, head.base, head.count)
         if evbuffer_get_length(pending) > 0 {
             evbuffer_add_buffer(out, pending)
         }

@@ -14,6 +14,12 @@ public final class ProxyLoop: HTTPService {
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
     private var accessLog: AccessLog?
     private let answered = AnsweredHandler()
+    /// Finished exchanges kept for reuse: their buffers and timer are made once.
+    private var exchangePool: [ProxyExchange] = []
+
+    func recycle(_ exchange: ProxyExchange) {
+        if exchangePool.count < 1024 { exchangePool.append(exchange) }
+    }
 
     public init(loop: EventLoop, config: RuntimeConfig, budget: ConnectionBudget) {
         loop.preconditionInEventLoop()
@@ -81,8 +87,8 @@ public final class ProxyLoop: HTTPService {
             connection.respondError(HTTPError(404, "no_route", "no route matches this request"))
             return answered
         }
-        let exchange = ProxyExchange(proxy: self, client: connection, request: request, route: route)
-        exchange.start()
+        let exchange = exchangePool.popLast() ?? ProxyExchange(proxy: self)
+        exchange.begin(client: connection, request: request, route: route)
         return exchange
     }
 }

@@ -185,4 +185,15 @@ func processEnvironment() -> [String: String] {
     return result
 }
 
+/// A parent may start us with signals blocked (posix_spawn keeps the
+/// spawning thread's mask, and thread pools block signals): then SIGTERM and
+/// SIGHUP would never arrive. Start from an empty mask, as nginx does.
+func resetSignalMask() {
+    var empty = sigset_t()
+    sigemptyset(&empty)
+    pthread_sigmask(SIG_SETMASK, &empty, nil)
+    for signo in [SIGTERM, SIGINT, SIGHUP] { signal(signo, SIG_DFL) }
+}
+
+resetSignalMask()
 Coatcheck.main()
