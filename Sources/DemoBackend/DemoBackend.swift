@@ -90,6 +90,12 @@ final class DemoRequest: RequestHandler {
 
     func respond(_ status: Int, body: [UInt8]) {
         finish()
+        if status == 204 || status == 304 {
+            // These carry no body (RFC 9110 §15.3.5, §15.4.5).
+            connection.startResponse(status: status, framing: .none(contentLength: nil)) { _ in }
+            connection.endResponse()
+            return
+        }
         body.withUnsafeBufferPointer {
             connection.respond(status: status, contentType: "application/json", body: $0)
         }

@@ -33,6 +33,10 @@ public final class Channel {
     public var inputHighWater = 0
     /// `channelWritable` fires when a readiness flush leaves this much or less.
     public var outputLowWater = 64 * 1024
+    /// The owner waits for `channelWritable`: it comes from write readiness
+    /// even when a direct `flush` already emptied the buffer, so the owner is
+    /// never called back from inside its own write.
+    public var wantsWritable = false
     public static let readSize = 64 * 1024
 
     private var readEvent: OpaquePointer!
@@ -177,7 +181,7 @@ public final class Channel {
             failWrite(errno)
             return
         }
-        if evbuffer_get_length(output) > 0 && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
+        if (evbuffer_get_length(output) > 0 || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
             event_add(writeEvent, nil)
         }
     }
@@ -214,7 +218,10 @@ public final class Channel {
         }
         let left = evbuffer_get_length(output)
         if left == 0 { event_del(writeEvent) }
-        if left <= outputLowWater { delegate?.channelWritable(self) }
+        if left <= outputLowWater {
+            wantsWritable = false
+            delegate?.channelWritable(self)
+        }
     }
 
     private func failWrite(_ error: Int32) {

@@ -102,7 +102,10 @@ public final class HTTPClientConnection: ChannelDelegate {
     public var isOutputCongested: Bool {
         guard let output else { return false }
         let congested = evbuffer_get_length(output) > HTTPClientConnection.outputHighWater
-        if congested { wantsDrainCallback = true }
+        if congested {
+            wantsDrainCallback = true
+            channel?.wantsWritable = true
+        }
         return congested
     }
 
@@ -215,8 +218,11 @@ public final class HTTPClientConnection: ChannelDelegate {
 
     private func finishResponse() {
         let d = delegate
-        // Keep-alive only for a delimited response the upstream did not close.
-        if !reader.keepAlive || reader.framing == .untilClose {
+        // Keep-alive only for a delimited response the upstream did not
+        // close, with nothing after it: stray bytes (a body on a 204, a
+        // second response) would be served to the next request.
+        let leftover = channel.map { evbuffer_get_length($0.input) > 0 } ?? true
+        if !reader.keepAlive || reader.framing == .untilClose || leftover {
             delegate = nil
             close()
         }

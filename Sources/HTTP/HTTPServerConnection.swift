@@ -203,7 +203,10 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// True when the client is slow: stop producing until `outputDrained`.
     public var isOutputCongested: Bool {
         let congested = evbuffer_get_length(channel.output) > HTTPServerConnection.outputHighWater
-        if congested { wantsDrainCallback = true }
+        if congested {
+            wantsDrainCallback = true
+            channel.wantsWritable = true
+        }
         return congested
     }
 

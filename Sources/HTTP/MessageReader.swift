@@ -30,7 +30,7 @@ public enum BodyFraming: Sendable, Equatable {
 /// stricter rules of RFC 9112 that http_parser leaves to its caller. Names and
 /// values stay byte ranges into that buffer, valid until the next `readHead`.
 /// Bodies: fixed-length and close-delimited ones move buffer chains without
-/// copying; chunked ones go through http_parser's chunk decoder.
+/// copying; chunked ones go through `ChunkedDecoder`.
 public final class MessageReader {
     public enum Kind { case request, response }
     public enum HeadResult { case incomplete, complete }
@@ -73,7 +73,7 @@ public final class MessageReader {
     private var inBody = false
     private var lastWasValue = true
     private var scannedTo = 0
-    private var bodyDestination: OpaquePointer?
+    private var chunked = ChunkedDecoder()
     /// Bytes of a fixed-length body still to come.
     public private(set) var remaining: Int64 = 0
     /// Decoded body bytes read so far for this message.
@@ -113,6 +113,7 @@ public final class MessageReader {
         remaining = 0
         bodyBytesRead = 0
         status = 0
+        chunked.reset()
     }
 
     // MARK: Head
@@ -199,6 +200,8 @@ public final class MessageReader {
         let isRequest = kind == .request
         let major = Int(parser.pointee.http_major)
         versionMinor = Int(parser.pointee.http_minor)
+        // Debian's http_parser is built non-strict: it takes "HTTX/1.1".
+        guard hasVersionLiteral() else { throw isRequest ? .badRequest : .badResponse }
         if major != 1 { throw isRequest ? .versionNotSupported : .badResponse }
         if versionMinor > 1 { versionMinor = 1 }
 
@@ -318,6 +321,28 @@ public final class MessageReader {
         inBody = true
     }
 
+    /// "HTTP/d.d" exactly where the grammar puts it: after the target and one
+    /// space, ending the request line; or opening the status line.
+    private func hasVersionLiteral() -> Bool {
+        let literal: [UInt8] = Array("HTTP/".utf8)
+        var at: Int
+        if kind == .request {
+            at = targetEnd + 1
+            guard targetEnd < headLength, bytes[targetEnd] == 0x20 else { return false }
+        } else {
+            at = 0
+        }
+        guard at + 8 <= headLength else { return false }
+        for i in 0..<5 where bytes[at + i] != literal[i] { return false }
+        let d1 = bytes[at + 5], dot = bytes[at + 6], d2 = bytes[at + 7]
+        guard d1 >= 0x30 && d1 <= 0x39 && dot == UInt8(ascii: ".") && d2 >= 0x30 && d2 <= 0x39 else { return false }
+        at += 8
+        if kind == .request {
+            return at < headLength && (bytes[at] == 0x0D || bytes[at] == 0x0A)
+        }
+        return at < headLength && bytes[at] == 0x20
+    }
+
     /// RFC 9112 §3.2: origin-form, absolute-form (reduced to its path, and
     /// only for the host the request names), asterisk-form for OPTIONS.
     private func validateTarget() throws(HTTPError) {
@@ -399,22 +424,11 @@ public final class MessageReader {
     }
 
     private func readChunked(from input: OpaquePointer, into destination: OpaquePointer) throws(HTTPError) {
-        bodyDestination = destination
-        defer { bodyDestination = nil }
-        // One buffer chain at a time: peek it, decode it, drain what was used.
-        var chain = iovec()
-        while !messageDone, evbuffer_peek(input, -1, nil, &chain, 1) > 0, chain.iov_len > 0 {
-            let parsed = withUnsafePointer(to: MessageReader.settings) { settings in
-                http_parser_execute(parser, settings, chain.iov_base.assumingMemoryBound(to: CChar.self), chain.iov_len)
-            }
-            evbuffer_drain(input, parsed)
-            let errno = CHTTPParser_errno(parser)
-            if errno == HPE_PAUSED {
-                http_parser_pause(parser, 0)
-            } else if errno != HPE_OK {
-                throw kind == .request ? .badChunk : .badResponse
-            }
-        }
+        let before = evbuffer_get_length(destination)
+        let ok = chunked.decode(from: input, into: destination)
+        bodyBytesRead += Int64(evbuffer_get_length(destination) - before)
+        guard ok else { throw kind == .request ? .badChunk : .badResponse }
+        if chunked.isDone { messageDone = true }
     }
 
     // MARK: http_parser callbacks (trampolines: context pointer back to self)
@@ -427,7 +441,6 @@ public final class MessageReader {
         s.on_header_field = { p, at, n in reader(p).onHeaderField(at!, n) }
         s.on_header_value = { p, at, n in reader(p).onHeaderValue(at!, n) }
         s.on_headers_complete = { p in reader(p).onHeadersComplete() }
-        s.on_body = { p, at, n in reader(p).onBody(at!, n) }
         s.on_message_complete = { p in reader(p).onMessageComplete() }
         return s
     }()
@@ -486,13 +499,6 @@ public final class MessageReader {
         return 0
     }
 
-    private func onBody(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        if let destination = bodyDestination {
-            evbuffer_add(destination, at, n)
-            bodyBytesRead += Int64(n)
-        }
-        return 0
-    }
 
     private func onMessageComplete() -> Int32 {
         messageDone = true

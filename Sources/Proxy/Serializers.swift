@@ -21,18 +21,11 @@ enum RequestSerializer {
             w.append(target.authority)
             w.append("\r\n")
         }
-        var forwardedFor = false
+        var forwardedFor = 0
         for f in r.fields {
             switch f.kind {
             case .xForwardedFor:
-                // Merge every X-Forwarded-For value into one field, peer last.
-                if !forwardedFor {
-                    w.append("X-Forwarded-For: ")
-                    forwardedFor = true
-                } else {
-                    w.append(", ")
-                }
-                w.append(r.value(f))
+                forwardedFor += 1  // merged below, with the peer appended
                 continue
             case .xForwardedProto, .xForwardedHost, .expect:
                 continue
@@ -41,10 +34,12 @@ enum RequestSerializer {
             }
             w.header(r.name(f), r.value(f))
         }
-        if forwardedFor {
-            w.append(", ")
-        } else {
-            w.append("X-Forwarded-For: ")
+        w.append("X-Forwarded-For: ")
+        if forwardedFor > 0 {
+            for f in r.fields where f.kind == .xForwardedFor && f.valueEnd > f.valueStart {
+                w.append(r.value(f))
+                w.append(", ")
+            }
         }
         w.append(peer)
         w.append("\r\nX-Forwarded-Proto: http\r\n")

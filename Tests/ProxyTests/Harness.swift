@@ -200,6 +200,8 @@ final class RecordingUpstream: @unchecked Sendable {
     let fd: Int32
     let port: Int
     private let state = Box<(received: [UInt8], connections: Int)>(([], 0))
+    /// Connections the proxy closed (EOF or reset seen while reading).
+    private let peerCloses = Box<Int>(0)
     let reply: @Sendable ([UInt8]) -> [UInt8]?
     let closeAfterReply: Bool
     private let thread: Thread?
@@ -231,6 +233,7 @@ final class RecordingUpstream: @unchecked Sendable {
         let st = state
         let closeAfter = closeAfterReply
         let reply = self.reply
+        let closes = peerCloses
         thread = Thread {
             while true {
                 let c = accept(listenFD, nil, nil)
@@ -243,6 +246,7 @@ final class RecordingUpstream: @unchecked Sendable {
                     setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
                     while true {
                         let n = recv(c, &chunk, chunk.count, 0)
+                        if n == 0 || (n < 0 && errno == ECONNRESET) { closes.withLock { $0 += 1 } }
                         if n <= 0 { break }
                         got.append(contentsOf: chunk[0..<n])
                         st.withLock { $0.received.append(contentsOf: chunk[0..<n]) }
@@ -267,6 +271,8 @@ final class RecordingUpstream: @unchecked Sendable {
     var received: [UInt8] { state.withLock { $0.received } }
     var receivedText: String { String(decoding: received, as: UTF8.self) }
     var connections: Int { state.withLock { $0.connections } }
+    /// How many of its connections the proxy has closed so far.
+    var closedByPeer: Int { peerCloses.withLock { $0 } }
 }
 
 /// Replies once a whole request head (and its Content-Length body) is in.
@@ -325,6 +331,8 @@ final class Child: @unchecked Sendable {
     let process = Process()
     private let lines = Box<[String]>([])
     private let stdoutPipe = Pipe(), stderrPipe = Pipe()
+    /// Pipes (of 2) that reached EOF.
+    private let closedPipes = Box<Int>(0)
 
     init(_ arguments: [String], environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: coatcheckBinary)
@@ -334,13 +342,21 @@ final class Child: @unchecked Sendable {
         process.standardError = stderrPipe
         for pipe in [stdoutPipe, stderrPipe] {
             let l = lines
+            let eof = closedPipes
             pipe.fileHandleForReading.readabilityHandler = { h in
                 let data = h.availableData
-                if data.isEmpty { h.readabilityHandler = nil; return }
+                if data.isEmpty { h.readabilityHandler = nil; eof.withLock { $0 += 1 }; return }
                 let text = String(decoding: data, as: UTF8.self)
                 l.withLock { $0.append(contentsOf: text.split(separator: "\n").map(String.init)) }
             }
         }
+        // The test runner's threads block most signals and a spawned child
+        // inherits the spawning thread's mask: with SIGTERM/SIGHUP blocked,
+        // signal tests could never reach the child. Spawn with an empty mask.
+        var empty = sigset_t(), saved = sigset_t()
+        sigemptyset(&empty)
+        pthread_sigmask(SIG_SETMASK, &empty, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
         try process.run()
     }
 
@@ -369,6 +385,11 @@ final class Child: @unchecked Sendable {
 
     func signal(_ s: Int32) { kill(process.processIdentifier, s) }
 
+    /// Waits until both stdout and stderr reached EOF, so `output` is complete.
+    func waitForOutputEnd(timeout: Double = 5) -> Bool {
+        waitUntil(timeout: timeout) { self.closedPipes.withLock { $0 } == 2 }
+    }
+
     /// Peak resident memory (VmHWM) in KiB.
     var peakRSSKiB: Int {
         let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
@@ -379,7 +400,12 @@ final class Child: @unchecked Sendable {
     }
 
     deinit {
-        if process.isRunning { process.terminate(); process.waitUntilExit() }
+        if process.isRunning {
+            process.terminate()
+            // Never hang a test run on a child that ignores SIGTERM.
+            if waitForExit(timeout: 5) == nil { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
     }
 }
 

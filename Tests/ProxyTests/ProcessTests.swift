@@ -1,0 +1,215 @@
+import Foundation
+import Testing
+
+/// SPEC §1 and §7 on the built binary: the drop-in command line,
+/// check-config, exit codes, SIGTERM drain, SIGHUP reload, admin endpoints.
+@Suite struct ProcessTests {
+    /// The §2 example of SPEC.md, verbatim: the documented file must pass.
+    static let specExample = """
+        listen: "0.0.0.0:8080"
+        admin_listen: "127.0.0.1:8081"     # /healthz /readyz /metrics; absent: off
+        threads: auto                      # event-loop threads; auto = cores
+        store: "sqlite:./data/coatcheck.db" # or "memory:" (not durable) or "redis://HOST:PORT/DB"
+        public_url: "https://api.example.com"  # base of status_url/result_url; default: from Host
+        limits:
+          max_header_bytes: 16KiB          # over: 431
+          max_request_body: 8MiB           # over: 413
+          max_connections: 10000           # over: new connections refused, others served
+          header_timeout: 10s              # total time to receive all headers; over: 408 + close
+          body_timeout: 60s                # total time to receive the body; over: 408 + close
+          idle_timeout: 60s                # keep-alive idle
+          shutdown_grace: 30s              # SIGTERM: how long in-flight exchanges may finish
+        jobs:
+          path: /jobs                      # job endpoint prefix
+          result_ttl: 24h                  # terminal jobs and results are deleted after this
+          max_result_body: 64MiB           # larger upstream response: job fails, response_too_large
+          max_wait: 60s                    # cap of ?wait= long polls and Prefer: wait
+          bind_to: "header:Authorization"  # optional: only the same credential may see the job
+          dir: ./data                      # spooled bodies; files and the database are created 0600
+        upstreams:
+          reports:
+            url: "http://127.0.0.1:9000"
+            max_concurrency: 4             # requests in flight to this upstream, sync and jobs together
+            max_queued: 10000              # waiting beyond that: 503 + Retry-After
+            connect_timeout: 2s
+            timeout: 15m                   # whole exchange, background jobs
+            sync_timeout: 60s              # whole exchange, sync requests; over: 504
+            ca_file: /etc/ssl/internal.pem # optional, for https:// upstreams: extra trusted CAs
+            retry: { attempts: 1, backoff: 1s, max_backoff: 1m }   # 1 = no retry (the default)
+        routes:
+          - match: { path_prefix: "/reports", methods: [POST] }
+            upstream: reports
+            mode: async                    # sync | async | auto
+          - match: { path_prefix: "/" }
+            upstream: reports
+            mode: auto
+            async_after: 2s                # the default
+
+        """
+
+    /// `in_flight` of a demo-backend process, from its /stats.
+    static func backendInFlight(_ port: Int) -> Int? {
+        guard let r = try? get(port, "/stats"),
+              let o = try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any] else { return nil }
+        return o["in_flight"] as? Int
+    }
+
+    @Test func serveWithOnlyUpstreamAndListenFlagsProxies() throws {
+        let (backend, backendPort) = try demoBackendProcess()
+        let (serve, port, _) = try serveProcess(["--upstream", "http://127.0.0.1:\(backendPort)", "--listen", "127.0.0.1:0"])
+        let r = try get(port, "/status/201")
+        #expect(r.status == 201)
+        #expect(r.text == "{\"status\":201}")
+        let e = try request(port, "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+        #expect(e.status == 200)
+        #expect(e.text == "abc")
+        #expect(serve.process.isRunning)
+        _ = backend
+    }
+
+    @Test func checkConfigAcceptsTheSpecExample() throws {
+        let path = try writeTempFile(Self.specExample)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let child = try Child(["check-config", path])
+        #expect(child.waitForExit() == 0, "output: \(child.output)")
+    }
+
+    @Test func checkConfigReportsAnUnknownKeyOnExactlyOneLine() throws {
+        let path = try writeTempFile("""
+            listen: "127.0.0.1:0"
+            upstreams:
+              app:
+                url: "http://127.0.0.1:9000"
+                max_concurency: 4
+            routes:
+              - match: { path_prefix: "/" }
+                upstream: app
+
+            """)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let child = try Child(["check-config", path])
+        #expect(child.waitForExit() == 1)
+        #expect(child.waitForOutputEnd())
+        let lines = child.output.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        #expect(lines.count == 1, "output: \(lines)")
+        let line = lines.first ?? ""
+        #expect(line.hasPrefix("\(path):5:5: "), "line: \(line)")
+        #expect(line.contains("max_concurency"), "the message must name the key: \(line)")
+    }
+
+    @Test func checkConfigReportsABadValueOnExactlyOneLine() throws {
+        let path = try writeTempFile("""
+            upstreams:
+              app:
+                url: "http://127.0.0.1:9000"
+            limits:
+              header_timeout: soon
+            routes:
+              - match: { path_prefix: "/" }
+                upstream: app
+
+            """)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let child = try Child(["check-config", path])
+        #expect(child.waitForExit() == 1)
+        #expect(child.waitForOutputEnd())
+        let lines = child.output.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        #expect(lines.count == 1, "output: \(lines)")
+        #expect(lines.first?.hasPrefix("\(path):5:") == true, "output: \(lines)")
+    }
+
+    @Test func unknownFlagExits64WithUsage() throws {
+        let child = try Child(["serve", "--bogus"])
+        #expect(child.waitForExit() == 64)
+        #expect(child.waitForOutputEnd())
+        #expect(child.output.contains { $0.lowercased().contains("usage") }, "output: \(child.output)")
+        #expect(!child.output.contains { $0.contains("Fatal error") || $0.contains("Stack dump") })
+    }
+
+    @Test func sigtermLetsTheInFlightRequestFinishThenExits0() throws {
+        let (backend, backendPort) = try demoBackendProcess()
+        let (serve, port, adminPort) = try serveProcess([
+            "--upstream", "http://127.0.0.1:\(backendPort)", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        ])
+        let admin = try #require(adminPort)
+        #expect(try get(admin, "/healthz").status == 200)
+        #expect(try get(admin, "/readyz").status == 200)
+
+        let a = try RawClient(port: port, timeout: 10)
+        let start = ContinuousClock.now
+        try a.send("GET /sleep?ms=800 HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(waitUntil(timeout: 3) { Self.backendInFlight(backendPort) == 1 }, "the request never reached the backend")
+        serve.signal(SIGTERM)
+
+        #expect(waitUntil(timeout: 0.5) { connectionRefused(port) }, "new connections are still accepted after SIGTERM")
+        // Draining: not ready any more (SPEC §7), while the request goes on.
+        if secondsSince(start) < 0.7 {
+            let ready = try? get(admin, "/readyz")
+            #expect(ready?.status == 503, "/readyz while draining: \(ready.map { "\($0.status)" } ?? "no answer")")
+        }
+        let r = try a.readResponse()
+        #expect(r.status == 200)
+        #expect(r.text == "{\"slept_ms\":800}")
+        #expect(secondsSince(start) >= 0.75, "answered before the 800ms sleep could be over")
+        #expect(serve.waitForExit(timeout: 10) == 0)
+        _ = backend
+    }
+
+    @Test func sighupReloadsRoutesWithoutDroppingConnectionsAndKeepsThemOnABadFile() throws {
+        let (backend, backendPort) = try demoBackendProcess()
+        func config(prefix: String, extra: String = "") -> String {
+            """
+            listen: "127.0.0.1:0"
+            admin_listen: "127.0.0.1:0"
+            store: "memory:"
+            access_log: off
+            threads: 2
+            upstreams:
+              app:
+                url: "http://127.0.0.1:\(backendPort)"
+            routes:
+              - match: { path_prefix: "\(prefix)" }
+                upstream: app
+                mode: sync
+            \(extra)
+            """
+        }
+        let path = try writeTempFile(config(prefix: "/status"))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (serve, port, adminPort) = try serveProcess(["--config", path])
+        let admin = try #require(adminPort)
+        #expect(try get(admin, "/healthz").status == 200)
+        #expect(try get(admin, "/readyz").status == 200)
+
+        let kept = try RawClient(port: port, timeout: 5)
+        func onKept(_ path: String) throws -> Response {
+            try kept.send("GET \(path) HTTP/1.1\r\nHost: a\r\n\r\n")
+            return try kept.readResponse()
+        }
+        #expect(try onKept("/status/201").status == 201)
+        #expect(try onKept("/sleep?ms=1").status == 404)
+
+        // A changed path_prefix takes effect on new requests.
+        try config(prefix: "/sleep").write(toFile: path, atomically: true, encoding: .utf8)
+        serve.signal(SIGHUP)
+        #expect(waitUntil(timeout: 3) { (try? statusOnNewConnection(port, "/sleep?ms=1")) == 200 }, "the reload never took effect")
+        #expect(try statusOnNewConnection(port, "/status/201") == 404)
+        // The open keep-alive connection was not dropped, and routes by the new file.
+        #expect(try onKept("/sleep?ms=1").status == 200)
+        #expect(try onKept("/status/201").status == 404)
+
+        // An invalid file: the reload fails and the running routes stay.
+        let linesBefore = serve.output.count
+        try config(prefix: "/status", extra: "bogus_key: 1").write(toFile: path, atomically: true, encoding: .utf8)
+        serve.signal(SIGHUP)
+        #expect(waitUntil(timeout: 3) { serve.output.count > linesBefore }, "the failed reload was not logged")
+        Thread.sleep(forTimeInterval: 0.1)
+        #expect(serve.process.isRunning)
+        #expect(try statusOnNewConnection(port, "/sleep?ms=1") == 200)
+        #expect(try statusOnNewConnection(port, "/status/201") == 404)
+        #expect(try onKept("/sleep?ms=2").status == 200)
+        #expect(try get(admin, "/healthz").status == 200)
+        #expect(try get(admin, "/readyz").status == 200)
+        _ = backend
+    }
+}
