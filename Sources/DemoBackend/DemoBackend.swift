@@ -149,7 +149,9 @@ final class DemoRequest: RequestHandler {
             let n = Int(min(remaining, Int64(chunk.count)))
             chunk.withUnsafeBufferPointer { connection.writeBody(UnsafeBufferPointer(rebasing: $0[0..<n])) }
             remaining -= Int64(n)
-            if connection.isOutputCongested { return }
+            // Wait for the drain only if there is more to write: the end of
+            // the response must not hang on a drain callback.
+            if remaining > 0 && connection.isOutputCongested { return }
         }
         if remaining == 0 {
             finish()

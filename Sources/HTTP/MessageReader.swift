@@ -70,7 +70,6 @@ public final class MessageReader {
     private let parser: UnsafeMutablePointer<http_parser>
     private var headersDone = false
     private var messageDone = false
-    private var inBody = false
     private var lastWasValue = true
     private var scannedTo = 0
     private var chunked = ChunkedDecoder()
@@ -101,7 +100,6 @@ public final class MessageReader {
         fields.removeAll(keepingCapacity: true)
         headersDone = false
         messageDone = false
-        inBody = false
         lastWasValue = true
         scannedTo = 0
         framing = .none
@@ -318,7 +316,6 @@ public final class MessageReader {
         }
         if case .length(let n) = framing { remaining = n }
         if case .none = framing { messageDone = true }
-        inBody = true
     }
 
     /// "HTTP/d.d" exactly where the grammar puts it: after the target and one
@@ -467,7 +464,6 @@ public final class MessageReader {
     }
 
     private func onHeaderField(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        if inBody { return 0 } // trailer fields are read and dropped
         let o = offset(at)
         if lastWasValue {
             fields.append(HeaderField(nameStart: o, nameEnd: o + Int32(n), valueStart: o, valueEnd: o, kind: .other))
@@ -479,7 +475,6 @@ public final class MessageReader {
     }
 
     private func onHeaderValue(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        if inBody { return 0 }
         let o = offset(at)
         if !lastWasValue {
             fields[fields.count - 1].valueStart = o

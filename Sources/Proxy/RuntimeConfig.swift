@@ -121,7 +121,10 @@ func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: [UInt8]) -> Bool {
 /// Host field against a lower-case route host, ignoring the port.
 func hostMatches(_ host: UnsafeBufferPointer<UInt8>, _ want: [UInt8]) -> Bool {
     var n = host.count
-    if let colon = host.lastIndex(of: UInt8(ascii: ":")), !host.contains(UInt8(ascii: "]")) || host[n - 1] != UInt8(ascii: "]") {
+    if host.first == UInt8(ascii: "[") {
+        // IP-literal: the name ends at "]".
+        n = (host.firstIndex(of: UInt8(ascii: "]")) ?? n - 1) + 1
+    } else if let colon = host.firstIndex(of: UInt8(ascii: ":")) {
         n = colon
     }
     guard n == want.count else { return false }

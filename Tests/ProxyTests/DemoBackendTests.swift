@@ -19,6 +19,19 @@ import Testing
         }
     }
 
+    /// A `/bytes` response whose last chunk fills the output past the
+    /// congestion mark still ends, so the keep-alive connection serves the
+    /// next request (five 64 KiB chunks in one go: 320 KiB > 256 KiB).
+    @Test func bytesEndingOnCongestionStillEndsTheResponse() throws {
+        let backend = try InProcessBackend()
+        let c = try RawClient(port: backend.port, timeout: 5)
+        try c.send("GET /bytes/\(5 * 65536) HTTP/1.1\r\nHost: a\r\n\r\n")
+        let first = try c.readResponse()
+        #expect(first.body.count == 5 * 65536)
+        try c.send("GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(try c.readResponse().status == 201)
+    }
+
     /// `/bytes/N` streams N bytes however large N is (backpressure, not a stall).
     @Test func bytesStreamsLargeBodiesCompletely() throws {
         let backend = try InProcessBackend()
