@@ -28,7 +28,9 @@ public final class Channel {
     public let fd: Int32
     public let input: OpaquePointer
     public let output: OpaquePointer
-    public weak var delegate: (any ChannelDelegate)?
+    /// Strong (a weak reference would put every retain of the owner on
+    /// Swift's slow side-table path); `close()` breaks the cycle.
+    public var delegate: (any ChannelDelegate)?
     /// Reading pauses while `input` holds this much (0: no limit).
     public var inputHighWater = 0
     /// `channelWritable` fires when a readiness flush leaves this much or less.
@@ -237,6 +239,7 @@ public final class Channel {
     public func close() {
         guard !isClosed else { return }
         isClosed = true
+        delegate = nil
         disarmRead()
         event_del(writeEvent)
         event_del(flushEvent)

@@ -43,7 +43,9 @@ public final class HTTPClientConnection: ChannelDelegate {
     public let loop: EventLoop
     public let reader: MessageReader
     public private(set) var state = State.connecting
-    public weak var delegate: (any HTTPClientDelegate)?
+    /// Strong for the same reason as `Channel.delegate`; cleared whenever
+    /// the exchange lets go (idle, close, failure).
+    public var delegate: (any HTTPClientDelegate)?
     /// Called when an idle connection closes, so its pool can forget it.
     public var onIdleClose: ((HTTPClientConnection) -> Void)?
     /// Exchanges completed on this connection (0 while the first runs).

@@ -75,16 +75,12 @@ func equalsLower(_ p: UnsafePointer<UInt8>, _ n: Int, _ lower: StaticString) -> 
     return true
 }
 
-/// RFC 9110 `tchar`.
-@usableFromInline
-let tcharTable: [Bool] = {
-    var t = [Bool](repeating: false, count: 256)
-    for c in UInt8(ascii: "0")...UInt8(ascii: "9") { t[Int(c)] = true }
-    for c in UInt8(ascii: "a")...UInt8(ascii: "z") { t[Int(c)] = true }
-    for c in UInt8(ascii: "A")...UInt8(ascii: "Z") { t[Int(c)] = true }
-    for c in "!#$%&'*+-.^_`|~".utf8 { t[Int(c)] = true }
-    return t
-}()
-
+/// RFC 9110 `tchar` as a 128-bit set: "!#$%&'*+-.^_`|~", digits, letters.
 @inline(__always)
-func isTchar(_ c: UInt8) -> Bool { tcharTable[Int(c)] }
+func isTchar(_ c: UInt8) -> Bool {
+    let low: UInt64 = 0x03FF_6CFA_0000_0000   // 0x00-0x3F: ! # $ % & ' * + - . 0-9
+    let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE  // 0x40-0x7F: A-Z ^ _ ` a-z | ~
+    if c < 64 { return low >> UInt64(c) & 1 == 1 }
+    if c < 128 { return high >> UInt64(c - 64) & 1 == 1 }
+    return false
+}

@@ -68,6 +68,8 @@ public final class MessageReader {
     public var requestWasHead = false
 
     private let parser: UnsafeMutablePointer<http_parser>
+    /// A per-reader copy of the callbacks: no global lookup per message.
+    private let settings: UnsafeMutablePointer<http_parser_settings>
     private var headersDone = false
     private var messageDone = false
     private var lastWasValue = true
@@ -83,6 +85,8 @@ public final class MessageReader {
         self.capacity = max(capacity, 64)
         self.bytes = .allocate(capacity: self.capacity)
         self.parser = .allocate(capacity: 1)
+        self.settings = .allocate(capacity: 1)
+        self.settings.initialize(to: MessageReader.callbacks)
         fields.reserveCapacity(32)
         reset()
     }
@@ -90,6 +94,7 @@ public final class MessageReader {
     deinit {
         bytes.deallocate()
         parser.deallocate()
+        settings.deallocate()
     }
 
     /// Forgets the previous message; the next `readHead` starts a new one.
@@ -157,10 +162,8 @@ public final class MessageReader {
     }
 
     private func parseHead() throws(HTTPError) {
-        let parsed = withUnsafePointer(to: MessageReader.settings) { settings in
-            bytes.withMemoryRebound(to: CChar.self, capacity: headLength) {
-                http_parser_execute(parser, settings, $0, headLength)
-            }
+        let parsed = bytes.withMemoryRebound(to: CChar.self, capacity: headLength) {
+            http_parser_execute(parser, settings, $0, headLength)
         }
         let errno = CHTTPParser_errno(parser)
         if errno != HPE_OK && errno != HPE_PAUSED {
@@ -321,7 +324,6 @@ public final class MessageReader {
     /// "HTTP/d.d" exactly where the grammar puts it: after the target and one
     /// space, ending the request line; or opening the status line.
     private func hasVersionLiteral() -> Bool {
-        let literal: [UInt8] = Array("HTTP/".utf8)
         var at: Int
         if kind == .request {
             at = targetEnd + 1
@@ -330,7 +332,8 @@ public final class MessageReader {
             at = 0
         }
         guard at + 8 <= headLength else { return false }
-        for i in 0..<5 where bytes[at + i] != literal[i] { return false }
+        guard bytes[at] == UInt8(ascii: "H"), bytes[at + 1] == UInt8(ascii: "T"), bytes[at + 2] == UInt8(ascii: "T"),
+              bytes[at + 3] == UInt8(ascii: "P"), bytes[at + 4] == UInt8(ascii: "/") else { return false }
         let d1 = bytes[at + 5], dot = bytes[at + 6], d2 = bytes[at + 7]
         guard d1 >= 0x30 && d1 <= 0x39 && dot == UInt8(ascii: ".") && d2 >= 0x30 && d2 <= 0x39 else { return false }
         at += 8
@@ -430,7 +433,7 @@ public final class MessageReader {
 
     // MARK: http_parser callbacks (trampolines: context pointer back to self)
 
-    private static let settings: http_parser_settings = {
+    private static let callbacks: http_parser_settings = {
         var s = http_parser_settings()
         http_parser_settings_init(&s)
         s.on_url = { p, at, n in reader(p).onURL(at!, n) }

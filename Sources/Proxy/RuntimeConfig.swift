@@ -24,14 +24,24 @@ public final class UpstreamTarget: Sendable {
     }
 }
 
-/// A route with its match data as bytes, so matching allocates nothing.
-public struct CompiledRoute: Sendable {
+/// A route with its match data as bytes, so matching allocates nothing; a
+/// class, so handing one to an exchange is a single retain.
+public final class CompiledRoute: Sendable {
     public let pathPrefix: [UInt8]
     public let methods: [[UInt8]]
     public let host: [UInt8]?
     public let upstream: UpstreamTarget
     public let mode: RouteMode
     public let index: Int
+
+    init(pathPrefix: [UInt8], methods: [[UInt8]], host: [UInt8]?, upstream: UpstreamTarget, mode: RouteMode, index: Int) {
+        self.pathPrefix = pathPrefix
+        self.methods = methods
+        self.host = host
+        self.upstream = upstream
+        self.mode = mode
+        self.index = index
+    }
 }
 
 /// The immutable runtime form of a `Configuration`. A reload builds a new one
