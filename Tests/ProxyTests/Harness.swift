@@ -340,14 +340,31 @@ final class Child: @unchecked Sendable {
         if let environment { process.environment = environment }
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
+        // One blocking reader thread per pipe: Foundation's readabilityHandler
+        // on Linux can drop the EOF (and split lines), which made output
+        // checks flaky.
         for pipe in [stdoutPipe, stderrPipe] {
             let l = lines
             let eof = closedPipes
-            pipe.fileHandleForReading.readabilityHandler = { h in
-                let data = h.availableData
-                if data.isEmpty { h.readabilityHandler = nil; eof.withLock { $0 += 1 }; return }
-                let text = String(decoding: data, as: UTF8.self)
-                l.withLock { $0.append(contentsOf: text.split(separator: "\n").map(String.init)) }
+            let fd = pipe.fileHandleForReading.fileDescriptor
+            Thread.detachNewThread {
+                var pending: [UInt8] = []
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                while true {
+                    let n = read(fd, &chunk, chunk.count)
+                    if n <= 0 { break }
+                    pending.append(contentsOf: chunk[0..<n])
+                    while let nl = pending.firstIndex(of: 0x0A) {
+                        let line = String(decoding: pending[..<nl], as: UTF8.self)
+                        pending.removeSubrange(...nl)
+                        l.withLock { $0.append(line) }
+                    }
+                }
+                if !pending.isEmpty {
+                    let line = String(decoding: pending, as: UTF8.self)
+                    l.withLock { $0.append(line) }
+                }
+                eof.withLock { $0 += 1 }
             }
         }
         // The test runner's threads block most signals and a spawned child
