@@ -130,6 +130,8 @@ public final class HTTPServerConnection: ChannelDelegate {
                 guard result == .complete else { return }
                 requestCount += 1
                 requestState = .body
+                readingPaused = false
+                wantsDrainCallback = false
                 responseState = .none
                 responseStatus = 0
                 logUpstream = nil
@@ -395,6 +397,9 @@ public final class HTTPServerConnection: ChannelDelegate {
         channel.flush()
         if channel.pendingOutput == 0 {
             lingeringClose()
+        } else {
+            // A client that stops reading must not hold the connection forever.
+            timer.schedule(after: server.limits.idleTimeout)
         }
     }
 
@@ -412,8 +417,10 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// Finish the current exchange, then close (SIGTERM drain).
     func drain() {
         keepAlive = false
+        if closing { return }
         if requestState == .idle && responseState != .streaming && evbuffer_get_length(channel.input) == 0 {
-            close()
+            // Idle, but the last response may still be on its way out.
+            if channel.pendingOutput > 0 { closeAfterFlush() } else { close() }
         }
     }
 

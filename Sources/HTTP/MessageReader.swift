@@ -116,6 +116,15 @@ public final class MessageReader {
         remaining = 0
         bodyBytesRead = 0
         status = 0
+        // Nothing of the previous message may leak into this one (an error
+        // answer to it, or its log line, reads these).
+        method = UInt8(HTTP_GET.rawValue)
+        targetStart = 0
+        targetEnd = 0
+        pathStart = 0
+        reasonStart = 0
+        reasonEnd = 0
+        versionMinor = 1
         chunked.reset()
     }
 
@@ -199,6 +208,7 @@ public final class MessageReader {
     /// The RFC 9112 rules http_parser does not enforce (DESIGN.md lists them).
     private func validate() throws(HTTPError) {
         let isRequest = kind == .request
+        if isRequest { method = UInt8(CHTTPParser_method(parser)) }
         let major = Int(parser.pointee.http_major)
         versionMinor = Int(parser.pointee.http_minor)
         // Debian's http_parser is built non-strict: it takes "HTTX/1.1".
@@ -221,7 +231,6 @@ public final class MessageReader {
         }
 
         if isRequest {
-            method = UInt8(CHTTPParser_method(parser))
             if method == UInt8(HTTP_CONNECT.rawValue) || method == UInt8(HTTP_TRACE.rawValue) {
                 throw .methodNotAllowed
             }
@@ -303,7 +312,8 @@ public final class MessageReader {
         keepAlive = versionMinor == 1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
 
         if isRequest {
-            if versionMinor == 1 && hostIndex < 0 { throw .badHost }
+            // SPEC §6: a missing Host is refused, HTTP/1.0 included.
+            if hostIndex < 0 { throw .badHost }
             try validateTarget()
             framing = transferEncodingSeen ? .chunked : (contentLength > 0 ? .length(contentLength) : .none)
         } else {
@@ -350,7 +360,8 @@ public final class MessageReader {
         guard n > 0 else { throw .badTarget }
         for j in targetStart..<targetEnd {
             let c = bytes[j]
-            if c <= 0x20 || c >= 0x7F { throw .badTarget }
+            // No controls, spaces or non-ASCII; '#' never belongs in a request-target.
+            if c <= 0x20 || c >= 0x7F || c == UInt8(ascii: "#") { throw .badTarget }
         }
         let first = bytes[targetStart]
         if first == UInt8(ascii: "/") {
@@ -455,8 +466,9 @@ public final class MessageReader {
     }
 
     private func onURL(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
-        let o = Int(offset(at))
-        if targetEnd == o && targetEnd > targetStart { targetEnd += n } else { targetStart = o; targetEnd = o + n }
+        // The head is parsed whole from one buffer: one call per message.
+        targetStart = Int(offset(at))
+        targetEnd = targetStart + n
         return 0
     }
 
@@ -540,6 +552,16 @@ public final class MessageReader {
     }
 
     public var isHead: Bool { method == UInt8(HTTP_HEAD.rawValue) }
+
+    /// GET, HEAD, PUT, DELETE, OPTIONS (RFC 9110 §9.2.2; TRACE is refused anyway).
+    public var isIdempotent: Bool {
+        switch UInt32(method) {
+        case HTTP_GET.rawValue, HTTP_HEAD.rawValue, HTTP_PUT.rawValue, HTTP_DELETE.rawValue, HTTP_OPTIONS.rawValue:
+            return true
+        default:
+            return false
+        }
+    }
 
     /// First field of `kind`, if any.
     public func first(_ kind: HeaderKind) -> HeaderField? {

@@ -41,6 +41,8 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     /// The head went out: body bytes now go straight to the upstream.
     private var headSent = false
     private var isHead = false
+    /// Safe to send twice (RFC 9110 §9.2.2): the only requests retried.
+    private var isIdempotent = false
 
     init(proxy: ProxyLoop) {
         self.proxy = proxy
@@ -61,6 +63,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         retried = false
         headSent = false
         isHead = request.isHead
+        isIdempotent = request.isIdempotent
         evbuffer_drain(pending, evbuffer_get_length(pending))
         switch request.framing {
         case .chunked:
@@ -249,7 +252,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         upstream = nil
         // A reused keep-alive connection may have been closed by the upstream
         // just as we sent: retry once on a new one if nothing can be lost.
-        if failure == .reset && connection.completedExchanges > 0 && !retried && !requestHasBody {
+        if failure == .reset && connection.completedExchanges > 0 && !retried && !requestHasBody && isIdempotent {
             retried = true
             freshConnection()
             return

@@ -7,8 +7,6 @@ public final class UpstreamTarget: Sendable {
     public let name: String
     public let config: Upstream
     public let address: ResolvedAddress
-    /// "host:port" as bytes, for requests that carry no Host (HTTP/1.0).
-    public let authority: [UInt8]
     public let pathPrefix: [UInt8]
     public let gate: ConcurrencyGate
 
@@ -17,10 +15,7 @@ public final class UpstreamTarget: Sendable {
         self.config = config
         self.address = address
         self.gate = gate
-        let u = config.url
-        let host = u.host.contains(":") ? "[\(u.host)]" : u.host
-        self.authority = Array("\(host):\(u.port)".utf8)
-        self.pathPrefix = Array(u.pathPrefix.utf8)
+        self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }
 }
 
@@ -62,8 +57,7 @@ public final class RuntimeConfig: Sendable {
             let address = try SocketAddress.resolve(host: u.url.host, port: u.url.port)
             let gate: ConcurrencyGate
             if let old = previous?.upstreams.first(where: { $0.name == u.name }) {
-                gate = old.gate
-                gate.update(limit: u.maxConcurrency, maxQueued: u.maxQueued)
+                gate = old.gate  // new limits apply in `activate`, once all of this succeeded
             } else {
                 gate = ConcurrencyGate(limit: u.maxConcurrency, maxQueued: u.maxQueued)
             }
@@ -90,6 +84,14 @@ public final class RuntimeConfig: Sendable {
         limits.bodyTimeout = configuration.limits.bodyTimeout
         limits.idleTimeout = configuration.limits.idleTimeout
         self.serverLimits = limits
+    }
+
+    /// Applies the concurrency limits of this configuration to the gates it
+    /// shares with the previous one; call only once the reload is accepted.
+    public func activate() {
+        for target in upstreams {
+            target.gate.update(limit: target.config.maxConcurrency, maxQueued: target.config.maxQueued)
+        }
     }
 
     /// The first route matching the request, or nil (SPEC §2: in order).

@@ -16,11 +16,6 @@ enum RequestSerializer {
             w.append(path)
         }
         w.append(" HTTP/1.1\r\n")
-        if r.hostIndex < 0 {
-            w.append("Host: ")
-            w.append(target.authority)
-            w.append("\r\n")
-        }
         var forwardedFor = 0
         for f in r.fields {
             switch f.kind {
@@ -29,6 +24,8 @@ enum RequestSerializer {
                 continue
             case .xForwardedProto, .xForwardedHost, .expect:
                 continue
+            case .host:
+                break  // never dropped, even if Connection names it
             default:
                 if f.kind.isHopByHop || r.isNominatedByConnection(f) { continue }
             }

@@ -140,6 +140,7 @@ public final class CoatcheckServer: Sendable {
         if configuration.listen != current.configuration.listen || configuration.threads != current.configuration.threads {
             logger.warning("listen and threads changes take effect on restart only")
         }
+        next.activate()
         budget.limit.store(configuration.limits.maxConnections, ordering: .relaxed)
         let proxies = state.withLock {
             $0.runtime = next
@@ -209,10 +210,11 @@ public final class CoatcheckServer: Sendable {
 
     /// For tests: drain, wait, stop.
     public func shutdown() {
+        let wasRunning = phase == .running
         beginShutdown()
-        if phase == .stopped || phase == .draining {
+        if wasRunning {
             waitUntilStopped()
-        } else {
+        } else if phase == .initial {
             group.shutdown()
         }
     }

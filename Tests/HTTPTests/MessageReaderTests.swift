@@ -30,7 +30,7 @@ import Testing
     }
 
     @Test func http10DefaultsToClose() throws {
-        let r = try readRequest("GET / HTTP/1.0\r\n\r\n").get()
+        let r = try readRequest("GET / HTTP/1.0\r\nHost: a\r\n\r\n").get()
         #expect(!r.keepAlive)
         #expect(r.versionMinor == 0)
     }
@@ -62,6 +62,8 @@ import Testing
         ("GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: a\r\nX(y): v\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.0\r\n\r\n", 400),
+        ("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         ("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         ("GET /a\u{1}b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
@@ -137,5 +139,37 @@ import Testing
         #expect(try reader.readHead(from: input) == .complete)
         #expect(reader.framing == .none)
         #expect(reader.declaredContentLength == 10)
+    }
+}
+
+/// The reader is reused for every message of a connection: nothing of one
+/// message may leak into the next.
+@Suite struct MessageReaderReuseTests {
+    func feed(_ reader: MessageReader, _ text: String) throws -> MessageReader.HeadResult {
+        let buffer = evbuffer_new()!
+        defer { evbuffer_free(buffer) }
+        var bytes = Array(text.utf8)
+        evbuffer_add(buffer, &bytes, bytes.count)
+        return try reader.readHead(from: buffer)
+    }
+
+    /// `GET /` leaves a target ending at offset 5, exactly where the target
+    /// of a following `POST /echo` starts.
+    @Test func secondRequestOnAConnectionHasItsOwnTarget() throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        #expect(try feed(reader, "GET / HTTP/1.1\r\nHost: a\r\n\r\n") == .complete)
+        reader.reset()
+        #expect(try feed(reader, "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n") == .complete)
+        #expect(String(decoding: reader.target, as: UTF8.self) == "/echo")
+        #expect(String(decoding: reader.methodName, as: UTF8.self) == "POST")
+    }
+
+    @Test func malformedHeadAfterAHeadRequestIsNotTakenForHead() throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        #expect(try feed(reader, "HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n") == .complete)
+        #expect(reader.isHead)
+        reader.reset()
+        #expect(throws: HTTPError.self) { try feed(reader, "GET / HTTP/1.1\r\nHost: a\r\nX: a\u{0}b\r\n\r\n") }
+        #expect(!reader.isHead, "an error answer would lose its body")
     }
 }

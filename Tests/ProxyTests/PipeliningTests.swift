@@ -54,3 +54,19 @@ import Testing
         #expect(r5.text == "third")
     }
 }
+
+/// Keep-alive reuse of the per-connection reader and the pooled exchanges.
+@Suite struct KeepAliveReuseTests {
+    @Test func methodAndTargetPairsThatLineUpStillRouteCorrectly() throws {
+        let backend = try InProcessBackend()
+        let proxy = try TestProxy(upstreamPort: backend.port)
+        let c = try RawClient(port: proxy.port)
+        for (first, second) in [("GET /status/201", "POST /echo"), ("PUT /status/202", "POST /echo"), ("GET /status/203", "OPTIONS /status/204")] {
+            try c.send("\(first) HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            #expect(try c.readResponse().status / 100 == 2)
+            try c.send("\(second) HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+            let r = try c.readResponse()
+            #expect(r.status / 100 == 2, "\(first) then \(second): \(r.status) \(r.text)")
+        }
+    }
+}
