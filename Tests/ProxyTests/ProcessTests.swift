@@ -67,6 +67,22 @@ import Testing
         _ = backend
     }
 
+    /// SPEC §7: one JSON line per request on stdout, with the fields operators grep for.
+    @Test func accessLogWritesOneJSONLinePerRequest() throws {
+        let (backend, backendPort) = try demoBackendProcess()
+        let (serve, port, _) = try serveProcess(["--upstream", "http://127.0.0.1:\(backendPort)", "--listen", "127.0.0.1:0"])
+        #expect(try get(port, "/status/418?x=\"q\"").status == 418)
+        let line = try serve.waitForLine(containing: "\"path\":\"/status/418")
+        let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        #expect(object?["method"] as? String == "GET")
+        #expect(object?["path"] as? String == "/status/418?x=\"q\"")
+        #expect(object?["status"] as? Int == 418)
+        #expect(object?["upstream"] as? String == "default")
+        #expect(object?["duration_ms"] is Double || object?["duration_ms"] is Int)
+        #expect((object?["ts"] as? String)?.hasSuffix("Z") == true)
+        _ = backend
+    }
+
     @Test func checkConfigAcceptsTheSpecExample() throws {
         let path = try writeTempFile(Self.specExample)
         defer { try? FileManager.default.removeItem(atPath: path) }
