@@ -71,8 +71,6 @@ public final class HTTPServer {
     public var service: any HTTPService
     public var limits: HTTPServerLimits
     public let budget: ConnectionBudget
-    /// Set by the owner to log or count connection-level refusals (status, error).
-    public var onConnectionError: ((HTTPServerConnection, HTTPError) -> Void)?
     /// Set by the owner to write the access log: called once per answered request.
     public var onExchangeEnd: ((HTTPServerConnection) -> Void)?
 

@@ -367,7 +367,6 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// An error the connection answers itself, then closes.
     private func fail(_ error: HTTPError) {
-        server.onConnectionError?(self, error)
         if responseState == .none {
             keepAlive = false
             let h = handler

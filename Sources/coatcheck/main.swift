@@ -121,55 +121,32 @@ struct DemoBackendCommand: ParsableCommand {
 
     func run() throws {
         let address = SocketAddressSpec(parsing: listen)!
-        let loop = EventLoop()
-        let group = LoopRunner(loop: loop)
+        signal(SIGPIPE, SIG_IGN)
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        let loop = group.loops[0]
+        let backend: LoopBound<DemoBackend>
         do {
-            let port = try loop.submitAndWaitBeforeRun(group) { () throws -> Int in
-                let backend = DemoBackend(loop: loop)
-                let port = try backend.server.listen(host: address.host, port: address.port, reusePort: false)
-                DemoHolder.keep(backend)
-                return port
+            let (bound, port) = try loop.submitAndWait { () throws -> (LoopBound<DemoBackend>, Int) in
+                let b = DemoBackend(loop: loop)
+                let p = try b.server.listen(host: address.host, port: address.port, reusePort: false)
+                return (LoopBound(b, loop: loop), p)
             }
+            backend = bound
             print("demo-backend listening on \(SocketAddressSpec(host: address.host, port: port))")
-            fflushStdout()
+            fflush(nil)
         } catch {
             printError("demo-backend: \(error)")
             throw ExitCode(1)
         }
-        group.join()
-    }
-}
-
-/// Keeps the demo backend alive for the life of the process.
-enum DemoHolder {
-    nonisolated(unsafe) static var kept: [AnyObject] = []
-    static func keep(_ o: AnyObject) { kept.append(o) }
-}
-
-/// Runs one loop on a new thread for the demo backend.
-final class LoopRunner: Sendable {
-    let group: EventLoopGroup
-    init(loop: EventLoop) {
-        self.group = EventLoopGroup(loops: [loop])
-        signal(SIGPIPE, SIG_IGN)
-        group.start()
-    }
-    func join() { group.join() }
-}
-
-extension EventLoop {
-    func submitAndWaitBeforeRun<T: Sendable>(_ runner: LoopRunner, _ work: @escaping @Sendable () throws -> T) throws -> T {
-        try submitAndWait(work)
+        // Runs until killed; the backend lives as long as its loop.
+        withExtendedLifetime(backend) { group.join() }
     }
 }
 
 func printError(_ message: String) {
     var line = message + "\n"
     line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-}
-
-func fflushStdout() {
-    fflush(nil)
 }
 
 func processEnvironment() -> [String: String] {
