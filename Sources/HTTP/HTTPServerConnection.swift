@@ -315,6 +315,9 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// A whole response in one call (the proxy's own answers).
     public func respond(status: Int, contentType: StaticString, body: UnsafeBufferPointer<UInt8>,
                         headers: (ByteWriter) -> Void = { _ in }) {
+        // Answered before the request body was read: the connection will
+        // close after this response, so say so in its head.
+        if requestState == .body && !reader.isMessageComplete { keepAlive = false }
         startResponse(status: status, framing: .contentLength(Int64(body.count))) { w in
             w.header("Content-Type", contentType)
             headers(w)

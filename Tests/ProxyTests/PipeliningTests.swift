@@ -1,3 +1,4 @@
+import Config
 import Foundation
 import Testing
 
@@ -68,5 +69,22 @@ import Testing
             let r = try c.readResponse()
             #expect(r.status / 100 == 2, "\(first) then \(second): \(r.status) \(r.text)")
         }
+    }
+}
+
+@Suite struct EarlyAnswerTests {
+    /// A 404 answered while the request body is still unread announces the
+    /// close it is about to make, so the client does not reuse the socket.
+    @Test func earlyAnswerSaysConnectionClose() throws {
+        let backend = try InProcessBackend()
+        let proxy = try TestProxy(upstreamPort: backend.port) { c in
+            c.routes[0].pathPrefix = "/api"
+        }
+        let c = try RawClient(port: proxy.port)
+        try c.send("POST /elsewhere HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\npartial")
+        let r = try c.readResponse()
+        #expect(r.status == 404)
+        #expect(r.header("connection")?.lowercased() == "close")
+        #expect(c.waitForClose())
     }
 }
