@@ -71,7 +71,6 @@ public final class Channel {
         flushEvent = event_new(loop.base, -1, 0, { _, _, ctx in
             let channel = Unmanaged<Channel>.fromOpaque(ctx!).takeUnretainedValue()
             withExtendedLifetime(channel) {
-                channel.flushScheduled = false
                 channel.flush()
             }
         }, ctx)
@@ -177,6 +176,11 @@ public final class Channel {
 
     /// Writes what `output` holds now; the rest goes on write readiness.
     public func flush() {
+        if flushScheduled {
+            // Written now: the deferred flush has nothing left to do.
+            flushScheduled = false
+            event_del(flushEvent)
+        }
         guard !isClosed, !connecting, evbuffer_get_length(output) > 0 else { return }
         let n = evbuffer_write(output, fd)
         if n < 0 && errno != EAGAIN && errno != EINTR {
