@@ -154,8 +154,6 @@ public final class Channel {
         if n > 0 {
             extent.iov_len = n
             evbuffer_commit_space(input, &extent, 1)
-        }
-        if n > 0 {
             if inputHighWater > 0 && evbuffer_get_length(input) >= inputHighWater {
                 disarmRead()
             }

@@ -175,13 +175,14 @@ public final class MessageReader {
             http_parser_execute(parser, settings, $0, headLength)
         }
         let errno = CHTTPParser_errno(parser)
-        if errno != HPE_OK && errno != HPE_PAUSED {
+        // Only the head is fed in, so the parser ends exactly at its end;
+        // whether a body follows is decided by `validate`, not by the parser.
+        if errno != HPE_OK {
             throw mapParserError(errno)
         }
         guard headersDone, parsed == headLength else {
             throw kind == .request ? .badRequest : .badResponse
         }
-        if errno == HPE_PAUSED { http_parser_pause(parser, 0) }
         try validate()
     }
 
@@ -452,7 +453,6 @@ public final class MessageReader {
         s.on_header_field = { p, at, n in reader(p).onHeaderField(at!, n) }
         s.on_header_value = { p, at, n in reader(p).onHeaderValue(at!, n) }
         s.on_headers_complete = { p in reader(p).onHeadersComplete() }
-        s.on_message_complete = { p in reader(p).onMessageComplete() }
         return s
     }()
 
@@ -510,12 +510,6 @@ public final class MessageReader {
     }
 
 
-    private func onMessageComplete() -> Int32 {
-        messageDone = true
-        // Stop at the message boundary: a pipelined next message waits.
-        http_parser_pause(parser, 1)
-        return 0
-    }
 
     // MARK: Accessors
 

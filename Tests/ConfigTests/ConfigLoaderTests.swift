@@ -24,47 +24,8 @@ func minimal(_ extra: String = "") -> String {
 }
 
 @Suite struct ConfigLoaderTests {
-    /// SPEC §2's example, verbatim.
-    static let specExample = """
-        listen: "0.0.0.0:8080"
-        admin_listen: "127.0.0.1:8081"     # /healthz /readyz /metrics; absent: off
-        threads: auto                      # event-loop threads; auto = cores
-        store: "sqlite:./data/coatcheck.db" # or "memory:" (not durable) or "redis://HOST:PORT/DB"
-        public_url: "https://api.example.com"  # base of status_url/result_url; default: from Host
-        limits:
-          max_header_bytes: 16KiB          # over: 431
-          max_request_body: 8MiB           # over: 413
-          max_connections: 10000           # over: new connections refused, others served
-          header_timeout: 10s              # total time to receive all headers; over: 408 + close
-          body_timeout: 60s                # total time to receive the body; over: 408 + close
-          idle_timeout: 60s                # keep-alive idle
-          shutdown_grace: 30s              # SIGTERM: how long in-flight exchanges may finish
-        jobs:
-          path: /jobs                      # job endpoint prefix
-          result_ttl: 24h                  # terminal jobs and results are deleted after this
-          max_result_body: 64MiB           # larger upstream response: job fails, response_too_large
-          max_wait: 60s                    # cap of ?wait= long polls and Prefer: wait
-          bind_to: "header:Authorization"  # optional: only the same credential may see the job
-          dir: ./data                      # spooled bodies; files and the database are created 0600
-        upstreams:
-          reports:
-            url: "http://127.0.0.1:9000"
-            max_concurrency: 4             # requests in flight to this upstream, sync and jobs together
-            max_queued: 10000              # waiting beyond that: 503 + Retry-After
-            connect_timeout: 2s
-            timeout: 15m                   # whole exchange, background jobs
-            sync_timeout: 60s              # whole exchange, sync requests; over: 504
-            ca_file: /etc/ssl/internal.pem # optional, for https:// upstreams: extra trusted CAs
-            retry: { attempts: 1, backoff: 1s, max_backoff: 1m }   # 1 = no retry (the default)
-        routes:
-          - match: { path_prefix: "/reports", methods: [POST] }
-            upstream: reports
-            mode: async                    # sync | async | auto
-          - match: { path_prefix: "/" }
-            upstream: reports
-            mode: auto
-            async_after: 2s                # the default
-        """
+    /// SPEC §2's example, verbatim (Tests/Fixtures, shared with ProxyTests).
+    static let specExample = try! String(contentsOfFile: fixturePath("spec-example.yaml"), encoding: .utf8)
 
     @Test func specExampleParsesToItsValues() throws {
         // The example pairs ca_file with an http:// URL: accepted (the file is simply unused).
@@ -492,4 +453,10 @@ func minimal(_ extra: String = "") -> String {
         #expect(parseError(callbackYAML("      allow: []"))?.message == "routes[0].callback.allow: expected at least one URL prefix")
         #expect(parseError(callbackYAML("      allow: [\"hooks.example.com\"]"))?.message.hasPrefix("routes[0].callback.allow[0]: expected http://") == true)
     }
+}
+
+/// A file in Tests/Fixtures.
+func fixturePath(_ name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").appendingPathComponent(name).path
 }

@@ -449,3 +449,9 @@ func serveProcess(_ args: [String], environment: [String: String]? = nil) throws
     guard let listen else { throw TestError("no listen port in \(line)") }
     return (child, listen, admin)
 }
+
+/// A file in Tests/Fixtures.
+func fixturePath(_ name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures").appendingPathComponent(name).path
+}
