@@ -84,8 +84,10 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     private func start() {
         client.logUpstream = target.name
         timer.schedule(after: target.config.syncTimeout)
-        let loopBound = LoopBound(self, loop: proxy.loop)
-        switch target.gate.acquire(.init(loop: proxy.loop, grant: { loopBound.value.slotGranted() })) {
+        // The waiter (and its closure) is built only if the request must queue.
+        switch target.gate.acquire(.init(loop: proxy.loop, grant: { [bound = LoopBound(self, loop: proxy.loop)] in
+            bound.value.slotGranted()
+        })) {
         case .acquired:
             holdsSlot = true
             connect()

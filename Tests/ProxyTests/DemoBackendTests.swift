@@ -19,15 +19,18 @@ import Testing
         }
     }
 
-    /// A `/bytes` response whose last chunk fills the output past the
-    /// congestion mark still ends, so the keep-alive connection serves the
-    /// next request (five 64 KiB chunks in one go: 320 KiB > 256 KiB).
+    /// A `/bytes` response whose last chunk takes the output past the
+    /// 256 KiB congestion mark still ends, so the keep-alive connection
+    /// serves the next request. 262108 bytes: three 64 KiB chunks and a
+    /// last one of 65500, which with the ~83-byte head crosses 262144 only
+    /// when nothing is left to write.
     @Test func bytesEndingOnCongestionStillEndsTheResponse() throws {
         let backend = try InProcessBackend()
         let c = try RawClient(port: backend.port, timeout: 5)
-        try c.send("GET /bytes/\(5 * 65536) HTTP/1.1\r\nHost: a\r\n\r\n")
+        let n = 3 * 65536 + 65500
+        try c.send("GET /bytes/\(n) HTTP/1.1\r\nHost: a\r\n\r\n")
         let first = try c.readResponse()
-        #expect(first.body.count == 5 * 65536)
+        #expect(first.body.count == n)
         try c.send("GET /status/201 HTTP/1.1\r\nHost: a\r\n\r\n")
         #expect(try c.readResponse().status == 201)
     }
