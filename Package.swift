@@ -20,11 +20,13 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // System libraries and the few inline shims Swift cannot see.
         .systemLibrary(name: "CLibevent", path: "Sources/CLibevent"),
         .systemLibrary(name: "CHTTPParser", path: "Sources/CHTTPParser"),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
 
         // One event_base per thread; cross-thread hand-off; timers.
         .target(name: "Loop", dependencies: ["CLibevent"], swiftSettings: strict),
@@ -32,10 +34,18 @@ let package = Package(
         .target(name: "HTTP", dependencies: ["Loop", "CLibevent", "CHTTPParser"], swiftSettings: strict),
         // The YAML configuration model and loader.
         .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
-        // Routes, upstream pools, header rules, the sync exchange.
-        .target(name: "Proxy", dependencies: ["HTTP", "Loop", "Config", "CLibevent"], swiftSettings: strict),
-        // Jobs: ids, the lifecycle state machine (stores and dispatch follow).
-        .target(name: "Jobs", dependencies: [], swiftSettings: strict),
+        // Routes, upstream pools, header rules, the sync exchange, jobs on the wire.
+        .target(
+            name: "Proxy",
+            dependencies: ["HTTP", "Loop", "Config", "Jobs", "CLibevent", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        // Jobs: ids, the lifecycle, the stores (memory, SQLite) and the job table.
+        .target(
+            name: "Jobs",
+            dependencies: ["Loop", "CSQLite", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict
+        ),
         // /healthz /readyz.
         .target(name: "Admin", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
         // The slow synchronous backend for the quick start and the tests.
@@ -44,7 +54,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Loop", "HTTP", "Config", "Proxy", "Admin", "DemoBackend", "CLibevent",
+                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Admin", "DemoBackend", "CLibevent",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -61,10 +71,10 @@ let package = Package(
 
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
-        .testTarget(name: "JobsTests", dependencies: ["Jobs"], swiftSettings: strict),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs", "Loop"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",
-            dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "DemoBackend", "Admin", "CLibevent"],
+            dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "Jobs", "DemoBackend", "Admin", "CLibevent"],
             swiftSettings: strict
         ),
     ]

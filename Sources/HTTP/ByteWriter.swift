@@ -112,6 +112,10 @@ public final class ByteWriter {
         append(name); append(": "); append(value); append("\r\n")
     }
 
+    public func header(_ name: StaticString, _ value: String) {
+        append(name); append(": "); append(value); append("\r\n")
+    }
+
     public func header(_ name: StaticString, decimal value: Int64) {
         append(name); append(": "); append(decimal: value); append("\r\n")
     }

@@ -51,6 +51,8 @@ public final class HTTPServerConnection: ChannelDelegate {
     public private(set) var responseStatus = 0
     /// The upstream name of the current exchange, for the access log.
     public var logUpstream: String?
+    /// The job id prefix the access log shows for this exchange.
+    public var logJob: String?
     /// Requests served on this connection.
     public private(set) var requestCount = 0
 
@@ -135,6 +137,7 @@ public final class HTTPServerConnection: ChannelDelegate {
                 responseState = .none
                 responseStatus = 0
                 logUpstream = nil
+                logJob = nil
                 keepAlive = reader.keepAlive && !server.draining
                 if case .length(let n) = reader.framing, n > server.limits.maxRequestBody {
                     fail(.bodyTooLarge)

@@ -562,6 +562,13 @@ public final class MessageReader {
         fields.first { $0.kind == kind }
     }
 
+    /// First field whose name is `lower` (a lower-case literal), any case.
+    public func first(named lower: StaticString) -> HeaderField? {
+        fields.first { f in
+            equalsLower(bytes + Int(f.nameStart), Int(f.nameEnd - f.nameStart), lower)
+        }
+    }
+
     /// True if a Connection field of this message names `f`'s field name.
     public func isNominatedByConnection(_ f: HeaderField) -> Bool {
         guard connectionNominates else { return false }
@@ -580,7 +587,7 @@ public final class MessageReader {
 }
 
 /// Calls `body` with each comma-separated, OWS-trimmed, non-empty element.
-func forEachToken(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+public func forEachToken(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
     var i = 0
     let n = value.count
     while i < n {

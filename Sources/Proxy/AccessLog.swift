@@ -21,7 +21,7 @@ final class AccessLog {
 
     deinit { flush() }
 
-    func record(_ c: HTTPServerConnection, status: Int, jobID: UnsafeBufferPointer<UInt8>? = nil) {
+    func record(_ c: HTTPServerConnection, status: Int) {
         let now = wallClockMillis()
         let w = writer
         w.append("{\"ts\":\"")
@@ -50,10 +50,10 @@ final class AccessLog {
             w.append("null")
         }
         w.append(",\"job\":")
-        if let jobID {
-            // Job ids are capabilities: at most an 8-character prefix is logged.
+        if let job = c.logJob {
+            // Job ids are capabilities: only `JobID.logPrefix` is ever set here.
             w.append(byte: UInt8(ascii: "\""))
-            w.append(UnsafeBufferPointer(rebasing: jobID.prefix(8)))
+            w.append(job)
             w.append(byte: UInt8(ascii: "\""))
         } else {
             w.append("null")

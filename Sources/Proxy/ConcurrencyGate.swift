@@ -40,18 +40,26 @@ public final class ConcurrencyGate: Sendable {
 
     public var current: Int { inFlight.load(ordering: .relaxed) }
     public var queued: Int { waiting.load(ordering: .relaxed) }
+    /// True when a new request would be refused for a full queue.
+    public var isQueueFull: Bool {
+        waiting.load(ordering: .relaxed) >= maxQueued.load(ordering: .relaxed)
+            && inFlight.load(ordering: .relaxed) >= limit.load(ordering: .relaxed)
+    }
+    public var maxConcurrency: Int { limit.load(ordering: .relaxed) }
     /// The most slots ever held at once.
     public var peak: Int { highWater.load(ordering: .relaxed) }
 
     /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
-    public func acquire(_ waiter: @autoclosure () -> Waiter) -> Outcome {
+    /// `force` queues beyond `max_queued`: for jobs already accepted, which
+    /// must never be dropped.
+    public func acquire(_ waiter: @autoclosure () -> Waiter, force: Bool = false) -> Outcome {
         if waiting.load(ordering: .sequentiallyConsistent) == 0 && tryIncrement() {
             return .acquired
         }
         var granted: [Waiter] = []
         let outcome: Outcome = queue.withLock { q in
             if q.isEmpty && tryIncrement() { return .acquired }
-            if q.count >= maxQueued.load(ordering: .relaxed) { return .rejected }
+            if !force && q.count >= maxQueued.load(ordering: .relaxed) { return .rejected }
             q.append(waiter())
             waiting.wrappingAdd(1, ordering: .sequentiallyConsistent)
             // A release may have run between our failed increment and the

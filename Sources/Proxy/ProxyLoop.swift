@@ -1,6 +1,8 @@
 import CLibevent
 import Config
 import HTTP
+import Jobs
+import Logging
 import Loop
 
 /// The proxy on one event loop: its listener, its upstream pools, its
@@ -10,10 +12,15 @@ public final class ProxyLoop: HTTPService {
     public private(set) var config: RuntimeConfig
     public private(set) var server: HTTPServer!
     let scratchWriter = ByteWriter(capacity: 4096)
+    let jsonWriter = ByteWriter(capacity: 1024)
+    public let jobs: JobEngine
+    let log: Logger
+    /// Background exchanges running on this loop, by job (for DELETE).
+    var runners: [JobID: JobRunner] = [:]
     let maxResponseHeadBytes = 64 * 1024
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
     private var accessLog: AccessLog?
-    private let answered = AnsweredHandler()
+    let answered = AnsweredHandler()
     /// Finished exchanges kept for reuse: their buffers and timer are made once.
     private var exchangePool: [ProxyExchange] = []
 
@@ -21,10 +28,12 @@ public final class ProxyLoop: HTTPService {
         if exchangePool.count < 1024 { exchangePool.append(exchange) }
     }
 
-    public init(loop: EventLoop, config: RuntimeConfig, budget: ConnectionBudget) {
+    public init(loop: EventLoop, config: RuntimeConfig, budget: ConnectionBudget, jobs: JobEngine, logger: Logger) {
         loop.preconditionInEventLoop()
         self.loop = loop
         self.config = config
+        self.jobs = jobs
+        self.log = logger
         self.server = nil
         self.server = HTTPServer(loop: loop, service: self, limits: config.serverLimits, budget: budget)
         applyLogging()
@@ -80,12 +89,19 @@ public final class ProxyLoop: HTTPService {
     public func handler(for request: MessageReader, on connection: HTTPServerConnection) -> any RequestHandler {
         if config.isJobPath(request) {
             // The job path is never forwarded (SPEC §2).
-            connection.respondError(HTTPError(404, "not_found", "no such job"))
-            return answered
+            return jobRequest(request, on: connection)
         }
         guard let route = config.route(for: request) else {
             connection.respondError(HTTPError(404, "no_route", "no route matches this request"))
             return answered
+        }
+        if route.mode != .sync {
+            if request.first(named: "x-callback-url") != nil {
+                connection.respondError(HTTPError(400, "callback_not_allowed", "callbacks are not enabled on this route"))
+                return answered
+            }
+            return JobIntake(proxy: self, client: connection, request: request, route: route,
+                             credential: credential(of: request), base: publicBase(for: request))
         }
         let exchange = exchangePool.popLast() ?? ProxyExchange(proxy: self)
         exchange.begin(client: connection, request: request, route: route)

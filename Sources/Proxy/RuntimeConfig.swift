@@ -27,14 +27,17 @@ public final class CompiledRoute: Sendable {
     public let host: [UInt8]?
     public let upstream: UpstreamTarget
     public let mode: RouteMode
+    public let asyncAfter: Duration
     public let index: Int
 
-    init(pathPrefix: [UInt8], methods: [[UInt8]], host: [UInt8]?, upstream: UpstreamTarget, mode: RouteMode, index: Int) {
+    init(pathPrefix: [UInt8], methods: [[UInt8]], host: [UInt8]?, upstream: UpstreamTarget, mode: RouteMode,
+         asyncAfter: Duration, index: Int) {
         self.pathPrefix = pathPrefix
         self.methods = methods
         self.host = host
         self.upstream = upstream
         self.mode = mode
+        self.asyncAfter = asyncAfter
         self.index = index
     }
 }
@@ -46,6 +49,8 @@ public final class RuntimeConfig: Sendable {
     public let routes: [CompiledRoute]
     public let upstreams: [UpstreamTarget]
     public let jobsPath: [UInt8]
+    /// `jobs.bind_to` as a lower-case header name.
+    public let bindHeader: [UInt8]?
     public let serverLimits: HTTPServerLimits
 
     /// Resolves upstream hosts (once, like nginx's `proxy_pass`). Gates of
@@ -73,10 +78,11 @@ public final class RuntimeConfig: Sendable {
                 pathPrefix: Array(r.pathPrefix.utf8),
                 methods: r.methods.map { Array($0.uppercased().utf8) },
                 host: r.host.map { Array($0.lowercased().utf8) },
-                upstream: target, mode: r.mode, index: i))
+                upstream: target, mode: r.mode, asyncAfter: r.asyncAfter, index: i))
         }
         self.routes = routes
         self.jobsPath = Array(configuration.jobs.path.utf8)
+        self.bindHeader = configuration.jobs.bindTo.map { Array($0.dropFirst("header:".count).lowercased().utf8) }
         var limits = HTTPServerLimits()
         limits.maxHeaderBytes = configuration.limits.maxHeaderBytes
         limits.maxRequestBody = configuration.limits.maxRequestBody
@@ -92,6 +98,10 @@ public final class RuntimeConfig: Sendable {
         for target in upstreams {
             target.gate.update(limit: target.config.maxConcurrency, maxQueued: target.config.maxQueued)
         }
+    }
+
+    public func upstream(named name: String) -> UpstreamTarget? {
+        upstreams.first { $0.name == name }
     }
 
     /// The first route matching the request, or nil (SPEC §2: in order).

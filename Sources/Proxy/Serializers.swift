@@ -3,7 +3,10 @@ import HTTP
 /// Upstream request heads, re-serialized from parsed, validated parts
 /// (SPEC §6): never the client's raw bytes.
 enum RequestSerializer {
-    static func write(request r: MessageReader, peer: [UInt8], target: UpstreamTarget, into w: ByteWriter) {
+    /// Without `framing`, the head stops after the end-to-end fields: a job
+    /// adds its own `Job-Id`, `Job-Attempt`, length and blank line per attempt.
+    static func write(request r: MessageReader, peer: [UInt8], target: UpstreamTarget, into w: ByteWriter,
+                      framing: Bool = true) {
         w.reset()
         w.append(r.methodName)
         w.append(byte: 0x20)
@@ -43,6 +46,7 @@ enum RequestSerializer {
         if let host = r.hostValue {
             w.header("X-Forwarded-Host", host)
         }
+        guard framing else { return }
         switch r.framing {
         case .length(let n): w.header("Content-Length", decimal: n)
         case .chunked: w.header("Transfer-Encoding", "chunked")

@@ -3,6 +3,7 @@ import CLibevent
 import Config
 import Dispatch
 import HTTP
+import Jobs
 import Logging
 import Loop
 import Proxy
@@ -20,6 +21,7 @@ public final class CoatcheckServer: Sendable {
 
     public let group: EventLoopGroup
     public let logger: Logger
+    public let jobs: JobEngine
     private let budget: ConnectionBudget
     private let state: Mutex<State>
     private let stopped = DispatchSemaphore(value: 0)
@@ -34,6 +36,7 @@ public final class CoatcheckServer: Sendable {
         var port = 0
         var adminPort: Int?
         var signals: LoopBound<SignalWatcher>?
+        var sweeper: LoopBound<ExpirySweeper>?
     }
 
     public init(configuration: Configuration, logger: Logger,
@@ -43,6 +46,11 @@ public final class CoatcheckServer: Sendable {
             runtime = try RuntimeConfig(configuration)
         } catch {
             throw StartupError(message: error.message)
+        }
+        do {
+            self.jobs = try JobEngine(store: try openStore(configuration.store), dir: configuration.jobs.dir)
+        } catch {
+            throw StartupError(message: "store \(configuration.store): \(error.message)")
         }
         self.group = EventLoopGroup(count: configuration.threads ?? EventLoopGroup.coreCount)
         self.logger = logger
@@ -63,13 +71,15 @@ public final class CoatcheckServer: Sendable {
         let runtime = state.withLock { $0.runtime }
         let config = runtime.configuration
         let budget = self.budget
+        let jobs = self.jobs
+        let logger = self.logger
         var port = config.listen.port
         var proxies: [LoopBound<ProxyLoop>] = []
         do {
             for loop in group.loops {
                 let boundPort = port
                 let bound = try loop.submitAndWait { () throws -> LoopBound<ProxyLoop> in
-                    LoopBound(ProxyLoop(loop: loop, config: runtime, budget: budget), loop: loop)
+                    LoopBound(ProxyLoop(loop: loop, config: runtime, budget: budget, jobs: jobs, logger: logger), loop: loop)
                 }
                 proxies.append(bound)
                 port = try loop.submitAndWait {
@@ -81,6 +91,25 @@ public final class CoatcheckServer: Sendable {
         } catch {
             group.shutdown()
             throw StartupError(message: "\(error)")
+        }
+        // Jobs left by the previous run (SPEC §5), spread over the loops.
+        let recovered: [JobRecord]
+        do {
+            recovered = try jobs.recover(now: wallClockMillis())
+        } catch {
+            group.shutdown()
+            throw StartupError(message: "store \(config.store): \(error.message)")
+        }
+        if !recovered.isEmpty {
+            logger.info("recovered jobs", metadata: ["dispatching": "\(recovered.count)", "total": "\(jobs.table.count)"])
+        }
+        for (i, record) in recovered.enumerated() {
+            let proxy = proxies[i % proxies.count]
+            proxy.loop.execute { proxy.value.dispatch(record) }
+        }
+        let sweepLoop = group.loops[0]
+        let sweeper = try? sweepLoop.submitAndWait { [self] in
+            LoopBound(ExpirySweeper(loop: sweepLoop, server: self), loop: sweepLoop)
         }
         var adminPort: Int?
         var admin: LoopBound<AdminService>?
@@ -105,6 +134,7 @@ public final class CoatcheckServer: Sendable {
             $0.port = finalPort
             $0.adminPort = adminPort
             $0.admin = admin
+            $0.sweeper = sweeper
             $0.phase = .running
         }
         logger.info("coatcheck listening", metadata: [
@@ -115,8 +145,8 @@ public final class CoatcheckServer: Sendable {
         ])
     }
 
-    /// Ready when running and not draining (the store joins this with jobs).
-    public var isReady: Bool { phase == .running }
+    /// Ready when running, not draining, and the store answers.
+    public var isReady: Bool { phase == .running && jobs.store.isHealthy() }
 
     /// SIGTERM/SIGINT drain, SIGHUP reload; handled on loop 0 (signals reach one base only).
     public func installSignalHandlers() {
@@ -173,6 +203,8 @@ public final class CoatcheckServer: Sendable {
             return (s.proxies, s.runtime.configuration.limits.shutdownGrace)
         }
         guard !proxies.isEmpty else { return }
+        // Queued jobs stay in the store for the next start; running ones finish.
+        jobs.stopDispatching()
         logger.info("draining", metadata: ["open_connections": "\(budget.current)", "grace": "\(grace)"])
         for proxy in proxies {
             proxy.loop.execute { proxy.value.beginDrain() }
@@ -186,7 +218,7 @@ public final class CoatcheckServer: Sendable {
 
     func drainFinished(timedOut: Bool) {
         if timedOut {
-            logger.warning("shutdown_grace passed; closing \(budget.current) connections")
+            logger.warning("shutdown_grace passed; closing \(budget.current) connections, \(jobs.running) background exchanges left for the next start")
         }
         let proxies = state.withLock { s -> [LoopBound<ProxyLoop>] in
             s.phase = .stopped
@@ -200,11 +232,15 @@ public final class CoatcheckServer: Sendable {
 
     var openConnections: Int { budget.current }
 
+    /// Open client connections and background exchanges: what a drain waits for.
+    var busy: Bool { budget.current > 0 || jobs.running > 0 }
+
     /// Blocks the calling thread (not a loop) until the drain is over, then
     /// stops and joins the loops.
     public func waitUntilStopped() {
         stopped.wait()
         group.shutdown()
+        jobs.store.close()
         logger.info("stopped")
     }
 
@@ -245,7 +281,7 @@ final class DrainWatch {
     }
 
     private func check() {
-        if server.openConnections == 0 {
+        if !server.busy {
             finish(timedOut: false)
         } else if monotonicNanos() >= deadline {
             finish(timedOut: true)
@@ -289,5 +325,35 @@ final class SignalWatcher {
             server.logger.info("signal \(signo): shutting down")
             server.beginShutdown()
         }
+    }
+}
+
+/// `store:` as configured: `memory:` or `sqlite:PATH`.
+func openStore(_ url: String) throws(StoreError) -> any JobStore {
+    if url == "memory:" { return MemoryStore() }
+    if url.hasPrefix("sqlite:") { return try SQLiteStore(path: String(url.dropFirst("sqlite:".count))) }
+    throw StoreError("unsupported store (memory: and sqlite:PATH are available)")
+}
+
+/// Deletes jobs past `result_ttl`, a few times per TTL (at most every 30 s,
+/// at least every 100 ms); lookups hide expired jobs in between.
+final class ExpirySweeper {
+    unowned let server: CoatcheckServer
+    private var timer: Timer!
+
+    init(loop: EventLoop, server: CoatcheckServer) {
+        self.server = server
+        self.timer = Timer(loop: loop) { [unowned self] in self.sweep() }
+        schedule()
+    }
+
+    private func schedule() {
+        let ttl = server.configuration.jobs.resultTTL
+        timer.schedule(after: min(max(ttl / 4, .milliseconds(100)), .seconds(30)))
+    }
+
+    private func sweep() {
+        server.jobs.expire(now: wallClockMillis(), ttl: server.configuration.jobs.resultTTL)
+        schedule()
     }
 }

@@ -303,6 +303,7 @@ final class TestProxy {
         c.threads = threads
         c.accessLog = false
         c.store = "memory:"
+        c.jobs.dir = makeTempDirectory()
         c.upstreams = [Upstream(name: "app", url: UpstreamURL(scheme: "http", host: "127.0.0.1", port: upstreamPort, pathPrefix: ""))]
         var route = Route(upstream: "app")
         route.mode = .sync
@@ -313,6 +314,14 @@ final class TestProxy {
     }
 
     deinit { server.shutdown() }
+}
+
+/// A fresh directory under /tmp.
+func makeTempDirectory() -> String {
+    var template = Array("/tmp/coatcheck-test-XXXXXX".utf8CString)
+    let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+    precondition(p != nil, "mkdtemp failed")
+    return String(cString: p!)
 }
 
 /// The built `coatcheck` binary beside the test bundle.

@@ -1,0 +1,9 @@
+#ifndef COATCHECK_CSQLITE_SHIM_H
+#define COATCHECK_CSQLITE_SHIM_H
+
+#include <sqlite3.h>
+
+// SQLITE_TRANSIENT is a cast macro Swift cannot import.
+static inline sqlite3_destructor_type CSQLite_transient(void) { return SQLITE_TRANSIENT; }
+
+#endif

@@ -1,0 +1,131 @@
+/// A body kept by a store: small ones inline, larger ones in a file under
+/// `jobs.dir` (spooled while it arrived, so memory stays bounded).
+public enum StoredBody: Sendable, Equatable {
+    case inline([UInt8])
+    case file(path: String, size: Int64)
+
+    public var size: Int64 {
+        switch self {
+        case .inline(let bytes): return Int64(bytes.count)
+        case .file(_, let size): return size
+        }
+    }
+
+    public static let empty = StoredBody.inline([])
+
+    /// The spool file to delete with the job, if any.
+    public var filePath: String? {
+        if case .file(let path, _) = self { return path }
+        return nil
+    }
+}
+
+/// What a job sends upstream, as re-serialized at acceptance: the request
+/// line and end-to-end headers (each line CRLF-terminated, without framing
+/// headers and without the blank line; `Job-Id`, `Job-Attempt` and the
+/// framing are added per attempt), and the de-chunked body.
+public struct JobRequest: Sendable, Equatable {
+    public var head: [UInt8]
+    public var body: StoredBody
+    /// The client's request declared a body (even an empty one): the
+    /// upstream gets `Content-Length` then.
+    public var declaresBody: Bool
+
+    public init(head: [UInt8], body: StoredBody, declaresBody: Bool) {
+        self.head = head
+        self.body = body
+        self.declaresBody = declaresBody
+    }
+}
+
+/// A captured upstream response: status, reason, end-to-end header lines
+/// (`Name: value\r\n` each) and the de-chunked body.
+public struct JobResponse: Sendable, Equatable {
+    public var status: Int
+    public var reason: [UInt8]
+    public var headers: [UInt8]
+    public var body: StoredBody
+
+    public init(status: Int, reason: [UInt8], headers: [UInt8], body: StoredBody) {
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+    }
+}
+
+/// A job without its bodies: what the status JSON, dispatch and recovery
+/// need, small enough to keep every live job in memory.
+public struct JobRecord: Sendable, Equatable {
+    public let id: JobID
+    public var status: JobStatus
+    public let upstream: String
+    public let method: String
+    public let path: String
+    /// Unix milliseconds.
+    public let createdAt: Int64
+    public var startedAt: Int64?
+    public var completedAt: Int64?
+    public var attempts: Int
+    /// Safe to send again after a crash: an idempotent method or an
+    /// Idempotency-Key (SPEC §5).
+    public let resendable: Bool
+    /// SHA-256 of the `jobs.bind_to` credential, if bound.
+    public let credential: [UInt8]?
+    public let idempotencyKey: String?
+    /// SHA-256 over method, path, body and credential, with a key.
+    public let fingerprint: [UInt8]?
+    public var responseStatus: Int?
+    public var contentType: String?
+    public var responseSize: Int64?
+    public var error: JobErrorCode?
+    public var errorMessage: String?
+
+    public init(id: JobID, status: JobStatus, upstream: String, method: String, path: String,
+                createdAt: Int64, startedAt: Int64? = nil, completedAt: Int64? = nil, attempts: Int = 0,
+                resendable: Bool, credential: [UInt8]? = nil, idempotencyKey: String? = nil,
+                fingerprint: [UInt8]? = nil) {
+        self.id = id
+        self.status = status
+        self.upstream = upstream
+        self.method = method
+        self.path = path
+        self.createdAt = createdAt
+        self.startedAt = startedAt
+        self.completedAt = completedAt
+        self.attempts = attempts
+        self.resendable = resendable
+        self.credential = credential
+        self.idempotencyKey = idempotencyKey
+        self.fingerprint = fingerprint
+    }
+}
+
+public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Where jobs are kept. Writes are durable when `done` runs (for the
+/// SQLite store: committed with `synchronous=FULL`, possibly grouped with
+/// other jobs' commits); `done` may run on any thread, or inline. Reads of
+/// bodies are synchronous and may be made from any thread.
+///
+/// The store owns the spool files its records name: `delete` removes them.
+public protocol JobStore: AnyObject, Sendable {
+    /// Every job, without bodies (startup recovery).
+    func loadAll() throws(StoreError) -> [JobRecord]
+    /// A new job and its request.
+    func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void)
+    /// A job's new state; `response` is given once, when it completes.
+    func update(_ record: JobRecord, response: JobResponse?, done: @escaping @Sendable (StoreError?) -> Void)
+    /// Jobs gone for good (DELETE, expiry), with their files.
+    func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void)
+    func request(of id: JobID) throws(StoreError) -> JobRequest?
+    func response(of id: JobID) throws(StoreError) -> JobResponse?
+    /// True when the store answers (`/readyz`).
+    func isHealthy() -> Bool
+    /// Finishes pending writes and releases the store.
+    func close()
+}

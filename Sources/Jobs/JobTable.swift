@@ -1,0 +1,291 @@
+import Loop
+import Synchronization
+
+/// Every live job's record, shared by all loops: what the status endpoint
+/// reads (without touching the store), where long polls wait, where a
+/// running job's abort hook is found, and the Idempotency-Key index.
+///
+/// Two views of each job: `latest`, the state transitions are checked
+/// against (so a cancel and a completion racing on two loops resolve to
+/// one winner), and `visible`, the last state the store made durable,
+/// which is all clients ever see. Writes reach the store in the order they
+/// were applied and its callbacks come back in that order, so `visible`
+/// only moves forward.
+public final class JobTable: Sendable {
+    public let store: any JobStore
+
+    struct Waiter {
+        let token: Int
+        let loop: EventLoop
+        let wake: @Sendable () -> Void
+    }
+
+    struct Entry {
+        var visible: JobRecord
+        var latest: JobRecord
+        var waiters: [Waiter] = []
+        /// Set while an exchange runs for the job: aborts it on its loop.
+        var abort: (loop: EventLoop, run: @Sendable () -> Void)?
+    }
+
+    /// Exponentially weighted job durations per upstream, for estimates.
+    struct Observed {
+        var meanMillis: Double = 0
+        var samples = 0
+    }
+
+    struct State {
+        var jobs: [JobID: Entry] = [:]
+        /// Idempotency-Key -> job; `nil` value while the job's insert is in flight.
+        var keys: [String: JobID?] = [:]
+        var observed: [String: Observed] = [:]
+        var nextToken = 1
+
+        mutating func observe(upstream: String, millis: Int64) {
+            var o = observed[upstream] ?? Observed()
+            let d = Double(max(0, millis))
+            o.meanMillis = o.samples == 0 ? d : o.meanMillis * 0.8 + d * 0.2
+            o.samples += 1
+            observed[upstream] = o
+        }
+    }
+
+    private let state = Mutex(State())
+
+    public init(store: any JobStore) {
+        self.store = store
+    }
+
+    // MARK: Reading
+
+    /// The job as clients may see it; nil if unknown.
+    public func lookup(_ id: JobID) -> JobRecord? {
+        state.withLock { $0.jobs[id]?.visible }
+    }
+
+    public var count: Int { state.withLock { $0.jobs.count } }
+
+    /// Counts of jobs by visible status.
+    public func countsByStatus() -> [JobStatus: Int] {
+        state.withLock { s in
+            var counts: [JobStatus: Int] = [:]
+            for e in s.jobs.values { counts[e.visible.status, default: 0] += 1 }
+            return counts
+        }
+    }
+
+    // MARK: Creating
+
+    public enum KeyClaim: Equatable, Sendable {
+        /// The key is new and now reserved for the caller's job.
+        case claimed
+        /// A job with this key exists: the same request gets it again.
+        case existing(JobRecord)
+        /// The key belongs to a different request (422), or to one still
+        /// being accepted (409).
+        case mismatch
+        case inFlight
+    }
+
+    /// Reserves an Idempotency-Key, or finds its job.
+    public func claim(key: String, fingerprint: [UInt8]) -> KeyClaim {
+        state.withLock { s in
+            switch s.keys[key] {
+            case .none:
+                s.keys[key] = .some(nil)
+                return .claimed
+            case .some(.none):
+                return .inFlight
+            case .some(.some(let id)):
+                guard let e = s.jobs[id] else {
+                    s.keys[key] = .some(nil)
+                    return .claimed
+                }
+                return e.visible.fingerprint == fingerprint ? .existing(e.visible) : .mismatch
+            }
+        }
+    }
+
+    /// Gives a reserved key back (the job was not created).
+    public func releaseClaim(key: String) {
+        state.withLock { s in
+            if case .some(.none) = s.keys[key] { s.keys[key] = nil }
+        }
+    }
+
+    /// Commits a new job; it becomes visible when durable, then `done` runs.
+    public func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void) {
+        store.insert(record, request: request) { [self] error in
+            state.withLock { s in
+                if error != nil {
+                    if let key = record.idempotencyKey, case .some(.none) = s.keys[key] { s.keys[key] = nil }
+                    return
+                }
+                s.jobs[record.id] = Entry(visible: record, latest: record)
+                if let key = record.idempotencyKey { s.keys[key] = .some(record.id) }
+            }
+            done(error)
+        }
+    }
+
+    /// Adds jobs read back from the store at startup.
+    public func adopt(_ records: [JobRecord]) {
+        state.withLock { s in
+            for r in records {
+                s.jobs[r.id] = Entry(visible: r, latest: r)
+                if let key = r.idempotencyKey { s.keys[key] = .some(r.id) }
+            }
+        }
+    }
+
+    // MARK: Transitions
+
+    /// Applies `event` to the job's latest state if the lifecycle allows it,
+    /// lets `fill` complete the record, and writes it to the store. Returns
+    /// the new record, or nil if the job is gone or the event was refused
+    /// (e.g. a completion racing a cancel that won). `done` runs once the
+    /// write is durable and the new state visible.
+    @discardableResult
+    public func apply(_ event: JobEvent, to id: JobID, response: JobResponse? = nil,
+                      fill: (inout JobRecord) -> Void = { _ in },
+                      done: @escaping @Sendable (StoreError?) -> Void = { _ in }) -> JobRecord? {
+        let updated: JobRecord? = state.withLock { s in
+            guard var e = s.jobs[id] else { return nil }
+            guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return nil }
+            var r = e.latest
+            r.status = to
+            if let error {
+                r.error = error
+                if r.errorMessage == nil { r.errorMessage = error.defaultMessage }
+            }
+            fill(&r)
+            e.latest = r
+            if to != .running { e.abort = nil }
+            s.jobs[id] = e
+            return r
+        }
+        guard let updated else { return nil }
+        store.update(updated, response: response) { [self] error in
+            if error == nil { publish(updated) }
+            done(error)
+        }
+        return updated
+    }
+
+    private func publish(_ record: JobRecord) {
+        let woken: [Waiter] = state.withLock { s in
+            guard var e = s.jobs[record.id] else { return [] }
+            e.visible = record
+            // Long polls wait for the end: only terminal states wake them.
+            var woken: [Waiter] = []
+            if record.status.isTerminal { swap(&woken, &e.waiters) }
+            s.jobs[record.id] = e
+            if record.status == .completed, let started = record.startedAt, let ended = record.completedAt {
+                s.observe(upstream: record.upstream, millis: ended - started)
+            }
+            return woken
+        }
+        for w in woken { w.loop.execute(w.wake) }
+    }
+
+    /// Registers the hook that aborts a running job's exchange (DELETE).
+    /// False if the job is no longer running (a cancel came first).
+    public func setAbort(_ id: JobID, loop: EventLoop, _ run: @escaping @Sendable () -> Void) -> Bool {
+        state.withLock { s in
+            guard s.jobs[id]?.latest.status == .running else { return false }
+            s.jobs[id]!.abort = (loop, run)
+            return true
+        }
+    }
+
+    public func clearAbort(_ id: JobID) {
+        state.withLock { s in s.jobs[id]?.abort = nil }
+    }
+
+    /// DELETE on a pending job: canceled, and a running exchange aborted.
+    public func cancel(_ id: JobID, done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
+        let abort = state.withLock { s in s.jobs[id]?.abort }
+        let r = apply(.cancel, to: id, fill: { $0.completedAt = wallClockMillis() }, done: done)
+        if r != nil, let abort { abort.loop.execute(abort.run) }
+        return r
+    }
+
+    /// Removes jobs for good (DELETE of a terminal job, expiry).
+    public func remove(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
+        let woken: [Waiter] = state.withLock { s in
+            var woken: [Waiter] = []
+            for id in ids {
+                guard let e = s.jobs.removeValue(forKey: id) else { continue }
+                woken += e.waiters
+                if let key = e.visible.idempotencyKey, s.keys[key] == .some(id) { s.keys[key] = nil }
+            }
+            return woken
+        }
+        for w in woken { w.loop.execute(w.wake) }
+        store.delete(ids, done: done)
+    }
+
+    /// Terminal jobs whose result outlived `ttl`, as of `now`.
+    public func expired(now: Int64, ttl: Duration) -> [JobID] {
+        let ttlMillis = ttl.nanoseconds / 1_000_000
+        return state.withLock { s in
+            s.jobs.compactMap { id, e in
+                guard e.latest.status.isTerminal, let done = e.latest.completedAt ?? e.latest.startedAt else { return nil }
+                return now - done >= ttlMillis ? id : nil
+            }
+        }
+    }
+
+    // MARK: Long polls
+
+    /// Calls `wake` on `loop` when the job ends (or vanishes). Returns a
+    /// token for `stopWaiting`, or nil when the job is already terminal or gone.
+    public func wait(for id: JobID, loop: EventLoop, wake: @escaping @Sendable () -> Void) -> Int? {
+        state.withLock { s in
+            guard var e = s.jobs[id], !e.visible.status.isTerminal else { return nil }
+            let token = s.nextToken
+            s.nextToken += 1
+            e.waiters.append(Waiter(token: token, loop: loop, wake: wake))
+            s.jobs[id] = e
+            return token
+        }
+    }
+
+    public func stopWaiting(_ id: JobID, token: Int) {
+        state.withLock { s in s.jobs[id]?.waiters.removeAll { $0.token == token } }
+    }
+
+    // MARK: Estimates
+
+    /// When the job should end, from the upstream's recent job durations
+    /// and the jobs ahead of it; nil without observations.
+    public func estimatedCompletion(of r: JobRecord, queuedAhead: Int, concurrency: Int, now: Int64) -> Int64? {
+        guard !r.status.isTerminal else { return nil }
+        let observed = state.withLock { $0.observed[r.upstream] }
+        guard let observed, observed.samples > 0 else { return nil }
+        let mean = Int64(observed.meanMillis.rounded())
+        if r.status == .running, let started = r.startedAt {
+            return max(now, started + mean)
+        }
+        let rounds = Int64(queuedAhead / max(1, concurrency)) + 1
+        return now + rounds * mean
+    }
+
+    /// Records a duration seen outside a job (an `auto` request answered in time).
+    public func observe(upstream: String, millis: Int64) {
+        state.withLock { $0.observe(upstream: upstream, millis: millis) }
+    }
+}
+
+extension JobErrorCode {
+    public var defaultMessage: String {
+        switch self {
+        case .upstreamUnreachable: return "upstream refused or unreachable"
+        case .upstreamTimeout: return "upstream did not answer within its timeout"
+        case .upstreamReset: return "upstream closed the connection before the response was complete"
+        case .upstreamBadResponse: return "upstream sent a malformed response"
+        case .responseTooLarge: return "upstream response exceeds jobs.max_result_body"
+        case .interrupted: return "the proxy restarted while the request was in flight and it is not safe to resend"
+        }
+    }
+}

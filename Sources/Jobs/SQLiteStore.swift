@@ -1,0 +1,867 @@
+import CSQLite
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `store: "sqlite:PATH"`: jobs in one SQLite database (WAL,
+/// `synchronous=FULL`), so an accepted job survives `kill -9` (SPEC §5).
+///
+/// Threads:
+/// - Writes (`insert`, `update`, `delete`) are queued to one writer thread
+///   the store owns. It takes everything queued, applies it in one
+///   transaction (one fsync for many jobs: group commit), then calls each
+///   write's `done`, in submission order, after `COMMIT` returned. Each
+///   write runs inside its own SAVEPOINT, so one failing write is reported
+///   to its own callback and the others still commit. Only the writer
+///   thread ever touches the writer's connection.
+/// - Reads are synchronous on the calling thread, through a small pool of
+///   read-only connections (WAL readers never block the writer).
+///
+/// Files: the parent directory is created 0700 if missing, the database
+/// 0600 (SQLite creates `-wal` and `-shm` with the database's mode).
+public final class SQLiteStore: JobStore {
+    /// `PRAGMA user_version` of the schema below.
+    static let schemaVersion = 1
+    /// Idle read connections kept open; busier moments open more, briefly.
+    static let maxIdleReaders = 4
+    static let busyTimeoutMillis: Int32 = 5000
+
+    public let path: String
+    private let queue: WriteQueue
+    private let readers: ReaderPool
+    private let writerThread: Mutex<pthread_t?>
+
+    public init(path: String) throws(StoreError) {
+        self.path = path
+        try createParentDirectories(of: path)
+        try createPrivateFile(path)
+
+        let connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
+        try connection.configureForWriting()
+        let queue = WriteQueue()
+        let writer = try Writer(connection: connection, queue: queue)
+        self.queue = queue
+        self.readers = ReaderPool(path: path)
+
+        let box = Unmanaged.passRetained(writer).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            let writer = Unmanaged<Writer>.fromOpaque(arg!).takeRetainedValue()
+            writer.run()
+            return nil
+        }, box)
+        guard rc == 0 else {
+            Unmanaged<Writer>.fromOpaque(box).release()
+            throw StoreError("sqlite: cannot start the writer thread: \(String(cString: strerror(rc)))")
+        }
+        self.writerThread = Mutex(thread)
+    }
+
+    deinit {
+        close()
+    }
+
+    // MARK: Writes
+
+    public func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void) {
+        submit(.insert(record, request), done)
+    }
+
+    public func update(_ record: JobRecord, response: JobResponse?, done: @escaping @Sendable (StoreError?) -> Void) {
+        submit(.update(record, response), done)
+    }
+
+    public func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
+        submit(.delete(ids), done)
+    }
+
+    private func submit(_ op: WriteOp, _ done: @escaping @Sendable (StoreError?) -> Void) {
+        if !queue.enqueue(PendingWrite(op: op, done: done)) {
+            done(StoreError("sqlite: the store is closed"))
+        }
+    }
+
+    // MARK: Reads
+
+    public func loadAll() throws(StoreError) -> [JobRecord] {
+        try readers.with { reader throws(StoreError) in
+            let s = reader.loadAll
+            defer { s.reset() }
+            var records: [JobRecord] = []
+            while try s.step() {
+                if let record = decodeRecord(s) { records.append(record) }
+            }
+            return records
+        }
+    }
+
+    public func request(of id: JobID) throws(StoreError) -> JobRequest? {
+        try readers.with { reader throws(StoreError) in
+            let s = reader.request
+            defer { s.reset() }
+            s.bind(id.text, at: 1)
+            guard try s.step() else { return nil }
+            return JobRequest(
+                head: s.blob(0) ?? [],
+                body: decodeBody(s, blob: 1, path: 2, size: 3),
+                declaresBody: (s.int64(4) ?? 0) != 0
+            )
+        }
+    }
+
+    public func response(of id: JobID) throws(StoreError) -> JobResponse? {
+        try readers.with { reader throws(StoreError) in
+            let s = reader.response
+            defer { s.reset() }
+            s.bind(id.text, at: 1)
+            guard try s.step(), let status = s.int64(0) else { return nil }
+            return JobResponse(
+                status: Int(status),
+                reason: s.blob(1) ?? [],
+                headers: s.blob(2) ?? [],
+                body: decodeBody(s, blob: 3, path: 4, size: 5)
+            )
+        }
+    }
+
+    public func isHealthy() -> Bool {
+        do {
+            return try readers.with { reader throws(StoreError) in
+                let s = reader.ping
+                defer { s.reset() }
+                return try s.step()
+            }
+        } catch {
+            return false
+        }
+    }
+
+    // MARK: Lifecycle
+
+    /// Closes the idle readers, lets the writer commit what is queued, stops
+    /// it and closes its connection. Idempotent; writes submitted afterwards
+    /// fail at once. Called from a `done` callback (the writer thread), the
+    /// writer finishes on its own after the current batch.
+    public func close() {
+        readers.close()
+        queue.stop()
+        let thread = writerThread.withLock { t -> pthread_t? in
+            let running = t
+            t = nil
+            return running
+        }
+        guard let thread else { return }
+        if pthread_equal(thread, pthread_self()) != 0 {
+            pthread_detach(thread)
+        } else {
+            pthread_join(thread, nil)
+        }
+    }
+
+    /// Transactions the writer committed so far (tests check the grouping).
+    var committedTransactions: Int { queue.commits.load(ordering: .relaxed) }
+}
+
+// MARK: - Schema
+
+private let createSchema = """
+    BEGIN IMMEDIATE;
+    CREATE TABLE IF NOT EXISTS jobs (
+        id                TEXT PRIMARY KEY NOT NULL,
+        status            TEXT NOT NULL,
+        upstream          TEXT NOT NULL,
+        method            TEXT NOT NULL,
+        path              TEXT NOT NULL,
+        created_at        INTEGER NOT NULL,
+        started_at        INTEGER,
+        completed_at      INTEGER,
+        attempts          INTEGER NOT NULL,
+        resendable        INTEGER NOT NULL,
+        credential        BLOB,
+        idempotency_key   TEXT,
+        fingerprint       BLOB,
+        response_status   INTEGER,
+        content_type      TEXT,
+        response_size     INTEGER,
+        error_code        TEXT,
+        error_message     TEXT,
+        req_head          BLOB NOT NULL,
+        req_body          BLOB,
+        req_body_path     TEXT,
+        req_body_size     INTEGER NOT NULL,
+        req_declares_body INTEGER NOT NULL,
+        resp_status       INTEGER,
+        resp_reason       BLOB,
+        resp_headers      BLOB,
+        resp_body         BLOB,
+        resp_body_path    TEXT,
+        resp_body_size    INTEGER
+    );
+    PRAGMA user_version = \(SQLiteStore.schemaVersion);
+    COMMIT;
+    """
+
+private let recordColumns = """
+    id, status, upstream, method, path, created_at, started_at, completed_at, attempts, resendable, \
+    credential, idempotency_key, fingerprint, response_status, content_type, response_size, error_code, error_message
+    """
+
+private let insertSQL = """
+    INSERT INTO jobs (\(recordColumns), \
+    req_head, req_body, req_body_path, req_body_size, req_declares_body) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
+    """
+
+/// The mutable part of a record; the rest never changes after insert.
+private let updateStateSQL = """
+    UPDATE jobs SET status = ?2, started_at = ?3, completed_at = ?4, attempts = ?5, response_status = ?6, \
+    content_type = ?7, response_size = ?8, error_code = ?9, error_message = ?10 WHERE id = ?1
+    """
+
+private let setResponseSQL = """
+    UPDATE jobs SET resp_status = ?2, resp_reason = ?3, resp_headers = ?4, resp_body = ?5, \
+    resp_body_path = ?6, resp_body_size = ?7 WHERE id = ?1
+    """
+
+private let selectFilesSQL = "SELECT req_body_path, resp_body_path FROM jobs WHERE id = ?1"
+private let deleteSQL = "DELETE FROM jobs WHERE id = ?1"
+private let loadAllSQL = "SELECT \(recordColumns) FROM jobs ORDER BY created_at, rowid"
+private let requestSQL = "SELECT req_head, req_body, req_body_path, req_body_size, req_declares_body FROM jobs WHERE id = ?1"
+private let responseSQL = """
+    SELECT resp_status, resp_reason, resp_headers, resp_body, resp_body_path, resp_body_size FROM jobs WHERE id = ?1
+    """
+
+/// A row of `loadAllSQL`, or nil when it cannot be decoded (skipped).
+private func decodeRecord(_ s: Statement) -> JobRecord? {
+    guard let idText = s.text(0), let id = JobID(idText),
+          let statusText = s.text(1), let status = JobStatus(rawValue: statusText),
+          let upstream = s.text(2), let method = s.text(3), let path = s.text(4),
+          let createdAt = s.int64(5), let attempts = s.int64(8), let resendable = s.int64(9)
+    else { return nil }
+    var error: JobErrorCode?
+    if let code = s.text(16) {
+        guard let known = JobErrorCode(rawValue: code) else { return nil }
+        error = known
+    }
+    var record = JobRecord(
+        id: id, status: status, upstream: upstream, method: method, path: path,
+        createdAt: createdAt, startedAt: s.int64(6), completedAt: s.int64(7), attempts: Int(attempts),
+        resendable: resendable != 0, credential: s.blob(10), idempotencyKey: s.text(11), fingerprint: s.blob(12)
+    )
+    record.responseStatus = s.int64(13).map { Int($0) }
+    record.contentType = s.text(14)
+    record.responseSize = s.int64(15)
+    record.error = error
+    record.errorMessage = s.text(17)
+    return record
+}
+
+private func decodeBody(_ s: Statement, blob: Int32, path: Int32, size: Int32) -> StoredBody {
+    if let file = s.text(path) {
+        return .file(path: file, size: s.int64(size) ?? 0)
+    }
+    return .inline(s.blob(blob) ?? [])
+}
+
+private func bindBody(_ body: StoredBody, _ s: Statement, blob: Int32, path: Int32, size: Int32) {
+    switch body {
+    case .inline(let bytes):
+        s.bind(bytes, at: blob)
+        s.bind(nil as String?, at: path)
+        s.bind(Int64(bytes.count), at: size)
+    case .file(let file, let length):
+        s.bind(nil as [UInt8]?, at: blob)
+        s.bind(file, at: path)
+        s.bind(length, at: size)
+    }
+}
+
+// MARK: - The writer
+
+private enum WriteOp: Sendable {
+    case insert(JobRecord, JobRequest)
+    case update(JobRecord, JobResponse?)
+    case delete([JobID])
+}
+
+private struct PendingWrite: Sendable {
+    let op: WriteOp
+    let done: @Sendable (StoreError?) -> Void
+}
+
+/// The hand-off between submitting threads and the writer thread. The
+/// semaphore is posted when the queue turns non-empty (and on stop); the
+/// writer takes the whole queue after each wake-up, so no write is missed.
+private final class WriteQueue: Sendable {
+    struct State {
+        var pending: [PendingWrite] = []
+        var stopping = false
+    }
+
+    private let state = Mutex(State())
+    private let wakeup = Semaphore()
+    let commits = Atomic<Int>(0)
+
+    /// False once the store is closing: the caller answers `done` itself.
+    func enqueue(_ write: PendingWrite) -> Bool {
+        let (accepted, wake) = state.withLock { s -> (Bool, Bool) in
+            if s.stopping { return (false, false) }
+            s.pending.append(write)
+            return (true, s.pending.count == 1)
+        }
+        if wake { wakeup.signal() }
+        return accepted
+    }
+
+    func stop() {
+        let wake = state.withLock { s -> Bool in
+            if s.stopping { return false }
+            s.stopping = true
+            return true
+        }
+        if wake { wakeup.signal() }
+    }
+
+    /// Blocks until there is work or a stop; returns everything queued.
+    func next() -> (writes: [PendingWrite], stop: Bool) {
+        wakeup.wait()
+        return state.withLock { s in
+            let writes = s.pending
+            s.pending = []
+            return (writes, s.stopping)
+        }
+    }
+}
+
+/// The writer thread's state: its connection and prepared statements. Made
+/// on the opening thread, then used by the writer thread only.
+private final class Writer {
+    let connection: Connection
+    let queue: WriteQueue
+    let begin, commit, rollback, savepoint, release, rollbackToSavepoint: Statement
+    let insert, updateState, setResponse, selectFiles, deleteRow: Statement
+
+    init(connection: Connection, queue: WriteQueue) throws(StoreError) {
+        self.connection = connection
+        self.queue = queue
+        begin = try connection.prepare("BEGIN IMMEDIATE")
+        commit = try connection.prepare("COMMIT")
+        rollback = try connection.prepare("ROLLBACK")
+        savepoint = try connection.prepare("SAVEPOINT op")
+        release = try connection.prepare("RELEASE op")
+        rollbackToSavepoint = try connection.prepare("ROLLBACK TO op")
+        insert = try connection.prepare(insertSQL)
+        updateState = try connection.prepare(updateStateSQL)
+        setResponse = try connection.prepare(setResponseSQL)
+        selectFiles = try connection.prepare(selectFilesSQL)
+        deleteRow = try connection.prepare(deleteSQL)
+    }
+
+    func run() {
+        while true {
+            let (writes, stop) = queue.next()
+            if !writes.isEmpty { process(writes) }
+            if stop { break }
+        }
+        connection.close()
+    }
+
+    /// One transaction for the whole batch (a new one only if SQLite rolled
+    /// the first back on its own, e.g. on a full disk), then the callbacks
+    /// in order, then the spool files of committed deletes.
+    private func process(_ writes: [PendingWrite]) {
+        var results = [StoreError?](repeating: nil, count: writes.count)
+        var files = [[String]](repeating: [], count: writes.count)
+        var i = 0
+        while i < writes.count {
+            let first = i
+            do throws(StoreError) {
+                try begin.run()
+            } catch {
+                for j in i..<writes.count { results[j] = error }
+                break
+            }
+            var lost: StoreError?
+            while i < writes.count {
+                let (outcome, transactionLost) = applyInSavepoint(writes[i].op)
+                switch outcome {
+                case .success(let paths): files[i] = paths
+                case .failure(let error): results[i] = error
+                }
+                i += 1
+                if transactionLost, case .failure(let error) = outcome {
+                    lost = error
+                    break
+                }
+            }
+            if let lost {
+                if !connection.isAutocommit { try? rollback.run() }
+                for j in first..<(i - 1) where results[j] == nil {
+                    results[j] = StoreError("sqlite: transaction rolled back: \(lost.message)")
+                }
+                continue
+            }
+            do throws(StoreError) {
+                try commit.run()
+                queue.commits.add(1, ordering: .relaxed)
+            } catch {
+                if !connection.isAutocommit { try? rollback.run() }
+                for j in first..<i where results[j] == nil { results[j] = error }
+            }
+        }
+        for (write, result) in zip(writes, results) {
+            write.done(result)
+        }
+        for (paths, result) in zip(files, results) where result == nil {
+            for path in paths { removeSpoolFile(path) }
+        }
+    }
+
+    /// Applies one write between SAVEPOINT and RELEASE; a failed write is
+    /// rolled back to its savepoint. `transactionLost` is true when the
+    /// whole transaction is gone (SQLite rolled it back, or the savepoint
+    /// could not be undone).
+    private func applyInSavepoint(_ op: WriteOp) -> (Result<[String], StoreError>, transactionLost: Bool) {
+        do throws(StoreError) {
+            try savepoint.run()
+        } catch {
+            return (.failure(error), connection.isAutocommit)
+        }
+        do throws(StoreError) {
+            let paths = try apply(op)
+            try release.run()
+            return (.success(paths), false)
+        } catch {
+            if connection.isAutocommit { return (.failure(error), true) }
+            do throws(StoreError) {
+                try rollbackToSavepoint.run()
+                try release.run()
+                return (.failure(error), false)
+            } catch {
+                return (.failure(error), true)
+            }
+        }
+    }
+
+    /// Returns the spool files to unlink once committed.
+    private func apply(_ op: WriteOp) throws(StoreError) -> [String] {
+        switch op {
+        case .insert(let record, let request):
+            let s = insert
+            s.bind(record.id.text, at: 1)
+            s.bind(record.status.rawValue, at: 2)
+            s.bind(record.upstream, at: 3)
+            s.bind(record.method, at: 4)
+            s.bind(record.path, at: 5)
+            s.bind(record.createdAt, at: 6)
+            s.bind(record.startedAt, at: 7)
+            s.bind(record.completedAt, at: 8)
+            s.bind(Int64(record.attempts), at: 9)
+            s.bind(Int64(record.resendable ? 1 : 0), at: 10)
+            s.bind(record.credential, at: 11)
+            s.bind(record.idempotencyKey, at: 12)
+            s.bind(record.fingerprint, at: 13)
+            s.bind(record.responseStatus.map { Int64($0) }, at: 14)
+            s.bind(record.contentType, at: 15)
+            s.bind(record.responseSize, at: 16)
+            s.bind(record.error?.rawValue, at: 17)
+            s.bind(record.errorMessage, at: 18)
+            s.bind(request.head, at: 19)
+            bindBody(request.body, s, blob: 20, path: 21, size: 22)
+            s.bind(Int64(request.declaresBody ? 1 : 0), at: 23)
+            try s.run()
+            return []
+
+        case .update(let record, let response):
+            let s = updateState
+            s.bind(record.id.text, at: 1)
+            s.bind(record.status.rawValue, at: 2)
+            s.bind(record.startedAt, at: 3)
+            s.bind(record.completedAt, at: 4)
+            s.bind(Int64(record.attempts), at: 5)
+            s.bind(record.responseStatus.map { Int64($0) }, at: 6)
+            s.bind(record.contentType, at: 7)
+            s.bind(record.responseSize, at: 8)
+            s.bind(record.error?.rawValue, at: 9)
+            s.bind(record.errorMessage, at: 10)
+            try s.run()
+            guard connection.changes > 0 else { throw StoreError("sqlite: no such job") }
+            if let response {
+                let r = setResponse
+                r.bind(record.id.text, at: 1)
+                r.bind(Int64(response.status), at: 2)
+                r.bind(response.reason, at: 3)
+                r.bind(response.headers, at: 4)
+                bindBody(response.body, r, blob: 5, path: 6, size: 7)
+                try r.run()
+            }
+            return []
+
+        case .delete(let ids):
+            var paths: [String] = []
+            for id in ids {
+                let s = selectFiles
+                s.bind(id.text, at: 1)
+                do {
+                    defer { s.reset() }
+                    while try s.step() {
+                        if let path = s.text(0) { paths.append(path) }
+                        if let path = s.text(1) { paths.append(path) }
+                    }
+                }
+                deleteRow.bind(id.text, at: 1)
+                try deleteRow.run()
+            }
+            return paths
+        }
+    }
+}
+
+// MARK: - Readers
+
+/// A read-only connection and its statements; used by one thread at a
+/// time, handed between threads only through `ReaderPool`'s lock.
+private final class ReadConnection: @unchecked Sendable {
+    let connection: Connection
+    let loadAll, request, response, ping: Statement
+
+    init(path: String) throws(StoreError) {
+        connection = try Connection(path: path, flags: SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX)
+        loadAll = try connection.prepare(loadAllSQL)
+        request = try connection.prepare(requestSQL)
+        response = try connection.prepare(responseSQL)
+        ping = try connection.prepare("SELECT 1")
+    }
+}
+
+private final class ReaderPool: Sendable {
+    struct State {
+        var idle: [ReadConnection] = []
+        var closed = false
+    }
+
+    let path: String
+    private let state = Mutex(State())
+
+    init(path: String) { self.path = path }
+
+    /// Runs `body` on a connection of its own: an idle one, or a new one.
+    /// A connection that saw an error is closed rather than kept.
+    func with<T>(_ body: (ReadConnection) throws(StoreError) -> T) throws(StoreError) -> T {
+        let idle = try state.withLock { s throws(StoreError) -> ReadConnection? in
+            if s.closed { throw StoreError("sqlite: the store is closed") }
+            return s.idle.popLast()
+        }
+        let reader: ReadConnection
+        if let idle { reader = idle } else { reader = try ReadConnection(path: path) }
+        let result: T
+        do throws(StoreError) {
+            result = try body(reader)
+        } catch {
+            reader.connection.close()
+            throw error
+        }
+        let keep = state.withLock { s -> Bool in
+            guard !s.closed, s.idle.count < SQLiteStore.maxIdleReaders else { return false }
+            s.idle.append(reader)
+            return true
+        }
+        if !keep { reader.connection.close() }
+        return result
+    }
+
+    /// Closes the idle connections; busy ones close when they come back.
+    func close() {
+        let idle = state.withLock { s -> [ReadConnection] in
+            s.closed = true
+            let all = s.idle
+            s.idle = []
+            return all
+        }
+        for reader in idle { reader.connection.close() }
+    }
+}
+
+// MARK: - Connections and statements
+
+/// Owns one `sqlite3*`, and finalizes the statements it prepared before
+/// closing it. Not thread-safe (opened with NOMUTEX): one thread at a time.
+private final class Connection {
+    private var db: OpaquePointer?
+    private var statements: [Statement] = []
+
+    init(path: String, flags: Int32) throws(StoreError) {
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
+            sqlite3_close_v2(handle)
+            throw StoreError("sqlite: cannot open \(path): \(message)")
+        }
+        db = handle
+        sqlite3_extended_result_codes(handle, 1)
+        sqlite3_busy_timeout(handle, SQLiteStore.busyTimeoutMillis)
+    }
+
+    deinit { close() }
+
+    var errorMessage: String {
+        guard let db else { return "connection closed" }
+        return String(cString: sqlite3_errmsg(db))
+    }
+
+    /// True outside a transaction (also after SQLite rolled one back).
+    var isAutocommit: Bool {
+        guard let db else { return true }
+        return sqlite3_get_autocommit(db) != 0
+    }
+
+    /// Rows changed by the last INSERT, UPDATE or DELETE.
+    var changes: Int {
+        guard let db else { return 0 }
+        return Int(sqlite3_changes(db))
+    }
+
+    func prepare(_ sql: String) throws(StoreError) -> Statement {
+        guard let db else { throw StoreError("sqlite: connection closed") }
+        var stmt: OpaquePointer?
+        let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else {
+            sqlite3_finalize(stmt)
+            throw StoreError("sqlite: prepare: \(errorMessage)")
+        }
+        let statement = Statement(stmt)
+        statements.append(statement)
+        return statement
+    }
+
+    /// Runs SQL text without results (schema, pragmas).
+    func execute(_ sql: String) throws(StoreError) {
+        guard let db else { throw StoreError("sqlite: connection closed") }
+        var error: UnsafeMutablePointer<CChar>?
+        let rc = sqlite3_exec(db, sql, nil, nil, &error)
+        if rc != SQLITE_OK {
+            let message = error.map { String(cString: $0) } ?? errorMessage
+            sqlite3_free(error)
+            throw StoreError("sqlite: \(message)")
+        }
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    func queryText(_ sql: String) throws(StoreError) -> String? {
+        let s = try prepare(sql)
+        defer { s.finalize() }
+        return try s.step() ? s.text(0) : nil
+    }
+
+    /// WAL, full sync, and the schema (created, or checked for its version).
+    func configureForWriting() throws(StoreError) {
+        let mode = try queryText("PRAGMA journal_mode=WAL")
+        guard mode?.lowercased() == "wal" else {
+            throw StoreError("sqlite: cannot use WAL (journal_mode is \(mode ?? "unknown"))")
+        }
+        try execute("PRAGMA synchronous=FULL")
+        guard let text = try queryText("PRAGMA user_version"), let version = Int(text) else {
+            throw StoreError("sqlite: cannot read the schema version")
+        }
+        if version > SQLiteStore.schemaVersion {
+            throw StoreError("sqlite: schema version \(version) is newer than this coatcheck (\(SQLiteStore.schemaVersion))")
+        }
+        if version < SQLiteStore.schemaVersion {
+            do throws(StoreError) {
+                try execute(createSchema)
+            } catch {
+                if !isAutocommit { try? execute("ROLLBACK") }
+                throw error
+            }
+        }
+    }
+
+    /// Finalizes the statements, then closes. Idempotent.
+    func close() {
+        for statement in statements { statement.finalize() }
+        statements = []
+        if let db {
+            sqlite3_close_v2(db)
+            self.db = nil
+        }
+    }
+}
+
+/// Owns one `sqlite3_stmt*`. Bind errors are kept and thrown by the next
+/// `step`; `run` and `step` errors carry `sqlite3_errmsg`.
+private final class Statement {
+    private var handle: OpaquePointer?
+    private var bindError: Int32 = SQLITE_OK
+
+    init(_ handle: OpaquePointer) { self.handle = handle }
+
+    deinit { finalize() }
+
+    func finalize() {
+        if let handle {
+            sqlite3_finalize(handle)
+            self.handle = nil
+        }
+    }
+
+    private func noteBind(_ rc: Int32) {
+        if rc != SQLITE_OK && bindError == SQLITE_OK { bindError = rc }
+    }
+
+    func bind(_ value: Int64?, at index: Int32) {
+        guard let handle else { return }
+        if let value {
+            noteBind(sqlite3_bind_int64(handle, index, value))
+        } else {
+            noteBind(sqlite3_bind_null(handle, index))
+        }
+    }
+
+    func bind(_ value: String?, at index: Int32) {
+        guard let handle else { return }
+        guard var value else { noteBind(sqlite3_bind_null(handle, index)); return }
+        if value.utf8.isEmpty {
+            noteBind(sqlite3_bind_text(handle, index, "", 0, CSQLite_transient()))
+            return
+        }
+        let rc = value.withUTF8 { utf8 -> Int32 in
+            guard let count = Int32(exactly: utf8.count) else { return SQLITE_TOOBIG }
+            return utf8.withMemoryRebound(to: CChar.self) {
+                sqlite3_bind_text(handle, index, $0.baseAddress, count, CSQLite_transient())
+            }
+        }
+        noteBind(rc)
+    }
+
+    /// An empty array is stored as an empty blob, not NULL.
+    func bind(_ value: [UInt8]?, at index: Int32) {
+        guard let handle else { return }
+        guard let value else { noteBind(sqlite3_bind_null(handle, index)); return }
+        if value.isEmpty {
+            noteBind(sqlite3_bind_zeroblob(handle, index, 0))
+            return
+        }
+        let rc = value.withUnsafeBytes { bytes -> Int32 in
+            guard let count = Int32(exactly: bytes.count) else { return SQLITE_TOOBIG }
+            return sqlite3_bind_blob(handle, index, bytes.baseAddress, count, CSQLite_transient())
+        }
+        noteBind(rc)
+    }
+
+    private func failure(_ rc: Int32) -> StoreError {
+        guard let handle, let db = sqlite3_db_handle(handle) else {
+            return StoreError("sqlite: \(String(cString: sqlite3_errstr(rc)))")
+        }
+        return StoreError("sqlite: \(String(cString: sqlite3_errmsg(db)))")
+    }
+
+    /// True when a row is ready, false when done. Call `reset` after use.
+    func step() throws(StoreError) -> Bool {
+        guard let handle else { throw StoreError("sqlite: statement finalized") }
+        if bindError != SQLITE_OK {
+            let rc = bindError
+            bindError = SQLITE_OK
+            throw StoreError("sqlite: bind: \(String(cString: sqlite3_errstr(rc)))")
+        }
+        switch sqlite3_step(handle) {
+        case SQLITE_ROW: return true
+        case SQLITE_DONE: return false
+        case let rc: throw failure(rc)
+        }
+    }
+
+    /// Steps a statement that returns no rows, then resets it.
+    func run() throws(StoreError) {
+        defer { reset() }
+        _ = try step()
+    }
+
+    /// Ready for new bindings; releases the statement's read snapshot.
+    func reset() {
+        guard let handle else { return }
+        sqlite3_reset(handle)
+        sqlite3_clear_bindings(handle)
+        bindError = SQLITE_OK
+    }
+
+    private func isNull(_ column: Int32) -> Bool {
+        guard let handle else { return true }
+        return sqlite3_column_type(handle, column) == SQLITE_NULL
+    }
+
+    func int64(_ column: Int32) -> Int64? {
+        guard let handle, !isNull(column) else { return nil }
+        return sqlite3_column_int64(handle, column)
+    }
+
+    func text(_ column: Int32) -> String? {
+        guard let handle, !isNull(column) else { return nil }
+        guard let chars = sqlite3_column_text(handle, column) else { return "" }
+        let count = Int(sqlite3_column_bytes(handle, column))
+        return String(decoding: UnsafeBufferPointer(start: chars, count: count), as: UTF8.self)
+    }
+
+    func blob(_ column: Int32) -> [UInt8]? {
+        guard let handle, !isNull(column) else { return nil }
+        guard let bytes = sqlite3_column_blob(handle, column) else { return [] }
+        let count = Int(sqlite3_column_bytes(handle, column))
+        return Array(UnsafeRawBufferPointer(start: bytes, count: count))
+    }
+}
+
+// MARK: - Files and threads
+
+/// A counting semaphore for the writer's wake-ups.
+private final class Semaphore: @unchecked Sendable {
+    private let sem: UnsafeMutablePointer<sem_t>
+
+    init() {
+        sem = .allocate(capacity: 1)
+        sem_init(sem, 0, 0)
+    }
+
+    deinit {
+        sem_destroy(sem)
+        sem.deallocate()
+    }
+
+    func signal() { sem_post(sem) }
+
+    func wait() {
+        while sem_wait(sem) != 0 && errno == EINTR {}
+    }
+}
+
+private func errnoText() -> String { String(cString: strerror(errno)) }
+
+/// `mkdir -p` of the database's directory; directories it makes are 0700.
+private func createParentDirectories(of path: String) throws(StoreError) {
+    var components = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+    components.removeLast()
+    var current = path.hasPrefix("/") ? "" : "."
+    for component in components where !component.isEmpty {
+        current += "/" + component
+        if mkdir(current, 0o700) == 0 {
+            chmod(current, 0o700)
+        } else if errno != EEXIST {
+            throw StoreError("sqlite: cannot create directory \(current): \(errnoText())")
+        }
+    }
+}
+
+/// Creates the database file 0600 (whatever the umask) before SQLite opens
+/// it, so it never exists with wider permissions; an existing database is
+/// narrowed to 0600 too, since it holds request headers.
+private func createPrivateFile(_ path: String) throws(StoreError) {
+    let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+    guard fd >= 0 else { throw StoreError("sqlite: cannot create \(path): \(errnoText())") }
+    defer { _ = Glibc.close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0 else { throw StoreError("sqlite: cannot stat \(path): \(errnoText())") }
+    if info.st_mode & 0o7777 != 0o600 && fchmod(fd, 0o600) != 0 {
+        throw StoreError("sqlite: cannot chmod \(path) to 0600: \(errnoText())")
+    }
+}

@@ -1,0 +1,125 @@
+import CLibevent
+import Config
+import Glibc
+import HTTP
+import Jobs
+import Logging
+import Loop
+
+#if canImport(Glibc)
+#endif
+
+/// Collects a body for a job: in memory up to `threshold`, then in a file
+/// (created 0600) under the jobs directory, so memory stays bounded however
+/// large the body (SPEC §5). Bytes are moved, never copied, until `finish`.
+final class BodySpool {
+    enum Failure: Error { case tooLarge, io(Int32) }
+
+    let threshold: Int
+    private let memory: OpaquePointer
+    private var fd: Int32 = -1
+    private var path: String?
+    private(set) var size: Int64 = 0
+    /// Fed with every byte when set (Idempotency-Key fingerprints).
+    var fingerprint: Fingerprint?
+
+    init(threshold: Int = 64 * 1024) {
+        self.threshold = threshold
+        self.memory = evbuffer_new()
+    }
+
+    deinit {
+        discard()
+        evbuffer_free(memory)
+    }
+
+    /// Takes every byte of `buffer`; `limit` bounds the total.
+    func append(_ buffer: OpaquePointer, limit: Int64, spoolPath: @autoclosure () -> String) throws(Failure) {
+        let n = evbuffer_get_length(buffer)
+        guard n > 0 else { return }
+        if size + Int64(n) > limit {
+            evbuffer_drain(buffer, n)
+            throw .tooLarge
+        }
+        if fingerprint != nil { hash(buffer) }
+        size += Int64(n)
+        evbuffer_add_buffer(memory, buffer)
+        if fd < 0 && evbuffer_get_length(memory) > threshold {
+            let p = spoolPath()
+            let f = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            guard f >= 0 else { throw .io(errno) }
+            fd = f
+            path = p
+        }
+        if fd >= 0 { try writeOut() }
+    }
+
+    private func writeOut() throws(Failure) {
+        while evbuffer_get_length(memory) > 0 {
+            let w = evbuffer_write(memory, fd)
+            if w < 0 {
+                if errno == EINTR { continue }
+                throw .io(errno)
+            }
+        }
+    }
+
+    private func hash(_ buffer: OpaquePointer) {
+        let count = evbuffer_peek(buffer, -1, nil, nil, 0)
+        guard count > 0 else { return }
+        var vecs = [iovec](repeating: iovec(), count: Int(count))
+        _ = evbuffer_peek(buffer, -1, nil, &vecs, count)
+        for v in vecs {
+            fingerprint!.update(UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len))
+        }
+    }
+
+    /// The collected body; a file is synced first when `durable`, so a
+    /// commit naming it never outlives its bytes. The spool is empty after.
+    func finish(durable: Bool) throws(Failure) -> StoredBody {
+        defer { reset() }
+        guard fd >= 0, let path else {
+            let n = evbuffer_get_length(memory)
+            var bytes = [UInt8](repeating: 0, count: n)
+            if n > 0 { _ = bytes.withUnsafeMutableBytes { evbuffer_remove(memory, $0.baseAddress, n) } }
+            return .inline(bytes)
+        }
+        try writeOut()
+        if durable && fsync(fd) != 0 { throw .io(errno) }
+        close(fd)
+        fd = -1
+        self.path = nil  // the store owns the file now
+        return .file(path: path, size: size)
+    }
+
+    /// Drops what was collected, file included.
+    func discard() {
+        if fd >= 0 { close(fd); fd = -1 }
+        if let path { unlink(path) }
+        reset()
+    }
+
+    private func reset() {
+        evbuffer_drain(memory, evbuffer_get_length(memory))
+        path = nil
+        size = 0
+        fingerprint = nil
+    }
+}
+
+/// Puts a stored body into `buffer`: bytes for inline ones, a file segment
+/// (sent with sendfile or mmap, never read into memory) for spooled ones.
+/// False if the file is gone.
+func addStoredBody(_ body: StoredBody, to buffer: OpaquePointer) -> Bool {
+    switch body {
+    case .inline(let bytes):
+        if !bytes.isEmpty { _ = bytes.withUnsafeBytes { evbuffer_add(buffer, $0.baseAddress, $0.count) } }
+        return true
+    case .file(let path, let size):
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        if size == 0 { close(fd); return true }
+        // libevent owns and closes the descriptor from here.
+        return evbuffer_add_file(buffer, fd, 0, size) == 0
+    }
+}

@@ -1,0 +1,229 @@
+import CLibevent
+import Config
+import HTTP
+import Jobs
+import Logging
+import Loop
+
+/// `{jobs.path}/{id}` and `{jobs.path}/{id}/result` (SPEC §4): status,
+/// result replay, cancel and delete, long polls. Unknown, expired, deleted
+/// and other credentials' jobs all get the same 404.
+extension ProxyLoop {
+    struct JobTarget {
+        var id: JobID
+        var result: Bool
+        /// `?wait=S`, capped by `jobs.max_wait`.
+        var wait: Int?
+    }
+
+    func jobRequest(_ r: MessageReader, on client: HTTPServerConnection) -> any RequestHandler {
+        guard let t = parseJobTarget(r.path), let record = visibleJob(t.id, for: r) else {
+            client.respondError(HTTPError(404, "not_found", "no such job"))
+            return answered
+        }
+        client.logJob = String(record.id.logPrefix)
+        let base = publicBase(for: r)
+        let method = r.methodName
+        let isGet = bytesEqual(method, Self.get) || r.isHead
+        if isGet {
+            if let seconds = t.wait, seconds > 0, !record.status.isTerminal {
+                return JobPoll(proxy: self, client: client, id: record.id, result: t.result, base: base, seconds: seconds)
+            }
+            if t.result {
+                answerResult(client, record, preference: nil, base: base)
+            } else {
+                answerStatus(client, record, status: 200, base: base)
+            }
+            return answered
+        }
+        if bytesEqual(method, Self.delete) && !t.result {
+            return JobDelete(proxy: self, client: client, record: record, base: base)
+        }
+        client.respondError(HTTPError(405, "method_not_allowed", "method not allowed on this job resource")) { h in
+            h.header("Allow", t.result ? "GET, HEAD" : "GET, HEAD, DELETE")
+        }
+        return answered
+    }
+
+    static let get: [UInt8] = Array("GET".utf8)
+    static let delete: [UInt8] = Array("DELETE".utf8)
+
+    /// The job if this request may see it: it exists, has not outlived
+    /// `result_ttl`, and carries the credential it was bound to.
+    func visibleJob(_ id: JobID, for r: MessageReader) -> JobRecord? {
+        guard let record = jobs.table.lookup(id) else { return nil }
+        if record.status.isTerminal, let done = record.completedAt,
+           wallClockMillis() - done >= config.configuration.jobs.resultTTL.nanoseconds / 1_000_000 {
+            return nil
+        }
+        guard record.credential == credential(of: r) else { return nil }
+        return record
+    }
+
+    /// The hash of the `jobs.bind_to` credential the request carries.
+    func credential(of r: MessageReader) -> [UInt8]? {
+        guard let name = config.bindHeader else { return nil }
+        for f in r.fields {
+            let n = r.name(f)
+            guard n.count == name.count, (0..<n.count).allSatisfy({ lowerASCII(n[$0]) == name[$0] }) else { continue }
+            return Fingerprint.credential(UnsafeRawBufferPointer(r.value(f)))
+        }
+        return nil
+    }
+
+    /// `/{id}`, `/{id}/result`, each with an optional `?wait=S`.
+    func parseJobTarget(_ path: UnsafeBufferPointer<UInt8>) -> JobTarget? {
+        let prefix = config.jobsPath.count
+        guard path.count > prefix + 1, path[prefix] == UInt8(ascii: "/") else { return nil }
+        var end = path.count
+        var query: UnsafeBufferPointer<UInt8>?
+        if let q = path.firstIndex(of: UInt8(ascii: "?")) {
+            end = q
+            query = UnsafeBufferPointer(rebasing: path[(q + 1)...])
+        }
+        var rest = UnsafeBufferPointer(rebasing: path[(prefix + 1)..<end])
+        var result = false
+        let suffix = "/result".utf8
+        if rest.count > suffix.count, rest.suffix(suffix.count).elementsEqual(suffix) {
+            result = true
+            rest = UnsafeBufferPointer(rebasing: rest[..<(rest.count - suffix.count)])
+        }
+        guard let id = JobID(String(decoding: rest, as: UTF8.self)) else { return nil }
+        var wait: Int?
+        if let query {
+            forEachQueryParameter(query) { name, value in
+                if name.elementsEqual("wait".utf8), let s = parseSeconds(value) {
+                    wait = min(s, Int(config.configuration.jobs.maxWait.components.seconds))
+                }
+            }
+        }
+        return JobTarget(id: id, result: result, wait: wait)
+    }
+}
+
+@inline(__always)
+func lowerASCII(_ c: UInt8) -> UInt8 {
+    c >= 0x41 && c <= 0x5A ? c | 0x20 : c
+}
+
+func forEachQueryParameter(_ query: UnsafeBufferPointer<UInt8>,
+                           _ body: (UnsafeBufferPointer<UInt8>, UnsafeBufferPointer<UInt8>) -> Void) {
+    var start = 0
+    while start <= query.count {
+        let end = query[start...].firstIndex(of: UInt8(ascii: "&")) ?? query.count
+        let pair = UnsafeBufferPointer(rebasing: query[start..<end])
+        if let eq = pair.firstIndex(of: UInt8(ascii: "=")) {
+            body(UnsafeBufferPointer(rebasing: pair[..<eq]), UnsafeBufferPointer(rebasing: pair[(eq + 1)...]))
+        } else if !pair.isEmpty {
+            body(pair, UnsafeBufferPointer(start: nil, count: 0))
+        }
+        start = end + 1
+    }
+}
+
+/// A long poll: held until the job ends (woken by the table from whichever
+/// loop ended it) or the wait runs out, then answered as a plain GET.
+final class JobPoll: RequestHandler {
+    unowned let proxy: ProxyLoop
+    private var client: HTTPServerConnection?
+    private let id: JobID
+    private let result: Bool
+    private let base: [UInt8]
+    private var token: Int?
+    private var timer: Timer!
+    private var answered = false
+
+    init(proxy: ProxyLoop, client: HTTPServerConnection, id: JobID, result: Bool, base: [UInt8], seconds: Int) {
+        self.proxy = proxy
+        self.client = client
+        self.id = id
+        self.result = result
+        self.base = base
+        timer = Timer(loop: proxy.loop) { [unowned self] in self.answer() }
+        let bound = LoopBound(self, loop: proxy.loop)
+        token = proxy.jobs.table.wait(for: id, loop: proxy.loop) { bound.value.answer() }
+        if token == nil {
+            answer()
+        } else {
+            timer.schedule(after: .seconds(seconds))
+        }
+    }
+
+    func answer() {
+        guard !answered else { return }
+        answered = true
+        timer.cancel()
+        if let token { proxy.jobs.table.stopWaiting(id, token: token) }
+        token = nil
+        guard let record = proxy.jobs.table.lookup(id) else {
+            client?.respondError(HTTPError(404, "not_found", "no such job"))
+            return
+        }
+        if result {
+            proxy.answerResult(client, record, preference: nil, base: base)
+        } else {
+            proxy.answerStatus(client, record, status: 200, base: base)
+        }
+    }
+
+    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    func requestEnd(connection: HTTPServerConnection) {}
+
+    func connectionClosed(connection: HTTPServerConnection) {
+        answered = true
+        timer.cancel()
+        if let token { proxy.jobs.table.stopWaiting(id, token: token) }
+        token = nil
+    }
+
+    func detached(from connection: HTTPServerConnection) {
+        client = nil
+    }
+}
+
+/// DELETE: a pending job is canceled (a running exchange aborted) and
+/// answered 200 with its status; a finished one is deleted, 204. The answer
+/// waits for the store.
+final class JobDelete: RequestHandler {
+    private var client: HTTPServerConnection?
+
+    init(proxy: ProxyLoop, client: HTTPServerConnection, record: JobRecord, base: [UInt8]) {
+        self.client = client
+        let bound = LoopBound(self, loop: proxy.loop)
+        let proxyBound = LoopBound(proxy, loop: proxy.loop)
+        let id = record.id
+        if !record.status.isTerminal,
+           proxy.jobs.table.cancel(id, done: { error in
+               bound.loop.execute {
+                   let proxy = proxyBound.value
+                   guard error == nil, let r = proxy.jobs.table.lookup(id) else {
+                       bound.value.client?.respondError(HTTPError(503, "store_unavailable", "the job store did not answer"))
+                       return
+                   }
+                   proxy.answerStatus(bound.value.client, r, status: 200, base: base)
+               }
+           }) != nil {
+            return
+        }
+        // Terminal (or it became terminal just now): delete it.
+        proxy.jobs.table.remove([id]) { error in
+            bound.loop.execute {
+                guard let client = bound.value.client else { return }
+                if error != nil {
+                    client.respondError(HTTPError(503, "store_unavailable", "the job store did not answer"))
+                } else {
+                    client.startResponse(status: 204, framing: .none(contentLength: nil)) { _ in }
+                    client.endResponse()
+                }
+            }
+        }
+    }
+
+    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    func requestEnd(connection: HTTPServerConnection) {}
+    func connectionClosed(connection: HTTPServerConnection) {}
+
+    func detached(from connection: HTTPServerConnection) {
+        client = nil
+    }
+}

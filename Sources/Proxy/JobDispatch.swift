@@ -1,0 +1,250 @@
+import CLibevent
+import Config
+import HTTP
+import Jobs
+import Logging
+import Loop
+
+/// Background jobs on one loop: queued at their upstream's gate (FIFO with
+/// sync requests, so `max_concurrency` counts both), marked `running`
+/// durably before a byte goes upstream, and ended with their outcome.
+extension ProxyLoop {
+    /// Queues a committed job for a slot. Accepted jobs are never refused:
+    /// they may wait beyond `max_queued`.
+    public func dispatch(_ record: JobRecord) {
+        guard let target = config.upstream(named: record.upstream) else {
+            failUnstarted(record.id, .upstreamUnreachable, "upstream '\(record.upstream)' is no longer configured")
+            return
+        }
+        let bound = LoopBound(self, loop: loop)
+        let id = record.id
+        switch target.gate.acquire(.init(loop: loop, grant: { bound.value.slotGranted(forJob: id, target: target) }), force: true) {
+        case .acquired:
+            slotGranted(forJob: id, target: target)
+        case .queued, .rejected:
+            break
+        }
+    }
+
+    /// A slot for a queued job: mark it running (durably, so a crash from
+    /// here on counts as "was running"), then send.
+    func slotGranted(forJob id: JobID, target: UpstreamTarget) {
+        if jobs.isStopping {
+            // Draining: the job stays queued for the next start.
+            target.gate.release()
+            return
+        }
+        let now = wallClockMillis()
+        let bound = LoopBound(self, loop: loop)
+        let marked = jobs.table.apply(.dispatched, to: id, fill: { r in
+            r.startedAt = now
+            r.attempts += 1
+        }, done: { error in
+            bound.loop.execute { bound.value.startJob(id, target: target, error: error) }
+        })
+        if marked == nil { target.gate.release() }  // canceled or gone meanwhile
+    }
+
+    private func startJob(_ id: JobID, target: UpstreamTarget, error: StoreError?) {
+        guard error == nil, let record = jobs.table.lookup(id), record.status == .running else {
+            if let error { log.error("job start not stored", metadata: ["job": "\(id)", "error": "\(error)"]) }
+            target.gate.release()
+            return
+        }
+        let request: JobRequest?
+        do {
+            request = try jobs.store.request(of: id)
+        } catch {
+            request = nil
+        }
+        guard let request else {
+            target.gate.release()
+            jobFinished(id, .failure(.interrupted, "the stored request could not be read"))
+            return
+        }
+        let bound = LoopBound(self, loop: loop)
+        let runner = JobRunner(proxy: self, id: id, target: target, request: request, attempt: record.attempts,
+                               isHead: record.method == "HEAD", resendable: record.resendable,
+                               maxBody: config.configuration.jobs.maxResultBody) { outcome in
+            bound.value.jobFinished(id, outcome)
+        }
+        guard jobs.table.setAbort(id, loop: loop, { bound.value.abortJob(id) }) else {
+            target.gate.release()  // canceled before it started
+            return
+        }
+        runners[id] = runner
+        runner.start()
+    }
+
+    /// An `auto` exchange that became a job keeps running as the job's.
+    func adopt(_ runner: JobRunner, for id: JobID) {
+        let bound = LoopBound(self, loop: loop)
+        if jobs.table.setAbort(id, loop: loop, { bound.value.abortJob(id) }) {
+            runners[id] = runner
+        } else {
+            runner.abort()
+        }
+    }
+
+    func abortJob(_ id: JobID) {
+        runners.removeValue(forKey: id)?.abort()
+    }
+
+    /// Records how the job's exchange ended. A result that lost a race with
+    /// DELETE is dropped with its file.
+    func jobFinished(_ id: JobID, _ outcome: JobRunner.Outcome) {
+        runners[id] = nil
+        let now = wallClockMillis()
+        switch outcome {
+        case .response(let response, let contentType):
+            let stored = jobs.table.apply(.responded, to: id, response: response, fill: { r in
+                r.completedAt = now
+                r.responseStatus = response.status
+                r.contentType = contentType
+                r.responseSize = response.body.size
+            }, done: { [log] error in
+                if let error { log.error("job result not stored", metadata: ["job": "\(id)", "error": "\(error)"]) }
+            })
+            if stored == nil { removeSpoolFile(response.body.filePath) }
+        case .failure(let code, let message):
+            jobs.table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
+                r.completedAt = now
+                r.errorMessage = message
+            })
+        }
+    }
+
+    /// A queued job that can never start (its upstream was removed).
+    private func failUnstarted(_ id: JobID, _ code: JobErrorCode, _ message: String) {
+        let now = wallClockMillis()
+        jobs.table.apply(.dispatched, to: id, fill: { $0.startedAt = now })
+        jobs.table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
+            r.completedAt = now
+            r.errorMessage = message
+        })
+    }
+
+    // MARK: Answers
+
+    /// `http://host` from the request, or `public_url`.
+    func publicBase(for r: MessageReader) -> [UInt8] {
+        if let url = config.configuration.publicURL {
+            var bytes = Array(url.utf8)
+            while bytes.last == UInt8(ascii: "/") { bytes.removeLast() }
+            return bytes
+        }
+        return Array("http://".utf8) + Array(r.hostValue ?? UnsafeBufferPointer(start: nil, count: 0))
+    }
+
+    func jsonContext(for record: JobRecord, base: [UInt8]) -> JobJSON.Context {
+        var estimate: Int64?
+        if !record.status.isTerminal, let target = config.upstream(named: record.upstream) {
+            estimate = jobs.table.estimatedCompletion(of: record, queuedAhead: target.gate.queued,
+                                                      concurrency: target.gate.maxConcurrency, now: wallClockMillis())
+        }
+        return JobJSON.Context(base: base, jobsPath: config.jobsPath, estimate: estimate)
+    }
+
+    /// The suggested first poll: the estimate if there is one, else 2 s.
+    func retryAfter(_ context: JobJSON.Context) -> Int64 {
+        guard let estimate = context.estimate else { return 2 }
+        let seconds = (estimate - wallClockMillis() + 999) / 1000
+        return min(max(seconds, 1), 60)
+    }
+
+    /// 202 Accepted for a job (SPEC §4).
+    func answerAccepted(_ client: HTTPServerConnection?, _ record: JobRecord, preference: JobIntake.Preference?, base: [UInt8]) {
+        guard let client else { return }
+        let context = jsonContext(for: record, base: base)
+        let w = jsonWriter
+        w.reset()
+        JobJSON.writeAccepted(record, context, into: w)
+        let location = config.jobsPath + Array("/\(record.id.text)".utf8)
+        client.logJob = String(record.id.logPrefix)
+        client.respond(status: 202, contentType: "application/json", body: w.bytes) { h in
+            location.withUnsafeBufferPointer { h.header("Location", $0) }
+            h.header("Retry-After", decimal: retryAfter(context))
+            h.header("Cache-Control", "no-store")
+            h.header("Job-Id", record.id.text)
+            writePreferenceApplied(preference, h)
+        }
+    }
+
+    /// The status JSON with the given code (200 status, 202/502/504/409 result).
+    func answerStatus(_ client: HTTPServerConnection?, _ record: JobRecord, status: Int, base: [UInt8],
+                      preference: JobIntake.Preference? = nil) {
+        guard let client else { return }
+        let context = jsonContext(for: record, base: base)
+        let w = jsonWriter
+        w.reset()
+        JobJSON.writeStatus(record, context, into: w)
+        client.logJob = String(record.id.logPrefix)
+        client.respond(status: status, contentType: "application/json", body: w.bytes) { h in
+            h.header("Cache-Control", "no-store")
+            if !record.status.isTerminal { h.header("Retry-After", decimal: retryAfter(context)) }
+            writePreferenceApplied(preference, h)
+        }
+    }
+
+    /// What `GET {jobs.path}/{id}/result` answers for the job as it is now.
+    func answerResult(_ client: HTTPServerConnection?, _ record: JobRecord, preference: JobIntake.Preference?,
+                      base: [UInt8]) {
+        switch record.status {
+        case .completed:
+            let response: JobResponse?
+            do {
+                response = try jobs.store.response(of: record.id)
+            } catch {
+                response = nil
+            }
+            guard let response else {
+                client?.respondError(HTTPError(500, "store_error", "the stored result could not be read"))
+                return
+            }
+            relay(response, id: record.id, to: client, preference: preference)
+        case .failed:
+            answerStatus(client, record, status: record.error?.resultStatus ?? 502, base: base, preference: preference)
+        case .canceled:
+            answerStatus(client, record, status: 409, base: base, preference: preference)
+        case .queued, .running:
+            answerStatus(client, record, status: 202, base: base, preference: preference)
+        }
+    }
+
+    /// A captured response, replayed: its status, reason, end-to-end
+    /// headers and body bytes, plus `Job-Id` when it is a job's.
+    func relay(_ response: JobResponse, id: JobID?, to client: HTTPServerConnection?, preference: JobIntake.Preference?) {
+        guard let client else { return }
+        let bodyless = response.status < 200 || response.status == 204 || response.status == 304
+        let body = evbuffer_new()!
+        defer { evbuffer_free(body) }
+        if !bodyless && !addStoredBody(response.body, to: body) {
+            client.respondError(HTTPError(500, "store_error", "the stored result body is missing"))
+            return
+        }
+        if let id { client.logJob = String(id.logPrefix) }
+        let framing: ResponseFraming = bodyless ? .none(contentLength: nil) : .contentLength(response.body.size)
+        response.reason.withUnsafeBufferPointer { reason in
+            client.startResponse(status: response.status, reason: reason, framing: framing) { h in
+                h.append(response.headers)
+                if let id { h.header("Job-Id", id.text) }
+                writePreferenceApplied(preference, h)
+            }
+        }
+        client.writeBody(body)
+        client.endResponse()
+    }
+}
+
+private func writePreferenceApplied(_ preference: JobIntake.Preference?, _ h: ByteWriter) {
+    switch preference {
+    case .respondAsync:
+        h.header("Preference-Applied", "respond-async")
+    case .wait(let n):
+        h.append("Preference-Applied: wait=")
+        h.append(decimal: Int64(n))
+        h.append("\r\n")
+    case .absent, .none:
+        break
+    }
+}

@@ -1,0 +1,178 @@
+import CLibevent
+import Config
+import Glibc
+import HTTP
+import Jobs
+import Logging
+import Loop
+import Synchronization
+
+#if canImport(Glibc)
+#endif
+
+/// What every loop shares about jobs: the table (and through it the store),
+/// the spool directory, and the counts drain and readiness look at.
+public final class JobEngine: Sendable {
+    public let table: JobTable
+    public let dir: String
+    /// Background exchanges under way (SIGTERM waits for them).
+    private let runningExchanges = Atomic<Int>(0)
+    private let stopping = Atomic<Bool>(false)
+
+    public init(store: any JobStore, dir: String) throws(StoreError) {
+        self.table = JobTable(store: store)
+        self.dir = dir
+        try makeDirectory(dir)
+    }
+
+    public var store: any JobStore { table.store }
+
+    /// Background exchanges still running.
+    public var running: Int { runningExchanges.load(ordering: .relaxed) }
+
+    /// After SIGTERM no queued job is started; they wait for the next start.
+    public var isStopping: Bool { stopping.load(ordering: .relaxed) }
+    public func stopDispatching() { stopping.store(true, ordering: .relaxed) }
+
+    func exchangeStarted() { runningExchanges.wrappingAdd(1, ordering: .relaxed) }
+    func exchangeEnded() { runningExchanges.wrappingSubtract(1, ordering: .relaxed) }
+
+    func spoolPath(_ id: JobID, _ suffix: StaticString) -> String {
+        dir + "/" + id.text + "." + suffix.description
+    }
+
+    /// Reads the store back after a start (SPEC §5): queued jobs are to be
+    /// dispatched; a running one is queued again if it is safe to resend,
+    /// else it fails `interrupted`. Returns the jobs to dispatch.
+    public func recover(now: Int64) throws(StoreError) -> [JobRecord] {
+        let records = try store.loadAll()
+        table.adopt(records)
+        var dispatch: [JobRecord] = []
+        for r in records.sorted(by: { $0.createdAt < $1.createdAt }) {
+            switch r.status {
+            case .queued:
+                dispatch.append(r)
+            case .running:
+                let moved = table.apply(.recovered(resend: r.resendable), to: r.id) { rec in
+                    if !r.resendable { rec.completedAt = now }
+                }
+                if let moved, moved.status == .queued { dispatch.append(moved) }
+            default:
+                break
+            }
+        }
+        return dispatch
+    }
+
+    /// Deletes jobs whose results outlived `result_ttl`.
+    public func expire(now: Int64, ttl: Duration) {
+        let ids = table.expired(now: now, ttl: ttl)
+        if !ids.isEmpty { table.remove(ids) { _ in } }
+    }
+}
+
+func makeDirectory(_ path: String) throws(StoreError) {
+    var prefix = path.hasPrefix("/") ? "" : "."
+    for part in path.split(separator: "/") {
+        prefix += "/" + part
+        if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+            throw StoreError("cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// The status JSON of SPEC §4, and the 202 body built from it.
+enum JobJSON {
+    struct Context {
+        /// `http://host` or `public_url`, without a trailing slash.
+        var base: [UInt8]
+        var jobsPath: [UInt8]
+        var estimate: Int64?
+    }
+
+    static func writeStatus(_ r: JobRecord, _ c: Context, into w: ByteWriter) {
+        w.append("{\"job_id\":\"")
+        w.append(r.id.text)
+        w.append("\",\"status\":\"")
+        w.append(r.status.rawValue)
+        w.append("\",\"created_at\":")
+        time(r.createdAt, w)
+        w.append(",\"started_at\":")
+        time(r.startedAt, w)
+        w.append(",\"completed_at\":")
+        time(r.completedAt, w)
+        w.append(",\"attempts\":")
+        w.append(decimal: Int64(r.attempts))
+        w.append(",\"request\":{\"method\":\"")
+        w.appendJSONEscaped(r.method)
+        w.append("\",\"path\":\"")
+        w.appendJSONEscaped(r.path)
+        w.append("\"}")
+        if !r.status.isTerminal {
+            w.append(",\"estimated_completion\":")
+            time(c.estimate, w)
+        }
+        if r.status == .completed, let status = r.responseStatus {
+            w.append(",\"response\":{\"status\":")
+            w.append(decimal: Int64(status))
+            w.append(",\"content_type\":")
+            if let ct = r.contentType {
+                w.append(byte: UInt8(ascii: "\""))
+                w.appendJSONEscaped(ct)
+                w.append(byte: UInt8(ascii: "\""))
+            } else {
+                w.append("null")
+            }
+            w.append(",\"size\":")
+            w.append(decimal: r.responseSize ?? 0)
+            w.append("}")
+        }
+        if r.status == .failed, let code = r.error {
+            w.append(",\"error\":{\"code\":\"")
+            w.append(code.rawValue)
+            w.append("\",\"message\":\"")
+            w.appendJSONEscaped(r.errorMessage ?? code.defaultMessage)
+            w.append("\"}")
+        }
+        w.append(",\"status_url\":\"")
+        url(r.id, c, result: false, w)
+        w.append("\",\"result_url\":\"")
+        url(r.id, c, result: true, w)
+        w.append("\"}")
+    }
+
+    /// The 202 body: SPEC §4's fields, in its order.
+    static func writeAccepted(_ r: JobRecord, _ c: Context, into w: ByteWriter) {
+        w.append("{\"job_id\":\"")
+        w.append(r.id.text)
+        w.append("\",\"status\":\"")
+        w.append(r.status.rawValue)
+        w.append("\",\"status_url\":\"")
+        url(r.id, c, result: false, w)
+        w.append("\",\"result_url\":\"")
+        url(r.id, c, result: true, w)
+        w.append("\",\"created_at\":")
+        time(r.createdAt, w)
+        w.append(",\"estimated_completion\":")
+        time(c.estimate, w)
+        w.append("}")
+    }
+
+    static func url(_ id: JobID, _ c: Context, result: Bool, _ w: ByteWriter) {
+        c.base.withUnsafeBufferPointer { w.appendJSONEscaped($0) }
+        c.jobsPath.withUnsafeBufferPointer { w.appendJSONEscaped($0) }
+        w.append(byte: UInt8(ascii: "/"))
+        w.append(id.text)
+        if result { w.append("/result") }
+    }
+
+    static func time(_ millis: Int64?, _ w: ByteWriter) {
+        guard let millis else {
+            w.append("null")
+            return
+        }
+        w.append(byte: UInt8(ascii: "\""))
+        w.append(iso8601UTC(millis: millis))
+        w.append(byte: UInt8(ascii: "\""))
+    }
+}

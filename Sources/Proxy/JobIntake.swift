@@ -1,0 +1,466 @@
+import CLibevent
+import Config
+import Glibc
+import HTTP
+import Jobs
+import Logging
+import Loop
+
+#if canImport(Glibc)
+#endif
+
+/// A request on an `async` or `auto` route (SPEC §3), from its head to the
+/// answer: the body is collected (spooled beyond a threshold), then either
+///
+/// - it becomes a job at once (`async`, or `Prefer: respond-async`): it is
+///   committed `queued`, answered 202, and dispatched; with `Prefer: wait=N`
+///   the answer waits up to N seconds for the job's result first; or
+/// - it is forwarded at once (`auto`): a response that is whole within
+///   `async_after` (or `Prefer: wait=N`) is relayed directly and no job
+///   exists; otherwise, at that moment, the job is committed (`running`
+///   with the exchange under way, `queued` if still waiting for a slot) and
+///   answered 202 while the same exchange goes on. Nothing is sent twice.
+///
+/// Phases: `body` -> `slot` (auto: waiting at the gate) -> `exchanging`
+/// (auto) -> `committing` (the store is making the job durable) ->
+/// `waiting` (async + wait: for the result) -> `done`.
+final class JobIntake: RequestHandler {
+    enum Phase { case body, slot, exchanging, committing, waiting, done }
+
+    enum Preference: Equatable {
+        case absent
+        case respondAsync
+        /// Seconds, already capped by `jobs.max_wait`.
+        case wait(Int)
+    }
+
+    unowned let proxy: ProxyLoop
+    private var client: HTTPServerConnection?
+    let route: CompiledRoute
+    let id = JobID.random()
+    private var phase = Phase.body
+    private let spool = BodySpool()
+    private let head: [UInt8]
+    private let method: String
+    private let path: String
+    private let isHead: Bool
+    private let resendable: Bool
+    private let declaresBody: Bool
+    private let credential: [UInt8]?
+    private let idempotencyKey: String?
+    private let preference: Preference
+    private let base: [UInt8]
+    private var keyClaimed = false
+    private var request: JobRequest?
+    private var createdAt: Int64 = 0
+    private var runner: JobRunner?
+    private var runnerStartedAt: Int64?
+    private var runnerStart: UInt64 = 0
+    /// A slot granted while the job was being committed: dispatch it after.
+    private var grantDuringCommit = false
+    /// The exchange ended while the job was being committed.
+    private var outcomeDuringCommit: JobRunner.Outcome?
+    private var timer: Timer!
+    private var waitToken: Int?
+    /// The exchange went on as the job's after the switch: its end is the job's.
+    private var adopted = false
+
+    var target: UpstreamTarget { route.upstream }
+    private var jobsConfig: Config.Jobs { proxy.config.configuration.jobs }
+
+    init(proxy: ProxyLoop, client: HTTPServerConnection, request r: MessageReader, route: CompiledRoute,
+         credential: [UInt8]?, base: [UInt8]) {
+        self.proxy = proxy
+        self.client = client
+        self.route = route
+        self.method = String(decoding: r.methodName, as: UTF8.self)
+        self.path = String(decoding: r.path, as: UTF8.self)
+        self.isHead = r.isHead
+        self.credential = credential
+        self.base = base
+        let key = r.first(named: "idempotency-key").map { String(decoding: r.value($0), as: UTF8.self) }
+        self.idempotencyKey = key.flatMap { $0.isEmpty ? nil : $0 }
+        self.resendable = r.isIdempotent || idempotencyKey != nil
+        switch r.framing {
+        case .none: self.declaresBody = r.declaredContentLength != nil
+        default: self.declaresBody = true
+        }
+        self.preference = JobIntake.preference(of: r, maxWait: proxy.config.configuration.jobs.maxWait)
+        let w = proxy.scratchWriter
+        RequestSerializer.write(request: r, peer: client.peer, target: route.upstream, into: w, framing: false)
+        self.head = Array(w.bytes)
+        timer = Timer(loop: proxy.loop) { [unowned self] in self.deadline() }
+        client.logUpstream = route.upstream.name
+        if idempotencyKey != nil {
+            var f = Fingerprint()
+            f.update(Array(method.utf8))
+            f.separate()
+            f.update(Array(path.utf8))
+            f.separate()
+            spool.fingerprint = f
+        }
+    }
+
+    /// RFC 7240 `Prefer`: respond-async, or wait=N seconds.
+    static func preference(of r: MessageReader, maxWait: Duration) -> Preference {
+        var result = Preference.absent
+        for f in r.fields where r.name(f).count == 6
+            && r.name(f).elementsEqual("prefer".utf8, by: { $0 | 0x20 == $1 }) {
+            forEachPreference(r.value(f)) { token in
+                if token.count == 13, token.elementsEqual("respond-async".utf8, by: { $0 | 0x20 == $1 }) {
+                    result = .respondAsync
+                } else if token.count > 5, token.prefix(5).elementsEqual("wait=".utf8, by: { $0 | 0x20 == $1 }),
+                          let n = parseSeconds(UnsafeBufferPointer(rebasing: token[5...])), result == .absent {
+                    let cap = Int(maxWait.components.seconds)
+                    result = .wait(min(n, cap))
+                }
+            }
+        }
+        return result
+    }
+
+    // MARK: Request body
+
+    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
+        guard phase == .body else {
+            evbuffer_drain(buffer, evbuffer_get_length(buffer))
+            return
+        }
+        do {
+            try spool.append(buffer, limit: .max, spoolPath: proxy.jobs.spoolPath(id, "req"))
+        } catch {
+            fail(HTTPError(500, "spool_failed", "cannot store the request body"))
+        }
+    }
+
+    func requestEnd(connection: HTTPServerConnection) {
+        guard phase == .body else { return }
+        var fingerprint: [UInt8]?
+        if var f = spool.fingerprint {
+            f.separate()
+            if let credential { f.update(credential) }
+            fingerprint = f.finish()
+        }
+        let body: StoredBody
+        do {
+            body = try spool.finish(durable: false)
+        } catch {
+            fail(HTTPError(500, "spool_failed", "cannot store the request body"))
+            return
+        }
+        request = JobRequest(head: head, body: body, declaresBody: declaresBody)
+        createdAt = wallClockMillis()
+        if let key = idempotencyKey, let fingerprint {
+            switch proxy.jobs.table.claim(key: key, fingerprint: fingerprint) {
+            case .claimed:
+                keyClaimed = true
+            case .existing(let record):
+                discardRequest()
+                phase = .done
+                proxy.answerAccepted(client, record, preference: nil, base: base)
+                return
+            case .mismatch:
+                fail(HTTPError(422, "idempotency_key_mismatch", "this Idempotency-Key was used for a different request"))
+                return
+            case .inFlight:
+                fail(HTTPError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is being accepted"))
+                return
+            }
+        }
+        self.fingerprint = fingerprint
+        if route.mode == .async || preference == .respondAsync {
+            acceptNow()
+        } else {
+            forward()
+        }
+    }
+
+    private var fingerprint: [UInt8]?
+
+    private func record(status: JobStatus) -> JobRecord {
+        var r = JobRecord(id: id, status: status, upstream: target.name, method: method, path: path,
+                          createdAt: createdAt, resendable: resendable, credential: credential,
+                          idempotencyKey: idempotencyKey, fingerprint: fingerprint)
+        if status == .running {
+            r.startedAt = runnerStartedAt
+            r.attempts = 1
+        }
+        return r
+    }
+
+    // MARK: async: commit, answer, dispatch
+
+    private func acceptNow() {
+        if target.gate.isQueueFull {
+            fail(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full"), retryAfter: true)
+            return
+        }
+        commit(record(status: .queued))
+    }
+
+    private func commit(_ record: JobRecord) {
+        guard let request else { return }
+        phase = .committing
+        if let path = request.body.filePath {
+            // The spooled body must be on disk before the commit naming it is.
+            guard syncFile(path) else {
+                fail(HTTPError(500, "spool_failed", "cannot store the request body"))
+                return
+            }
+        }
+        let bound = LoopBound(self, loop: proxy.loop)
+        proxy.jobs.table.insert(record, request: request) { error in
+            bound.loop.execute { bound.value.committed(record, error: error) }
+        }
+    }
+
+    private func committed(_ record: JobRecord, error: StoreError?) {
+        keyClaimed = false
+        if let error {
+            proxy.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
+            runner?.abort()
+            runner = nil
+            fail(HTTPError(503, "store_unavailable", "the job store did not accept the job"), retryAfter: true)
+            return
+        }
+        let applied: Preference? = preference == .absent ? nil : preference
+        switch record.status {
+        case .running:
+            // The exchange goes on in the background (auto).
+            if let outcome = outcomeDuringCommit {
+                outcomeDuringCommit = nil
+                proxy.jobFinished(id, outcome)
+            } else if let runner {
+                adopted = true
+                proxy.adopt(runner, for: id)
+            }
+            runner = nil
+            answer202(record, applied)
+        default:
+            if route.mode == .async, preference != .respondAsync, case .wait(let seconds) = preference {
+                // Prefer: wait=N on an async route: the job exists; its result
+                // is relayed if it arrives within N seconds.
+                proxy.dispatch(record)
+                waitForResult(seconds: seconds)
+                return
+            }
+            if grantDuringCommit {
+                grantDuringCommit = false
+                proxy.slotGranted(forJob: id, target: target)
+            } else if route.mode == .async || preference == .respondAsync {
+                proxy.dispatch(record)
+            }
+            answer202(record, applied)
+        }
+    }
+
+    private func answer202(_ record: JobRecord, _ applied: Preference?) {
+        phase = .done
+        timer.cancel()
+        proxy.answerAccepted(client, record, preference: applied, base: base)
+    }
+
+    private func waitForResult(seconds: Int) {
+        phase = .waiting
+        let bound = LoopBound(self, loop: proxy.loop)
+        let id = self.id
+        waitToken = proxy.jobs.table.wait(for: id, loop: proxy.loop) { bound.value.resultReady() }
+        if waitToken == nil {
+            resultReady()
+            return
+        }
+        timer.schedule(after: .seconds(seconds))
+    }
+
+    private func resultReady() {
+        guard phase == .waiting else { return }
+        phase = .done
+        timer.cancel()
+        waitToken = nil
+        guard let record = proxy.jobs.table.lookup(id) else {
+            client?.respondError(HTTPError(404, "not_found", "no such job"))
+            return
+        }
+        if record.status.isTerminal {
+            proxy.answerResult(client, record, preference: preference, base: base)
+        } else {
+            proxy.answerAccepted(client, record, preference: preference, base: base)
+        }
+    }
+
+    // MARK: auto: forward, and switch at the deadline
+
+    private func forward() {
+        let seconds: Duration
+        if case .wait(let n) = preference { seconds = .seconds(n) } else { seconds = route.asyncAfter }
+        timer.schedule(after: seconds)
+        phase = .slot
+        let bound = LoopBound(self, loop: proxy.loop)
+        switch target.gate.acquire(.init(loop: proxy.loop, grant: { bound.value.slotGranted() })) {
+        case .acquired:
+            slotGranted()
+        case .queued:
+            break
+        case .rejected:
+            fail(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full"), retryAfter: true)
+        }
+    }
+
+    private func slotGranted() {
+        switch phase {
+        case .slot:
+            guard let request else { target.gate.release(); return }
+            let bound = LoopBound(self, loop: proxy.loop)
+            let r = JobRunner(proxy: proxy, id: id, target: target, request: request, attempt: 1, isHead: isHead,
+                              resendable: resendable, maxBody: jobsConfig.maxResultBody) { outcome in
+                bound.value.exchangeEnded(outcome)
+            }
+            runner = r
+            phase = .exchanging
+            runnerStartedAt = wallClockMillis()
+            runnerStart = monotonicNanos()
+            r.start()
+        case .committing:
+            grantDuringCommit = true
+        case .done where proxy.jobs.table.lookup(id) != nil:
+            // Committed as queued while waiting: now an ordinary job.
+            proxy.slotGranted(forJob: id, target: target)
+        default:
+            target.gate.release()
+        }
+    }
+
+    private func exchangeEnded(_ outcome: JobRunner.Outcome) {
+        switch phase {
+        case .exchanging:
+            // Whole within async_after: relayed as in sync, no job.
+            phase = .done
+            timer.cancel()
+            runner = nil
+            proxy.jobs.table.observe(upstream: target.name, millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
+            if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
+            keyClaimed = false
+            let applied: Preference? = if case .wait = preference { preference } else { nil }
+            switch outcome {
+            case .response(let response, _):
+                proxy.relay(response, id: nil, to: client, preference: applied)
+                removeSpoolFile(response.body.filePath)
+            case .failure(let code, _):
+                client?.respondError(httpError(code))
+            }
+            discardRequest()
+        case .committing:
+            runner = nil
+            outcomeDuringCommit = outcome
+        case .done where adopted:
+            proxy.jobFinished(id, outcome)
+        default:
+            break
+        }
+    }
+
+    private func deadline() {
+        switch phase {
+        case .slot:
+            commit(record(status: .queued))
+        case .exchanging:
+            commit(record(status: .running))
+        case .waiting:
+            resultReady()
+        default:
+            break
+        }
+    }
+
+    // MARK: Endings
+
+    private func fail(_ error: HTTPError, retryAfter: Bool = false) {
+        phase = .done
+        timer.cancel()
+        runner?.abort()
+        runner = nil
+        if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
+        keyClaimed = false
+        discardRequest()
+        spool.discard()
+        if retryAfter {
+            client?.respondError(error) { w in w.header("Retry-After", "1") }
+        } else {
+            client?.respondError(error)
+        }
+    }
+
+    private func discardRequest() {
+        removeSpoolFile(request?.body.filePath)
+        request = nil
+    }
+
+    func connectionClosed(connection: HTTPServerConnection) {
+        switch phase {
+        case .body, .slot, .exchanging:
+            // No 202 was promised: the exchange is dropped (the upstream sees
+            // the close), like a sync request whose client left.
+            phase = .done
+            timer.cancel()
+            runner?.abort()
+            runner = nil
+            if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
+            keyClaimed = false
+            spool.discard()
+            discardRequest()
+        case .waiting:
+            phase = .done
+            timer.cancel()
+            if let token = waitToken { proxy.jobs.table.stopWaiting(id, token: token) }
+        case .committing, .done:
+            break  // the job stands
+        }
+    }
+
+    func detached(from connection: HTTPServerConnection) {
+        client = nil
+    }
+}
+
+/// Calls `body` with each preference token of a Prefer value
+/// (`respond-async`, `wait=10`), parameters after `;` ignored.
+func forEachPreference(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+    forEachToken(value) { token in
+        var end = token.firstIndex(of: UInt8(ascii: ";")) ?? token.count
+        while end > 0 && (token[end - 1] == 0x20 || token[end - 1] == 0x09) { end -= 1 }
+        if end > 0 { body(UnsafeBufferPointer(rebasing: token[0..<end])) }
+    }
+}
+
+/// Whole seconds: `10`; a fraction is rounded down (`1.5` is 1).
+func parseSeconds(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+    var n = 0
+    var digits = 0
+    for c in bytes {
+        if c == UInt8(ascii: ".") { break }
+        guard c >= 0x30 && c <= 0x39, digits < 9 else { return nil }
+        n = n * 10 + Int(c - 0x30)
+        digits += 1
+    }
+    return digits > 0 ? n : nil
+}
+
+/// fsync(2) of a file by path.
+func syncFile(_ path: String) -> Bool {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return fsync(fd) == 0
+}
+
+/// An `auto` exchange that failed before the switch, answered as in sync.
+func httpError(_ code: JobErrorCode) -> HTTPError {
+    switch code {
+    case .upstreamUnreachable: return HTTPError(502, "upstream_unreachable", "upstream refused or unreachable")
+    case .upstreamTimeout: return HTTPError(504, "upstream_timeout", "upstream did not answer in time")
+    case .upstreamReset: return HTTPError(502, "upstream_reset", "upstream closed the connection before the response was complete")
+    case .upstreamBadResponse: return .badResponse
+    case .responseTooLarge: return HTTPError(502, "response_too_large", "upstream response exceeds jobs.max_result_body")
+    case .interrupted: return HTTPError(502, "interrupted", "the exchange was interrupted")
+    }
+}
