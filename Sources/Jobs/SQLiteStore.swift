@@ -126,12 +126,16 @@ public final class SQLiteStore: JobStore {
         }
     }
 
+    /// False when the last transaction could not be committed, or when a
+    /// read of the table fails (a read transaction on the table's root page).
     public func isHealthy() -> Bool {
+        if queue.commitFailing.load(ordering: .relaxed) { return false }
         do {
             return try readers.with { reader throws(StoreError) in
                 let s = reader.ping
                 defer { s.reset() }
-                return try s.step()
+                _ = try s.step()
+                return true
             }
         } catch {
             return false
@@ -303,6 +307,8 @@ private final class WriteQueue: Sendable {
     private let state = Mutex(State())
     private let wakeup = Semaphore()
     let commits = Atomic<Int>(0)
+    /// Set while BEGIN or COMMIT fail (a full disk, I/O errors).
+    let commitFailing = Atomic<Bool>(false)
 
     /// False once the store is closing: the caller answers `done` itself.
     func enqueue(_ write: PendingWrite) -> Bool {
@@ -369,8 +375,9 @@ private final class Writer {
     }
 
     /// One transaction for the whole batch (a new one only if SQLite rolled
-    /// the first back on its own, e.g. on a full disk), then the callbacks
-    /// in order, then the spool files of committed deletes.
+    /// the first back on its own, e.g. on a full disk); after COMMIT the
+    /// spool files of committed deletes are unlinked, then the callbacks run
+    /// in submission order.
     private func process(_ writes: [PendingWrite]) {
         var results = [StoreError?](repeating: nil, count: writes.count)
         var files = [[String]](repeating: [], count: writes.count)
@@ -380,6 +387,7 @@ private final class Writer {
             do throws(StoreError) {
                 try begin.run()
             } catch {
+                queue.commitFailing.store(true, ordering: .relaxed)
                 for j in i..<writes.count { results[j] = error }
                 break
             }
@@ -397,6 +405,7 @@ private final class Writer {
                 }
             }
             if let lost {
+                queue.commitFailing.store(true, ordering: .relaxed)
                 if !connection.isAutocommit { try? rollback.run() }
                 for j in first..<(i - 1) where results[j] == nil {
                     results[j] = StoreError("sqlite: transaction rolled back: \(lost.message)")
@@ -406,16 +415,18 @@ private final class Writer {
             do throws(StoreError) {
                 try commit.run()
                 queue.commits.add(1, ordering: .relaxed)
+                queue.commitFailing.store(false, ordering: .relaxed)
             } catch {
+                queue.commitFailing.store(true, ordering: .relaxed)
                 if !connection.isAutocommit { try? rollback.run() }
                 for j in first..<i where results[j] == nil { results[j] = error }
             }
         }
-        for (write, result) in zip(writes, results) {
-            write.done(result)
-        }
         for (paths, result) in zip(files, results) where result == nil {
             for path in paths { removeSpoolFile(path) }
+        }
+        for (write, result) in zip(writes, results) {
+            write.done(result)
         }
     }
 
@@ -532,7 +543,7 @@ private final class ReadConnection: @unchecked Sendable {
         loadAll = try connection.prepare(loadAllSQL)
         request = try connection.prepare(requestSQL)
         response = try connection.prepare(responseSQL)
-        ping = try connection.prepare("SELECT 1")
+        ping = try connection.prepare("SELECT 1 FROM jobs LIMIT 1")
     }
 }
 

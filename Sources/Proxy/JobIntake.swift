@@ -220,6 +220,8 @@ final class JobIntake: RequestHandler {
             proxy.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
             runner?.abort()
             runner = nil
+            if case .response(let response, _) = outcomeDuringCommit { removeSpoolFile(response.body.filePath) }
+            outcomeDuringCommit = nil
             fail(HTTPError(503, "store_unavailable", "the job store did not accept the job"), retryAfter: true)
             return
         }

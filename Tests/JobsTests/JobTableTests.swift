@@ -1,0 +1,223 @@
+import Jobs
+import Loop
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A store whose writes become durable only when the test says so, to see
+/// what clients are shown in between.
+final class HeldStore: JobStore {
+    private let inner = MemoryStore()
+    private let held = Mutex<[@Sendable () -> Void]>([])
+
+    var pending: Int { held.withLock { $0.count } }
+
+    /// Completes every held write, in order.
+    func release() {
+        let ops = held.withLock { h -> [@Sendable () -> Void] in
+            defer { h.removeAll() }
+            return h
+        }
+        for op in ops { op() }
+    }
+
+    func loadAll() throws(StoreError) -> [JobRecord] { try inner.loadAll() }
+    func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void) {
+        held.withLock { $0.append { [inner] in inner.insert(record, request: request, done: done) } }
+    }
+    func update(_ record: JobRecord, response: JobResponse?, done: @escaping @Sendable (StoreError?) -> Void) {
+        held.withLock { $0.append { [inner] in inner.update(record, response: response, done: done) } }
+    }
+    func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
+        held.withLock { $0.append { [inner] in inner.delete(ids, done: done) } }
+    }
+    func request(of id: JobID) throws(StoreError) -> JobRequest? { try inner.request(of: id) }
+    func response(of id: JobID) throws(StoreError) -> JobResponse? { try inner.response(of: id) }
+    func isHealthy() -> Bool { true }
+    func close() {}
+}
+
+private func record(_ status: JobStatus = .queued, key: String? = nil, fingerprint: [UInt8]? = nil,
+                    createdAt: Int64 = 1_000) -> JobRecord {
+    JobRecord(id: .random(), status: status, upstream: "app", method: "POST", path: "/x",
+              createdAt: createdAt, resendable: false, idempotencyKey: key, fingerprint: fingerprint)
+}
+
+private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), body: .empty, declaresBody: false)
+
+@Suite struct JobTableTests {
+    @Test func newJobsAreVisibleOnlyOnceDurable() {
+        let store = HeldStore()
+        let table = JobTable(store: store)
+        let r = record()
+        let acknowledged = Count()
+        table.insert(r, request: noRequest) { error in
+            #expect(error == nil)
+            acknowledged.add()
+        }
+        #expect(table.lookup(r.id) == nil)
+        #expect(acknowledged.value == 0)
+        store.release()
+        #expect(acknowledged.value == 1)
+        #expect(table.lookup(r.id)?.status == .queued)
+    }
+
+    @Test func transitionsShowOnlyWhatIsDurable() {
+        let store = HeldStore()
+        let table = JobTable(store: store)
+        let r = record()
+        table.insert(r, request: noRequest) { _ in }
+        store.release()
+        let moved = table.apply(.dispatched, to: r.id) { $0.attempts += 1; $0.startedAt = 2_000 }
+        #expect(moved?.status == .running)
+        #expect(moved?.attempts == 1)
+        // Applied, not yet durable: clients still see the job queued.
+        #expect(table.lookup(r.id)?.status == .queued)
+        store.release()
+        #expect(table.lookup(r.id)?.status == .running)
+        #expect(table.lookup(r.id)?.startedAt == 2_000)
+    }
+
+    @Test func aCancelThatWonRefusesTheLateResult() {
+        let table = JobTable(store: MemoryStore())
+        let r = record()
+        table.insert(r, request: noRequest) { _ in }
+        table.apply(.dispatched, to: r.id)
+        let aborted = Count()
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        defer { group.shutdown() }
+        #expect(table.setAbort(r.id, loop: group.loops[0]) { aborted.add() })
+        #expect(table.cancel(r.id) { _ in }?.status == .canceled)
+        #expect(table.apply(.responded, to: r.id) == nil)
+        #expect(table.lookup(r.id)?.status == .canceled)
+        #expect(waitFor { aborted.value == 1 })
+        // A job no longer running takes no abort hook.
+        #expect(!table.setAbort(r.id, loop: group.loops[0]) {})
+    }
+
+    @Test func failuresCarryTheirCodeAndMessage() {
+        let table = JobTable(store: MemoryStore())
+        let r = record()
+        table.insert(r, request: noRequest) { _ in }
+        table.apply(.dispatched, to: r.id)
+        table.apply(.attemptFailed(.upstreamTimeout, retry: false), to: r.id)
+        let failed = table.lookup(r.id)
+        #expect(failed?.status == .failed)
+        #expect(failed?.error == .upstreamTimeout)
+        #expect(failed?.errorMessage == JobErrorCode.upstreamTimeout.defaultMessage)
+    }
+
+    @Test func longPollsWakeOnTheEndOnly() {
+        let table = JobTable(store: MemoryStore())
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        defer { group.shutdown() }
+        let r = record()
+        table.insert(r, request: noRequest) { _ in }
+        let woken = Count()
+        let token = table.wait(for: r.id, loop: group.loops[0]) { woken.add() }
+        #expect(token != nil)
+        table.apply(.dispatched, to: r.id)
+        // Running is not an end: give a wrong wake-up the chance to show.
+        let sentinel = Count()
+        group.loops[0].execute { sentinel.add() }
+        #expect(waitFor { sentinel.value == 1 })
+        #expect(woken.value == 0)
+        table.apply(.responded, to: r.id)
+        #expect(waitFor { woken.value == 1 })
+        // A terminal job takes no waiter.
+        #expect(table.wait(for: r.id, loop: group.loops[0]) {} == nil)
+    }
+
+    @Test func aWaiterThatLeftIsNotWoken() {
+        let table = JobTable(store: MemoryStore())
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        defer { group.shutdown() }
+        let r = record()
+        table.insert(r, request: noRequest) { _ in }
+        let woken = Count()
+        let token = table.wait(for: r.id, loop: group.loops[0]) { woken.add() }!
+        table.stopWaiting(r.id, token: token)
+        table.apply(.cancel, to: r.id)
+        let sentinel = Count()
+        group.loops[0].execute { sentinel.add() }
+        #expect(waitFor { sentinel.value == 1 })
+        #expect(woken.value == 0)
+    }
+
+    @Test func idempotencyKeysFindTheirJob() {
+        let store = HeldStore()
+        let table = JobTable(store: store)
+        let fp: [UInt8] = [1, 2, 3]
+        #expect(table.claim(key: "k", fingerprint: fp) == .claimed)
+        // While the first request is being accepted, a second one waits its turn.
+        #expect(table.claim(key: "k", fingerprint: fp) == .inFlight)
+        let r = record(key: "k", fingerprint: fp)
+        table.insert(r, request: noRequest) { _ in }
+        store.release()
+        #expect(table.claim(key: "k", fingerprint: fp) == .existing(r))
+        #expect(table.claim(key: "k", fingerprint: [9]) == .mismatch)
+        // Keys live as long as their job.
+        table.remove([r.id]) { _ in }
+        store.release()
+        #expect(table.claim(key: "k", fingerprint: [9]) == .claimed)
+        table.releaseClaim(key: "k")
+        #expect(table.claim(key: "k", fingerprint: fp) == .claimed)
+    }
+
+    @Test func onlyFinishedJobsExpire() {
+        let table = JobTable(store: MemoryStore())
+        let pending = record()
+        let done = record()
+        table.insert(pending, request: noRequest) { _ in }
+        table.insert(done, request: noRequest) { _ in }
+        table.apply(.dispatched, to: done.id)
+        table.apply(.responded, to: done.id) { $0.completedAt = 10_000 }
+        #expect(table.expired(now: 10_999, ttl: .seconds(1)).isEmpty)
+        #expect(table.expired(now: 11_000, ttl: .seconds(1)) == [done.id])
+        table.remove([done.id]) { _ in }
+        #expect(table.lookup(done.id) == nil)
+        #expect(table.lookup(pending.id) != nil)
+    }
+
+    @Test func estimatesComeFromObservedDurations() {
+        let table = JobTable(store: MemoryStore())
+        let queued = record()
+        table.insert(queued, request: noRequest) { _ in }
+        #expect(table.estimatedCompletion(of: queued, queuedAhead: 0, concurrency: 1, now: 5_000) == nil)
+        let finished = record()
+        table.insert(finished, request: noRequest) { _ in }
+        table.apply(.dispatched, to: finished.id) { $0.startedAt = 1_000 }
+        table.apply(.responded, to: finished.id) { $0.completedAt = 3_000 }
+        // One observation of 2 s: a queued job with 3 ahead on 2 slots waits two rounds.
+        let estimate: Int64? = table.estimatedCompletion(of: queued, queuedAhead: 3, concurrency: 2, now: 5_000)
+        #expect(estimate == Int64(5_000 + 2 * 2_000))
+        var running = queued
+        running.status = .running
+        running.startedAt = 4_500
+        #expect(table.estimatedCompletion(of: running, queuedAhead: 0, concurrency: 1, now: 5_000) == 6_500)
+        #expect(table.estimatedCompletion(of: table.lookup(finished.id)!, queuedAhead: 0, concurrency: 1, now: 5_000) == nil)
+    }
+}
+
+/// Polls `condition` for up to two seconds.
+func waitFor(_ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + .seconds(2)
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+        nanosleep(&ts, nil)
+    }
+    return condition()
+}
+
+final class Count: Sendable {
+    private let n = Mutex(0)
+    func add() { n.withLock { $0 += 1 } }
+    var value: Int { n.withLock { $0 } }
+}

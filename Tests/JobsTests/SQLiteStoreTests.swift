@@ -1,0 +1,395 @@
+import CSQLite
+import Dispatch
+@testable import Jobs
+import Synchronization
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh directory under /tmp, removed with everything in it.
+private struct TempDir: ~Copyable {
+    let path: String
+
+    init() {
+        var template = Array("/tmp/coatcheck-sqlite-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        precondition(made != nil, "mkdtemp failed")
+        path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    deinit { removeTree(path) }
+
+    var db: String { path + "/jobs.db" }
+}
+
+private func removeTree(_ path: String) {
+    if let dir = opendir(path) {
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name == "." || name == ".." { continue }
+            let child = path + "/" + name
+            if Int(entry.pointee.d_type) == Int(DT_DIR) { removeTree(child) } else { unlink(child) }
+        }
+        closedir(dir)
+    }
+    rmdir(path)
+}
+
+private func mode(of path: String) -> mode_t? {
+    var info = stat()
+    guard stat(path, &info) == 0 else { return nil }
+    return info.st_mode & 0o7777
+}
+
+private func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+private func writeFile(_ path: String, _ bytes: [UInt8]) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    precondition(fd >= 0)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+}
+
+private func record(_ id: JobID = .random(), status: JobStatus = .queued, key: String? = nil) -> JobRecord {
+    JobRecord(id: id, status: status, upstream: "backend", method: "POST", path: "/reports?x=1",
+              createdAt: 1_764_410_400_000, resendable: key != nil,
+              credential: [1, 2, 3, 0, 255], idempotencyKey: key, fingerprint: Array(repeating: 7, count: 32))
+}
+
+private let head = Array("POST /reports?x=1 HTTP/1.1\r\nHost: example\r\nAuthorization: Bearer s3cret\r\n".utf8)
+
+/// Waits for the store's callbacks; counts each one.
+private final class Callbacks: Sendable {
+    private let results = Mutex<[StoreError?]>([])
+    private let semaphore = DispatchSemaphore(value: 0)
+
+    var done: @Sendable (StoreError?) -> Void {
+        { [self] error in
+            results.withLock { $0.append(error) }
+            semaphore.signal()
+        }
+    }
+
+    /// The results of the next `count` callbacks (fails after 5 s).
+    func wait(_ count: Int = 1) -> [StoreError?] {
+        for _ in 0..<count {
+            if semaphore.wait(timeout: .now() + 5) == .timedOut {
+                Issue.record("store callback timed out")
+                break
+            }
+        }
+        return results.withLock { r in
+            let all = r
+            r = []
+            return all
+        }
+    }
+}
+
+/// Synchronous writes for the tests.
+private extension SQLiteStore {
+    func insertSync(_ record: JobRecord, _ request: JobRequest) -> StoreError? {
+        let c = Callbacks()
+        insert(record, request: request, done: c.done)
+        return c.wait().first ?? StoreError("no callback")
+    }
+
+    func updateSync(_ record: JobRecord, _ response: JobResponse?) -> StoreError? {
+        let c = Callbacks()
+        update(record, response: response, done: c.done)
+        return c.wait().first ?? StoreError("no callback")
+    }
+
+    func deleteSync(_ ids: [JobID]) -> StoreError? {
+        let c = Callbacks()
+        delete(ids, done: c.done)
+        return c.wait().first ?? StoreError("no callback")
+    }
+}
+
+private final class ThreadStart {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+/// Runs `body(i)` on `count` new threads at once and joins them.
+private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    var threads: [pthread_t] = []
+    for i in 0..<count {
+        let box = Unmanaged.passRetained(ThreadStart { body(i) }).toOpaque()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            Unmanaged<ThreadStart>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, box)
+        precondition(rc == 0)
+        threads.append(thread)
+    }
+    for thread in threads { pthread_join(thread, nil) }
+}
+
+/// Raw SQL against a database file, behind the store's back.
+private func rawExecute(_ path: String, _ sql: String) -> Bool {
+    var db: OpaquePointer?
+    guard sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, nil) == SQLITE_OK else {
+        sqlite3_close_v2(db)
+        return false
+    }
+    defer { sqlite3_close_v2(db) }
+    return sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK
+}
+
+@Suite struct SQLiteStoreTests {
+    @Test func roundTripWithInlineBodies() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+        #expect(store.isHealthy())
+
+        var job = record(key: "k-1")
+        let request = JobRequest(head: head, body: .inline(Array("{\"a\":1}".utf8)), declaresBody: true)
+        #expect(store.insertSync(job, request) == nil)
+        #expect(try store.loadAll() == [job])
+        #expect(try store.request(of: job.id) == request)
+        #expect(try store.response(of: job.id) == nil)
+
+        job.status = .running
+        job.startedAt = 1_764_410_401_000
+        job.attempts = 1
+        #expect(store.updateSync(job, nil) == nil)
+        #expect(try store.loadAll() == [job])
+
+        job.status = .completed
+        job.completedAt = 1_764_410_402_000
+        job.responseStatus = 201
+        job.contentType = "application/json"
+        job.responseSize = 2
+        let response = JobResponse(status: 201, reason: Array("Created".utf8),
+                                   headers: Array("Content-Type: application/json\r\n".utf8), body: .inline([0x7B, 0x7D]))
+        #expect(store.updateSync(job, response) == nil)
+        #expect(try store.loadAll() == [job])
+        #expect(try store.response(of: job.id) == response)
+        #expect(try store.request(of: job.id) == request)
+
+        #expect(store.deleteSync([job.id]) == nil)
+        #expect(try store.loadAll() == [])
+        #expect(try store.request(of: job.id) == nil)
+        #expect(try store.response(of: job.id) == nil)
+    }
+
+    @Test func emptyBodiesAndOptionalsRoundTrip() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+
+        var bare = JobRecord(id: .random(), status: .queued, upstream: "", method: "GET", path: "/",
+                             createdAt: 5, resendable: true)
+        let request = JobRequest(head: [], body: .empty, declaresBody: false)
+        #expect(store.insertSync(bare, request) == nil)
+        #expect(try store.loadAll() == [bare])
+        #expect(try store.request(of: bare.id) == request)
+
+        bare.status = .failed
+        bare.error = .upstreamTimeout
+        bare.errorMessage = "no response in 30s"
+        let empty = JobResponse(status: 204, reason: [], headers: [], body: .empty)
+        #expect(store.updateSync(bare, empty) == nil)
+        #expect(try store.loadAll() == [bare])
+        #expect(try store.response(of: bare.id) == empty)
+    }
+
+    @Test func fileBodiesRoundTripAndDeleteUnlinksThem() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+
+        let requestFile = dir.path + "/req.body"
+        let responseFile = dir.path + "/resp.body"
+        writeFile(requestFile, Array(repeating: 1, count: 100))
+        writeFile(responseFile, Array(repeating: 2, count: 300))
+
+        var job = record()
+        let request = JobRequest(head: head, body: .file(path: requestFile, size: 100), declaresBody: true)
+        #expect(store.insertSync(job, request) == nil)
+        #expect(try store.request(of: job.id) == request)
+
+        job.status = .completed
+        let response = JobResponse(status: 200, reason: Array("OK".utf8), headers: [],
+                                   body: .file(path: responseFile, size: 300))
+        #expect(store.updateSync(job, response) == nil)
+        #expect(try store.response(of: job.id) == response)
+
+        let other = record()
+        #expect(store.insertSync(other, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+
+        #expect(exists(requestFile) && exists(responseFile))
+        #expect(store.deleteSync([job.id, JobID.random()]) == nil)
+        #expect(!exists(requestFile))
+        #expect(!exists(responseFile))
+        #expect(try store.loadAll() == [other])
+    }
+
+    @Test func updateWithoutResponseKeepsTheResponse() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+
+        var job = record()
+        #expect(store.insertSync(job, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        job.status = .completed
+        let response = JobResponse(status: 200, reason: Array("OK".utf8), headers: Array("X: y\r\n".utf8),
+                                   body: .inline([1, 2, 3]))
+        #expect(store.updateSync(job, response) == nil)
+
+        job.attempts = 3
+        #expect(store.updateSync(job, nil) == nil)
+        #expect(try store.response(of: job.id) == response)
+        #expect(try store.loadAll().first?.attempts == 3)
+
+        // An update of a job the store does not have is an error.
+        #expect(store.updateSync(record(), nil) != nil)
+    }
+
+    @Test func filesArePrivate() throws {
+        let dir = TempDir()
+        let path = dir.path + "/a/b/jobs.db"
+        let store = try SQLiteStore(path: path)
+        #expect(store.insertSync(record(), JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        #expect(mode(of: dir.path + "/a") == 0o700)
+        #expect(mode(of: dir.path + "/a/b") == 0o700)
+        #expect(mode(of: path) == 0o600)
+        #expect(mode(of: path + "-wal") == 0o600)
+        #expect(mode(of: path + "-shm") == 0o600)
+        store.close()
+
+        // An existing database with wider permissions is narrowed.
+        #expect(chmod(path, 0o644) == 0)
+        let reopened = try SQLiteStore(path: path)
+        defer { reopened.close() }
+        #expect(mode(of: path) == 0o600)
+        #expect(try reopened.loadAll().count == 1)
+    }
+
+    @Test func dataSurvivesCloseAndReopen() throws {
+        let dir = TempDir()
+        var job = record(key: "again")
+        let request = JobRequest(head: head, body: .inline([9, 8, 7]), declaresBody: true)
+        let response = JobResponse(status: 500, reason: Array("Internal Server Error".utf8), headers: [],
+                                   body: .inline(Array("boom".utf8)))
+        do {
+            let store = try SQLiteStore(path: dir.db)
+            #expect(store.insertSync(job, request) == nil)
+            job.status = .completed
+            job.responseStatus = 500
+            #expect(store.updateSync(job, response) == nil)
+            store.close()
+            store.close()  // idempotent
+        }
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+        #expect(try store.loadAll() == [job])
+        #expect(try store.request(of: job.id) == request)
+        #expect(try store.response(of: job.id) == response)
+    }
+
+    @Test func closedStoreRefusesWork() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        store.close()
+        #expect(!store.isHealthy())
+        #expect(throws: StoreError.self) { try store.loadAll() }
+        #expect(store.insertSync(record(), JobRequest(head: [], body: .empty, declaresBody: false)) != nil)
+    }
+
+    @Test func concurrentInsertsAreAllCommittedOnce() throws {
+        let dir = TempDir()
+        let threads = 8, perThread = 200
+        let ids = (0..<threads * perThread).map { _ in JobID.random() }
+        let calls = Mutex<[Int]>(Array(repeating: 0, count: ids.count))
+        let failures = Mutex<[StoreError]>([])
+        let finished = DispatchSemaphore(value: 0)
+        let remaining = Atomic<Int>(ids.count)
+
+        let store = try SQLiteStore(path: dir.db)
+        onThreads(threads) { t in
+            for k in 0..<perThread {
+                let n = t * perThread + k
+                let request = JobRequest(head: head, body: .inline(Array("\(n)".utf8)), declaresBody: true)
+                store.insert(record(ids[n]), request: request) { error in
+                    calls.withLock { $0[n] += 1 }
+                    if let error { failures.withLock { $0.append(error) } }
+                    if remaining.subtract(1, ordering: .relaxed).newValue == 0 { finished.signal() }
+                }
+            }
+        }
+        #expect(finished.wait(timeout: .now() + 10) == .success)
+        let commits = store.committedTransactions
+        store.close()  // a duplicate callback would have run by now
+
+        #expect(failures.withLock { $0 }.isEmpty)
+        #expect(calls.withLock { $0 }.allSatisfy { $0 == 1 })
+        #expect(commits >= 1 && commits <= ids.count)
+
+        let reopened = try SQLiteStore(path: dir.db)
+        defer { reopened.close() }
+        let loaded = try reopened.loadAll()
+        #expect(loaded.count == ids.count)
+        #expect(Set(loaded.map(\.id)) == Set(ids))
+        #expect(try reopened.request(of: ids[1234])?.body == .inline(Array("1234".utf8)))
+    }
+
+    /// Writes queued while the writer is busy share one transaction, and a
+    /// failing write in that batch fails alone.
+    @Test func queuedWritesShareOneCommit() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+        let entered = DispatchSemaphore(value: 0)
+        let gate = DispatchSemaphore(value: 0)
+
+        // The writer runs callbacks on its thread: hold it in one.
+        let first = record()
+        let request = JobRequest(head: head, body: .empty, declaresBody: false)
+        store.insert(first, request: request) { _ in
+            entered.signal()
+            gate.wait()
+        }
+        #expect(entered.wait(timeout: .now() + 5) == .success)
+        let before = store.committedTransactions
+
+        let c = Callbacks()
+        let batch = (0..<50).map { _ in record() }
+        for job in batch[..<25] { store.insert(job, request: request, done: c.done) }
+        store.insert(first, request: request, done: c.done)  // duplicate id: fails alone
+        store.update(record(), response: nil, done: c.done)  // unknown job: fails alone
+        for job in batch[25...] { store.insert(job, request: request, done: c.done) }
+        gate.signal()
+
+        let results = c.wait(52)
+        #expect(results.count == 52)
+        #expect(results.enumerated().allSatisfy { i, error in (i == 25 || i == 26) == (error != nil) })
+        #expect(store.committedTransactions == before + 1)
+        #expect(try store.loadAll().count == 51)
+    }
+
+    @Test func undecodableRowsAreSkipped() throws {
+        let dir = TempDir()
+        let good = record()
+        do {
+            let store = try SQLiteStore(path: dir.db)
+            #expect(store.insertSync(good, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+            #expect(store.insertSync(record(), JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+            #expect(store.insertSync(record(), JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+            store.close()
+        }
+        #expect(rawExecute(dir.db, "UPDATE jobs SET id = 'not-an-id' WHERE id != '\(good.id.text)' AND rowid = 2"))
+        #expect(rawExecute(dir.db, "UPDATE jobs SET status = 'bogus' WHERE id != '\(good.id.text)' AND rowid = 3"))
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+        #expect(try store.loadAll() == [good])
+    }
+}
