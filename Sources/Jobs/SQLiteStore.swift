@@ -32,11 +32,22 @@ public final class SQLiteStore: JobStore {
     private let queue: WriteQueue
     private let readers: ReaderPool
     private let writerThread: Mutex<pthread_t?>
+    /// Held open with an exclusive flock(2) for the store's life: a second
+    /// process on the same database would dispatch the same jobs.
+    private let lock: Mutex<Int32>
 
     public init(path: String) throws(StoreError) {
         self.path = path
         try createParentDirectories(of: path)
-        try createPrivateFile(path)
+        let lockFD = try createPrivateFile(path)
+        guard flock(lockFD, LOCK_EX | LOCK_NB) == 0 else {
+            let reason = errno == EWOULDBLOCK ? "in use by another coatcheck process" : errnoText()
+            _ = Glibc.close(lockFD)
+            throw StoreError("sqlite: \(path) is \(reason)")
+        }
+        self.lock = Mutex(lockFD)
+        var started = false
+        defer { if !started { _ = Glibc.close(lockFD) } }
 
         let connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
         try connection.configureForWriting()
@@ -57,6 +68,7 @@ public final class SQLiteStore: JobStore {
             throw StoreError("sqlite: cannot start the writer thread: \(String(cString: strerror(rc)))")
         }
         self.writerThread = Mutex(thread)
+        started = true
     }
 
     deinit {
@@ -161,6 +173,10 @@ public final class SQLiteStore: JobStore {
             pthread_detach(thread)
         } else {
             pthread_join(thread, nil)
+        }
+        lock.withLock { fd in
+            if fd >= 0 { _ = Glibc.close(fd) }
+            fd = -1
         }
     }
 
@@ -865,14 +881,18 @@ private func createParentDirectories(of path: String) throws(StoreError) {
 
 /// Creates the database file 0600 (whatever the umask) before SQLite opens
 /// it, so it never exists with wider permissions; an existing database is
-/// narrowed to 0600 too, since it holds request headers.
-private func createPrivateFile(_ path: String) throws(StoreError) {
+/// narrowed to 0600 too, since it holds request headers. Returns the open
+/// descriptor (the caller locks it).
+private func createPrivateFile(_ path: String) throws(StoreError) -> Int32 {
     let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
     guard fd >= 0 else { throw StoreError("sqlite: cannot create \(path): \(errnoText())") }
-    defer { _ = Glibc.close(fd) }
+    var keep = false
+    defer { if !keep { _ = Glibc.close(fd) } }
     var info = stat()
     guard fstat(fd, &info) == 0 else { throw StoreError("sqlite: cannot stat \(path): \(errnoText())") }
     if info.st_mode & 0o7777 != 0o600 && fchmod(fd, 0o600) != 0 {
         throw StoreError("sqlite: cannot chmod \(path) to 0600: \(errnoText())")
     }
+    keep = true
+    return fd
 }

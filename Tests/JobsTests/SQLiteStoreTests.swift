@@ -296,6 +296,15 @@ private func rawExecute(_ path: String, _ sql: String) -> Bool {
         #expect(try store.response(of: job.id) == response)
     }
 
+    @Test func oneProcessPerDatabase() throws {
+        let dir = TempDir()
+        let first = try SQLiteStore(path: dir.db)
+        #expect(throws: StoreError.self) { try SQLiteStore(path: dir.db) }
+        first.close()
+        let second = try SQLiteStore(path: dir.db)
+        second.close()
+    }
+
     @Test func closedStoreRefusesWork() throws {
         let dir = TempDir()
         let store = try SQLiteStore(path: dir.db)
