@@ -37,7 +37,7 @@ extension ProxyLoop {
         let now = wallClockMillis()
         let bound = LoopBound(self, loop: loop)
         let marked = jobs.table.apply(.dispatched, to: id, fill: { r in
-            r.startedAt = now
+            if r.startedAt == nil { r.startedAt = now }  // the first attempt's start
             r.attempts += 1
         }, done: { error in
             bound.loop.execute { bound.value.startJob(id, target: target, error: error) }
@@ -59,7 +59,7 @@ extension ProxyLoop {
         }
         guard let request else {
             target.gate.release()
-            jobFinished(id, .failure(.interrupted, "the stored request could not be read"))
+            jobFinished(id, .failure(.interrupted, "the stored request could not be read", .no))
             return
         }
         let bound = LoopBound(self, loop: loop)
@@ -90,13 +90,28 @@ extension ProxyLoop {
         runners.removeValue(forKey: id)?.abort()
     }
 
-    /// Records how the job's exchange ended. A result that lost a race with
-    /// DELETE is dropped with its file.
+    /// Records how the job's exchange ended, or queues another attempt
+    /// (SPEC §4, upstream retries). A result that lost a race with DELETE is
+    /// dropped with its file.
     func jobFinished(_ id: JobID, _ outcome: JobRunner.Outcome) {
         runners[id] = nil
+        if let delay = retryDelay(id, outcome) {
+            if case .response(let response, _, _) = outcome { removeSpoolFile(response.body.filePath) }
+            let code: JobErrorCode
+            switch outcome {
+            case .failure(let c, _, _): code = c
+            case .response: code = .upstreamBadResponse
+            }
+            guard let queued = jobs.table.apply(.attemptFailed(code, retry: true), to: id) else { return }
+            let bound = LoopBound(self, loop: loop)
+            let timer = Timer(loop: loop) { bound.value.retryDue(queued) }
+            retryTimers[id] = timer
+            timer.schedule(after: delay)
+            return
+        }
         let now = wallClockMillis()
         switch outcome {
-        case .response(let response, let contentType):
+        case .response(let response, let contentType, _):
             let stored = jobs.table.apply(.responded, to: id, response: response, fill: { r in
                 r.completedAt = now
                 r.responseStatus = response.status
@@ -106,12 +121,46 @@ extension ProxyLoop {
                 if let error { log.error("job result not stored", metadata: ["job": "\(id)", "error": "\(error)"]) }
             })
             if stored == nil { removeSpoolFile(response.body.filePath) }
-        case .failure(let code, let message):
+        case .failure(let code, let message, _):
             jobs.table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
                 r.completedAt = now
                 r.errorMessage = message
             })
         }
+    }
+
+    /// The wait before another attempt, or nil when this outcome stands:
+    /// only unreachable upstreams, resets before any response byte, and
+    /// 502/503/504 are retried; a request that reached the upstream only if
+    /// it is safe to send twice; and only while `retry.attempts` allows.
+    private func retryDelay(_ id: JobID, _ outcome: JobRunner.Outcome) -> Duration? {
+        guard let record = jobs.table.lookup(id), record.status == .running,
+              let policy = config.upstream(named: record.upstream)?.config.retry,
+              record.attempts < policy.attempts, !jobs.isStopping else { return nil }
+        var hinted: Int?
+        switch outcome {
+        case .response(let response, _, let retryAfter):
+            guard [502, 503, 504].contains(response.status), record.resendable else { return nil }
+            hinted = retryAfter
+        case .failure(_, _, .unsent):
+            break
+        case .failure(_, _, .sentNoResponse):
+            guard record.resendable else { return nil }
+        case .failure(_, _, .no):
+            return nil
+        }
+        // backoff, 2x backoff, 4x ... up to max_backoff; a Retry-After wins
+        // when it asks for longer.
+        var delay = policy.backoff
+        for _ in 1..<record.attempts where delay < policy.maxBackoff { delay *= 2 }
+        if let hinted { delay = max(delay, .seconds(hinted)) }
+        return min(delay, policy.maxBackoff)
+    }
+
+    private func retryDue(_ record: JobRecord) {
+        retryTimers[record.id] = nil
+        guard !jobs.isStopping else { return }  // stays queued for the next start
+        dispatch(record)
     }
 
     /// A queued job that can never start (its upstream was removed).

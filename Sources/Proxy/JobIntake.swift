@@ -220,7 +220,7 @@ final class JobIntake: RequestHandler {
             proxy.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
             runner?.abort()
             runner = nil
-            if case .response(let response, _) = outcomeDuringCommit { removeSpoolFile(response.body.filePath) }
+            if case .response(let response, _, _) = outcomeDuringCommit { removeSpoolFile(response.body.filePath) }
             outcomeDuringCommit = nil
             fail(HTTPError(503, "store_unavailable", "the job store did not accept the job"), retryAfter: true)
             return
@@ -344,10 +344,10 @@ final class JobIntake: RequestHandler {
             keyClaimed = false
             let applied: Preference? = if case .wait = preference { preference } else { nil }
             switch outcome {
-            case .response(let response, _):
+            case .response(let response, _, _):
                 proxy.relay(response, id: nil, to: client, preference: applied)
                 removeSpoolFile(response.body.filePath)
-            case .failure(let code, _):
+            case .failure(let code, _, _):
                 client?.respondError(httpError(code))
             }
             discardRequest()

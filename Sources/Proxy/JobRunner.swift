@@ -17,8 +17,20 @@ final class JobRunner: HTTPClientDelegate {
     enum State { case idle, connecting, exchanging, ended }
 
     enum Outcome {
-        case response(JobResponse, contentType: String?)
-        case failure(JobErrorCode, String)
+        /// A whole response; `retryAfter` is its Retry-After in seconds.
+        case response(JobResponse, contentType: String?, retryAfter: Int?)
+        case failure(JobErrorCode, String, Retry)
+    }
+
+    /// Whether a failed attempt may be tried again (SPEC §4, upstream retries).
+    enum Retry {
+        /// No: a timeout, a bad or too large response.
+        case no
+        /// The request never reached the upstream: always safe.
+        case unsent
+        /// Sent, and the connection closed before any response byte: only
+        /// for requests safe to send twice.
+        case sentNoResponse
     }
 
     unowned let proxy: ProxyLoop
@@ -40,6 +52,7 @@ final class JobRunner: HTTPClientDelegate {
     private var reason: [UInt8] = []
     private var headers: [UInt8] = []
     private var contentType: String?
+    private var retryAfter: Int?
     /// The request went out whole (the connection may then be pooled).
     private var requestWritten = false
 
@@ -134,6 +147,7 @@ final class JobRunner: HTTPClientDelegate {
         ResponseSerializer.writeHeaders(of: response, into: w)
         headers = Array(w.bytes)
         contentType = response.first(.contentType).map { String(decoding: response.value($0), as: UTF8.self) }
+        retryAfter = response.first(named: "retry-after").flatMap { parseSeconds(response.value($0)) }
     }
 
     func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {
@@ -166,7 +180,7 @@ final class JobRunner: HTTPClientDelegate {
         let done = finished
         finished = nil
         end()
-        done?(.response(response, contentType: contentType))
+        done?(.response(response, contentType: contentType, retryAfter: retryAfter))
     }
 
     func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
@@ -180,9 +194,9 @@ final class JobRunner: HTTPClientDelegate {
             return
         }
         switch failure {
-        case .unreachable: fail(.upstreamUnreachable, "upstream refused or unreachable")
-        case .connectTimeout: fail(.upstreamTimeout, "upstream connect timed out")
-        case .reset: fail(.upstreamReset, "upstream closed the connection before responding")
+        case .unreachable: fail(.upstreamUnreachable, "upstream refused or unreachable", .unsent)
+        case .connectTimeout: fail(.upstreamTimeout, "upstream connect timed out", .unsent)
+        case .reset: fail(.upstreamReset, "upstream closed the connection before responding", .sentNoResponse)
         case .badResponse: fail(.upstreamBadResponse, "upstream sent a malformed response")
         case .truncated: fail(.upstreamReset, "upstream response was truncated")
         }
@@ -193,7 +207,7 @@ final class JobRunner: HTTPClientDelegate {
         fail(.upstreamTimeout, "upstream did not answer within its timeout")
     }
 
-    private func fail(_ code: JobErrorCode, _ message: String) {
+    private func fail(_ code: JobErrorCode, _ message: String, _ retry: Retry = .no) {
         guard state != .ended else { return }
         upstream?.close()
         upstream = nil
@@ -201,7 +215,7 @@ final class JobRunner: HTTPClientDelegate {
         let done = finished
         finished = nil
         end()
-        done?(.failure(code, message))
+        done?(.failure(code, message, retry))
     }
 
     private func end() {
