@@ -51,6 +51,10 @@ public final class JobTable: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Held from a transition's check to its store submission, so writes
+    /// reach the store (and come back) in the order they were applied,
+    /// whichever loops race. Never taken inside `state`.
+    private let ordering = Mutex(())
 
     public init(store: any JobStore) {
         self.store = store
@@ -149,6 +153,12 @@ public final class JobTable: Sendable {
     public func apply(_ event: JobEvent, to id: JobID, response: JobResponse? = nil,
                       fill: (inout JobRecord) -> Void = { _ in },
                       done: @escaping @Sendable (StoreError?) -> Void = { _ in }) -> JobRecord? {
+        ordering.withLock { _ in applyInOrder(event, to: id, response: response, fill: fill, done: done) }
+    }
+
+    private func applyInOrder(_ event: JobEvent, to id: JobID, response: JobResponse?,
+                              fill: (inout JobRecord) -> Void,
+                              done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
         let updated: JobRecord? = state.withLock { s in
             guard var e = s.jobs[id] else { return nil }
             guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return nil }
@@ -212,6 +222,10 @@ public final class JobTable: Sendable {
 
     /// Removes jobs for good (DELETE of a terminal job, expiry).
     public func remove(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
+        ordering.withLock { _ in removeInOrder(ids, done: done) }
+    }
+
+    private func removeInOrder(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
         let woken: [Waiter] = state.withLock { s in
             var woken: [Waiter] = []
             for id in ids {
