@@ -1,5 +1,9 @@
 import CLibevent
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A reusable, growable byte buffer for building heads and log lines:
 /// many small appends, then one `evbuffer_add`. Owned by one connection
 /// (or one loop) and never shared.
@@ -139,4 +143,38 @@ public final class ByteWriter {
 @inline(__always)
 func hexDigit(_ v: UInt8) -> UInt8 {
     v < 10 ? 0x30 + v : 0x61 + v - 10
+}
+
+extension ByteWriter {
+    /// `2026-11-29T10:00:00.000Z` (UTC), written as bytes: the timestamp
+    /// format of the job JSON, without building a String per field.
+    public func appendTimestamp(millis: Int64) {
+        var t = time_t(millis / 1000)
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func digits(_ v: Int, _ n: Int) {
+            var divisor = 1
+            for _ in 1..<n { divisor *= 10 }
+            var v = v
+            while divisor > 0 {
+                append(byte: UInt8(0x30 + (v / divisor) % 10))
+                v %= divisor
+                divisor /= 10
+            }
+        }
+        digits(Int(parts.tm_year) + 1900, 4)
+        append(byte: UInt8(ascii: "-"))
+        digits(Int(parts.tm_mon) + 1, 2)
+        append(byte: UInt8(ascii: "-"))
+        digits(Int(parts.tm_mday), 2)
+        append(byte: UInt8(ascii: "T"))
+        digits(Int(parts.tm_hour), 2)
+        append(byte: UInt8(ascii: ":"))
+        digits(Int(parts.tm_min), 2)
+        append(byte: UInt8(ascii: ":"))
+        digits(Int(parts.tm_sec), 2)
+        append(byte: UInt8(ascii: "."))
+        digits(Int(millis % 1000), 3)
+        append(byte: UInt8(ascii: "Z"))
+    }
 }

@@ -172,7 +172,7 @@ enum JobJSON {
             return
         }
         w.append(byte: UInt8(ascii: "\""))
-        w.append(iso8601UTC(millis: millis))
+        w.appendTimestamp(millis: millis)
         w.append(byte: UInt8(ascii: "\""))
     }
 }

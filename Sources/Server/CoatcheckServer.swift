@@ -73,6 +73,18 @@ public final class CoatcheckServer: Sendable {
         let budget = self.budget
         let jobs = self.jobs
         let logger = self.logger
+        // Jobs left by the previous run (SPEC §5): known before the first
+        // request is accepted, dispatched once the loops exist.
+        let recovered: [JobRecord]
+        do {
+            recovered = try jobs.recover(now: wallClockMillis())
+        } catch {
+            group.shutdown()
+            throw StartupError(message: "store \(config.store): \(error.message)")
+        }
+        if !recovered.isEmpty {
+            logger.info("recovered jobs", metadata: ["dispatching": "\(recovered.count)", "total": "\(jobs.table.count)"])
+        }
         var port = config.listen.port
         var proxies: [LoopBound<ProxyLoop>] = []
         do {
@@ -91,17 +103,6 @@ public final class CoatcheckServer: Sendable {
         } catch {
             group.shutdown()
             throw StartupError(message: "\(error)")
-        }
-        // Jobs left by the previous run (SPEC §5), spread over the loops.
-        let recovered: [JobRecord]
-        do {
-            recovered = try jobs.recover(now: wallClockMillis())
-        } catch {
-            group.shutdown()
-            throw StartupError(message: "store \(config.store): \(error.message)")
-        }
-        if !recovered.isEmpty {
-            logger.info("recovered jobs", metadata: ["dispatching": "\(recovered.count)", "total": "\(jobs.table.count)"])
         }
         for (i, record) in recovered.enumerated() {
             let proxy = proxies[i % proxies.count]
