@@ -47,6 +47,7 @@ public final class JobEngine: Sendable {
     public func recover(now: Int64) throws(StoreError) -> [JobRecord] {
         let records = try store.loadAll()
         table.adopt(records)
+        removeOrphanSpoolFiles(keeping: Set(records.map(\.id)))
         var dispatch: [JobRecord] = []
         for r in records.sorted(by: { $0.createdAt < $1.createdAt }) {
             switch r.status {
@@ -62,6 +63,21 @@ public final class JobEngine: Sendable {
             }
         }
         return dispatch
+    }
+
+    /// Spool files of jobs that never were (the process died between
+    /// spooling a request and committing its job) or are gone.
+    private func removeOrphanSpoolFiles(keeping ids: Set<JobID>) {
+        guard let d = opendir(dir) else { return }
+        defer { closedir(d) }
+        while let entry = readdir(d) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard name.hasSuffix(".req") || name.hasSuffix(".res"),
+                  let id = JobID(name.dropLast(4)), !ids.contains(id) else { continue }
+            unlink(dir + "/" + name)
+        }
     }
 
     /// Deletes jobs whose results outlived `result_ttl`.
