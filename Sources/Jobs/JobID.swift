@@ -2,41 +2,101 @@
 import Glibc
 #endif
 
-/// A job id: 16 bytes (128 bits) from the OS CSPRNG, base64url without
-/// padding (22 characters). Ids are capabilities (SPEC §5): logs show at
-/// most `logPrefix`.
+/// A job id: 16 bytes (128 bits) from the OS CSPRNG, written as base64url
+/// without padding (22 characters). Ids are capabilities (SPEC §5): logs
+/// show at most `logPrefix`.
+///
+/// Kept as two words, so hashing and comparing cost nothing and parsing an
+/// id from a request allocates nothing; the text is made when written.
 public struct JobID: Hashable, Sendable, CustomStringConvertible {
-    public let text: String
+    private let high: UInt64
+    private let low: UInt64
 
     public static let byteCount = 16
     public static let textLength = 22
 
     /// A fresh id from the OS CSPRNG.
     public static func random() -> JobID {
-        var bytes = [UInt8](repeating: 0, count: byteCount)
+        var words: (UInt64, UInt64) = (0, 0)
         // getentropy(3) is getrandom(2) from the kernel's CSPRNG (<= 256 bytes).
-        let rc = bytes.withUnsafeMutableBytes { getentropy($0.baseAddress!, byteCount) }
+        let rc = withUnsafeMutableBytes(of: &words) { getentropy($0.baseAddress!, byteCount) }
         precondition(rc == 0, "getentropy failed: \(errno)")
-        return JobID(unchecked: base64URL(bytes))
+        return JobID(high: words.0, low: words.1)
     }
 
-    /// Parses an id from a URL path segment; nil unless it has the exact
-    /// shape of one (so malformed ids never reach a store).
+    private init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// Parses the canonical text of an id; nil for anything else (so
+    /// malformed ids never reach a store, and every id has one spelling).
+    public init?(utf8 text: UnsafeBufferPointer<UInt8>) {
+        guard text.count == JobID.textLength else { return nil }
+        // 22 characters carry 132 bits: the 128 of the id, then 4 zero bits.
+        var high: UInt64 = 0
+        var low: UInt64 = 0
+        for (i, c) in text.enumerated() {
+            guard let v = base64URLValue(c) else { return nil }
+            let value = UInt64(v)
+            let bit = i * 6  // position of this character's first bit
+            if i == JobID.textLength - 1 {
+                guard value & 0x0F == 0 else { return nil }
+                low |= value >> 4
+            } else if bit + 6 <= 64 {
+                high |= value << UInt64(58 - bit)
+            } else if bit >= 64 {
+                low |= value << UInt64(122 - bit)
+            } else {
+                // Straddles the two words: 64 - bit bits in high, the rest in low.
+                let inHigh = 64 - bit
+                high |= value >> UInt64(6 - inHigh)
+                low |= (value & ((1 << UInt64(6 - inHigh)) - 1)) << UInt64(64 - (6 - inHigh))
+            }
+        }
+        self.init(high: high, low: low)
+    }
+
     public init?(_ text: some StringProtocol) {
-        guard text.utf8.count == JobID.textLength,
-              text.utf8.allSatisfy({ base64URLValue($0) != nil }) else { return nil }
-        self.text = String(text)
+        var s = String(text)
+        guard let id = s.withUTF8({ JobID(utf8: $0) }) else { return nil }
+        self = id
     }
 
-    private init(unchecked text: String) { self.text = text }
+    /// The 22 characters, on the stack, for as long as `body` runs.
+    public func withUTF8<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: JobID.textLength) { out in
+            for i in 0..<JobID.textLength {
+                out[i] = alphabet[Int(sextet(i))]
+            }
+            return try body(UnsafeBufferPointer(out))
+        }
+    }
 
-    /// What logs may show.
-    public var logPrefix: Substring { text.prefix(8) }
+    /// The i-th 6-bit group of the 128 bits followed by 4 zero bits.
+    private func sextet(_ i: Int) -> UInt64 {
+        let bit = i * 6
+        if bit + 6 <= 64 { return high >> UInt64(58 - bit) & 63 }
+        if i == JobID.textLength - 1 { return (low & 0x3) << 4 }
+        if bit >= 64 { return low >> UInt64(122 - bit) & 63 }
+        let inHigh = 64 - bit
+        let top = (high & ((1 << UInt64(inHigh)) - 1)) << UInt64(6 - inHigh)
+        return top | low >> UInt64(64 - (6 - inHigh))
+    }
 
-    public var description: String { String(logPrefix) + "…" }
+    public var text: String {
+        withUTF8 { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// What logs may show (8 characters: a small string, no allocation).
+    public var logPrefix: String {
+        withUTF8 { String(decoding: $0.prefix(8), as: UTF8.self) }
+    }
+
+    public var description: String { logPrefix + "…" }
 }
 
-private let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+private let alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
 func base64URLValue(_ c: UInt8) -> UInt8? {
     switch c {
@@ -49,23 +109,12 @@ func base64URLValue(_ c: UInt8) -> UInt8? {
     }
 }
 
-/// RFC 4648 §5 base64url, unpadded.
-func base64URL(_ bytes: [UInt8]) -> String {
-    var out = [UInt8]()
-    out.reserveCapacity((bytes.count * 4 + 2) / 3)
-    var i = 0
-    while i + 3 <= bytes.count {
-        let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-        out += [alphabet[Int(v >> 18 & 63)], alphabet[Int(v >> 12 & 63)], alphabet[Int(v >> 6 & 63)], alphabet[Int(v & 63)]]
-        i += 3
+extension JobID {
+    /// The id's 16 bytes, high word first (big-endian), for tests.
+    public var bytes: [UInt8] {
+        (0..<16).map { i in
+            let word = i < 8 ? high : low
+            return UInt8(truncatingIfNeeded: word >> UInt64(56 - 8 * (i % 8)))
+        }
     }
-    let rest = bytes.count - i
-    if rest == 1 {
-        let v = UInt32(bytes[i]) << 16
-        out += [alphabet[Int(v >> 18 & 63)], alphabet[Int(v >> 12 & 63)]]
-    } else if rest == 2 {
-        let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8
-        out += [alphabet[Int(v >> 18 & 63)], alphabet[Int(v >> 12 & 63)], alphabet[Int(v >> 6 & 63)]]
-    }
-    return String(decoding: out, as: UTF8.self)
 }

@@ -21,7 +21,7 @@ extension ProxyLoop {
             client.respondError(HTTPError(404, "not_found", "no such job"))
             return answered
         }
-        client.logJob = String(record.id.logPrefix)
+        client.logJob = record.id.logPrefix
         let base = publicBase(for: r)
         let method = r.methodName
         let isGet = bytesEqual(method, Self.get) || r.isHead
@@ -88,7 +88,7 @@ extension ProxyLoop {
             result = true
             rest = UnsafeBufferPointer(rebasing: rest[..<(rest.count - suffix.count)])
         }
-        guard let id = JobID(String(decoding: rest, as: UTF8.self)) else { return nil }
+        guard let id = JobID(utf8: rest) else { return nil }
         var wait: Int?
         if let query {
             forEachQueryParameter(query) { name, value in

@@ -208,13 +208,16 @@ extension ProxyLoop {
         let w = jsonWriter
         w.reset()
         JobJSON.writeAccepted(record, context, into: w)
-        let location = config.jobsPath + Array("/\(record.id.text)".utf8)
-        client.logJob = String(record.id.logPrefix)
+        client.logJob = record.id.logPrefix
         client.respond(status: 202, contentType: "application/json", body: w.bytes) { h in
-            location.withUnsafeBufferPointer { h.header("Location", $0) }
+            h.append("Location: ")
+            h.append(config.jobsPath)
+            h.append(byte: UInt8(ascii: "/"))
+            h.append(jobID: record.id)
+            h.append("\r\n")
             h.header("Retry-After", decimal: retryAfter(context))
             h.header("Cache-Control", "no-store")
-            h.header("Job-Id", record.id.text)
+            h.header(jobID: record.id)
             writePreferenceApplied(preference, h)
         }
     }
@@ -227,7 +230,7 @@ extension ProxyLoop {
         let w = jsonWriter
         w.reset()
         JobJSON.writeStatus(record, context, into: w)
-        client.logJob = String(record.id.logPrefix)
+        client.logJob = record.id.logPrefix
         client.respond(status: status, contentType: "application/json", body: w.bytes) { h in
             h.header("Cache-Control", "no-store")
             if !record.status.isTerminal { h.header("Retry-After", decimal: retryAfter(context)) }
@@ -271,12 +274,12 @@ extension ProxyLoop {
             client.respondError(HTTPError(500, "store_error", "the stored result body is missing"))
             return
         }
-        if let id { client.logJob = String(id.logPrefix) }
+        if let id { client.logJob = id.logPrefix }
         let framing: ResponseFraming = bodyless ? .none(contentLength: nil) : .contentLength(response.body.size)
         response.reason.withUnsafeBufferPointer { reason in
             client.startResponse(status: response.status, reason: reason, framing: framing) { h in
                 h.append(response.headers)
-                if let id { h.header("Job-Id", id.text) }
+                if let id { h.header(jobID: id) }
                 writePreferenceApplied(preference, h)
             }
         }

@@ -87,6 +87,19 @@ public final class JobEngine: Sendable {
     }
 }
 
+extension ByteWriter {
+    func append(jobID id: JobID) {
+        id.withUTF8 { append($0) }
+    }
+
+    /// `Job-Id: {id}\r\n`.
+    func header(jobID id: JobID) {
+        append("Job-Id: ")
+        append(jobID: id)
+        append("\r\n")
+    }
+}
+
 func makeDirectory(_ path: String) throws(StoreError) {
     var prefix = path.hasPrefix("/") ? "" : "."
     for part in path.split(separator: "/") {
@@ -108,7 +121,7 @@ enum JobJSON {
 
     static func writeStatus(_ r: JobRecord, _ c: Context, into w: ByteWriter) {
         w.append("{\"job_id\":\"")
-        w.append(r.id.text)
+        w.append(jobID: r.id)
         w.append("\",\"status\":\"")
         w.append(r.status.rawValue)
         w.append("\",\"created_at\":")
@@ -160,7 +173,7 @@ enum JobJSON {
     /// The 202 body: SPEC §4's fields, in its order.
     static func writeAccepted(_ r: JobRecord, _ c: Context, into w: ByteWriter) {
         w.append("{\"job_id\":\"")
-        w.append(r.id.text)
+        w.append(jobID: r.id)
         w.append("\",\"status\":\"")
         w.append(r.status.rawValue)
         w.append("\",\"status_url\":\"")
@@ -178,7 +191,7 @@ enum JobJSON {
         c.base.withUnsafeBufferPointer { w.appendJSONEscaped($0) }
         c.jobsPath.withUnsafeBufferPointer { w.appendJSONEscaped($0) }
         w.append(byte: UInt8(ascii: "/"))
-        w.append(id.text)
+        w.append(jobID: id)
         if result { w.append("/result") }
     }
 

@@ -114,7 +114,7 @@ final class JobRunner: HTTPClientDelegate {
         w.reset()
         w.append(request.head)
         w.append("Job-Id: ")
-        w.append(id.text)
+        w.append(jobID: id)
         w.append("\r\nJob-Attempt: ")
         w.append(decimal: Int64(attempt))
         w.append("\r\n")

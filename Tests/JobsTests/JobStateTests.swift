@@ -57,6 +57,37 @@ import Testing
         #expect(JobID("short") == nil)
         #expect(JobID(String(repeating: "a", count: 21) + "/") == nil)
         #expect(JobID(String(repeating: "a", count: 23)) == nil)
-        #expect(JobID(String(repeating: "a", count: 22)) != nil)
+        // 22 characters carry 4 bits more than 128: they must be zero, so
+        // each id has exactly one spelling.
+        #expect(JobID(String(repeating: "a", count: 22)) == nil)
+        #expect(JobID(String(repeating: "a", count: 21) + "Q") != nil)
+        #expect(JobID(String(repeating: "_", count: 21) + "w")?.bytes == [UInt8](repeating: 0xFF, count: 16))
+        #expect(JobID(String(repeating: "A", count: 22))?.bytes == [UInt8](repeating: 0, count: 16))
     }
+
+    @Test func textIsBase64URLOfTheBytes() {
+        for _ in 0..<200 {
+            let id = JobID.random()
+            #expect(id.text == referenceBase64URL(id.bytes))
+            #expect(id.logPrefix == String(id.text.prefix(8)))
+        }
+    }
+}
+
+/// RFC 4648 §5 without padding, the plain way.
+private func referenceBase64URL(_ bytes: [UInt8]) -> String {
+    let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    var bits = ""
+    for b in bytes {
+        let s = String(b, radix: 2)
+        bits += String(repeating: "0", count: 8 - s.count) + s
+    }
+    while bits.count % 6 != 0 { bits += "0" }
+    var out = ""
+    var chars = Array(bits)[...]
+    while !chars.isEmpty {
+        out.append(alphabet[Int(String(chars.prefix(6)), radix: 2)!])
+        chars.removeFirst(6)
+    }
+    return out
 }
