@@ -177,12 +177,13 @@ extension ProxyLoop {
 
     /// `http://host` from the request, or `public_url`.
     func publicBase(for r: MessageReader) -> [UInt8] {
-        if let url = config.configuration.publicURL {
-            var bytes = Array(url.utf8)
-            while bytes.last == UInt8(ascii: "/") { bytes.removeLast() }
-            return bytes
-        }
-        return Array("http://".utf8) + Array(r.hostValue ?? UnsafeBufferPointer(start: nil, count: 0))
+        if let base = config.publicBase { return base }
+        // Reused: unless a deferred answer still holds the last one, this
+        // allocates nothing.
+        baseScratch.removeAll(keepingCapacity: true)
+        baseScratch.append(contentsOf: "http://".utf8)
+        if let host = r.hostValue { baseScratch.append(contentsOf: host) }
+        return baseScratch
     }
 
     func jsonContext(for record: JobRecord, base: [UInt8]) -> JobJSON.Context {

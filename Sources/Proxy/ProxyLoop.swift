@@ -17,6 +17,7 @@ public final class ProxyLoop: HTTPService {
     let log: Logger
     /// Background exchanges running on this loop, by job (for DELETE).
     var runners: [JobID: JobRunner] = [:]
+    var baseScratch: [UInt8] = []
     /// Jobs waiting out a retry backoff on this loop.
     var retryTimers: [JobID: Timer] = [:]
     let maxResponseHeadBytes = 64 * 1024

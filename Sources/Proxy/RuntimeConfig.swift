@@ -49,6 +49,8 @@ public final class RuntimeConfig: Sendable {
     public let routes: [CompiledRoute]
     public let upstreams: [UpstreamTarget]
     public let jobsPath: [UInt8]
+    /// `public_url` without trailing slashes: the base of job URLs.
+    public let publicBase: [UInt8]?
     /// `jobs.bind_to` as a lower-case header name.
     public let bindHeader: [UInt8]?
     public let serverLimits: HTTPServerLimits
@@ -82,6 +84,11 @@ public final class RuntimeConfig: Sendable {
         }
         self.routes = routes
         self.jobsPath = Array(configuration.jobs.path.utf8)
+        self.publicBase = configuration.publicURL.map { url in
+            var bytes = Array(url.utf8)
+            while bytes.last == UInt8(ascii: "/") { bytes.removeLast() }
+            return bytes
+        }
         self.bindHeader = configuration.jobs.bindTo.map { Array($0.dropFirst("header:".count).lowercased().utf8) }
         var limits = HTTPServerLimits()
         limits.maxHeaderBytes = configuration.limits.maxHeaderBytes
