@@ -65,23 +65,26 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
 
     /// The 22 characters, on the stack, for as long as `body` runs.
     public func withUTF8<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
-        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: JobID.textLength) { out in
-            for i in 0..<JobID.textLength {
-                out[i] = alphabet[Int(sextet(i))]
+        var words = (high.bigEndian, low.bigEndian)
+        return try withUnsafeBytes(of: &words) { bytes in
+            try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: JobID.textLength) { out in
+                // Five groups of 3 bytes -> 4 characters, then 1 byte -> 2.
+                var o = 0
+                var i = 0
+                while i < 15 {
+                    let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+                    out[o] = alphabet[Int(v >> 18)]
+                    out[o + 1] = alphabet[Int(v >> 12 & 63)]
+                    out[o + 2] = alphabet[Int(v >> 6 & 63)]
+                    out[o + 3] = alphabet[Int(v & 63)]
+                    o += 4
+                    i += 3
+                }
+                out[20] = alphabet[Int(bytes[15] >> 2)]
+                out[21] = alphabet[Int(bytes[15] & 3) << 4]
+                return try body(UnsafeBufferPointer(out))
             }
-            return try body(UnsafeBufferPointer(out))
         }
-    }
-
-    /// The i-th 6-bit group of the 128 bits followed by 4 zero bits.
-    private func sextet(_ i: Int) -> UInt64 {
-        let bit = i * 6
-        if bit + 6 <= 64 { return high >> UInt64(58 - bit) & 63 }
-        if i == JobID.textLength - 1 { return (low & 0x3) << 4 }
-        if bit >= 64 { return low >> UInt64(122 - bit) & 63 }
-        let inHigh = 64 - bit
-        let top = (high & ((1 << UInt64(inHigh)) - 1)) << UInt64(6 - inHigh)
-        return top | low >> UInt64(64 - (6 - inHigh))
     }
 
     public var text: String {
