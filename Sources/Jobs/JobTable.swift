@@ -20,12 +20,28 @@ public final class JobTable: Sendable {
         let wake: @Sendable () -> Void
     }
 
-    struct Entry {
+    /// One job. A class: the dictionary holds a word per job (it is sized
+    /// for 100,000s of queued jobs), and updates happen in place.
+    final class Entry {
         var visible: JobRecord
-        var latest: JobRecord
+        /// Ahead of `visible` while writes are in flight: the state the
+        /// next transition is checked against. Boxed, so a job at rest
+        /// pays one word for it.
+        var ahead: Ahead?
         var waiters: [Waiter] = []
         /// Set while an exchange runs for the job: aborts it on its loop.
         var abort: (loop: EventLoop, run: @Sendable () -> Void)?
+
+        init(_ record: JobRecord) { visible = record }
+
+        var latest: JobRecord { ahead?.record ?? visible }
+    }
+
+    final class Ahead {
+        var record: JobRecord
+        /// Writes applied and not yet back from the store.
+        var writes = 1
+        init(_ record: JobRecord) { self.record = record }
     }
 
     /// Exponentially weighted job durations per upstream, for estimates.
@@ -125,7 +141,7 @@ public final class JobTable: Sendable {
                     if let key = record.idempotencyKey, case .some(.none) = s.keys[key] { s.keys[key] = nil }
                     return
                 }
-                s.jobs[record.id] = Entry(visible: record, latest: record)
+                s.jobs[record.id] = Entry(record)
                 if let key = record.idempotencyKey { s.keys[key] = .some(record.id) }
             }
             done(error)
@@ -136,7 +152,7 @@ public final class JobTable: Sendable {
     public func adopt(_ records: [JobRecord]) {
         state.withLock { s in
             for r in records {
-                s.jobs[r.id] = Entry(visible: r, latest: r)
+                s.jobs[r.id] = Entry(r)
                 if let key = r.idempotencyKey { s.keys[key] = .some(r.id) }
             }
         }
@@ -160,7 +176,7 @@ public final class JobTable: Sendable {
                               fill: (inout JobRecord) -> Void,
                               done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
         let updated: JobRecord? = state.withLock { s in
-            guard var e = s.jobs[id] else { return nil }
+            guard let e = s.jobs[id] else { return nil }
             guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return nil }
             var r = e.latest
             r.status = to
@@ -169,31 +185,41 @@ public final class JobTable: Sendable {
                 if r.errorMessage == nil { r.errorMessage = error.defaultMessage }
             }
             fill(&r)
-            e.latest = r
+            if let ahead = e.ahead {
+                ahead.record = r
+                ahead.writes += 1
+            } else {
+                e.ahead = Ahead(r)
+            }
             if to != .running { e.abort = nil }
-            s.jobs[id] = e
             return r
         }
         guard let updated else { return nil }
         store.update(updated, response: response) { [self] error in
-            if error == nil { publish(updated) }
+            publish(updated, stored: error == nil)
             done(error)
         }
         return updated
     }
 
-    private func publish(_ record: JobRecord) {
+    /// A write came back from the store: a durable state becomes visible
+    /// (and a terminal one wakes the long polls); a refused one is dropped.
+    private func publish(_ record: JobRecord, stored: Bool) {
         let woken: [Waiter] = state.withLock { s in
-            guard var e = s.jobs[record.id] else { return [] }
+            guard let e = s.jobs[record.id] else { return [] }
+            if let ahead = e.ahead {
+                ahead.writes -= 1
+                if ahead.writes == 0 { e.ahead = nil }
+            }
+            guard stored else { return [] }
             e.visible = record
-            // Long polls wait for the end: only terminal states wake them.
-            var woken: [Waiter] = []
-            if record.status.isTerminal { swap(&woken, &e.waiters) }
-            s.jobs[record.id] = e
             if record.status == .completed, let started = record.startedAt, let ended = record.completedAt {
                 s.observe(upstream: record.upstream, millis: ended - started)
             }
-            return woken
+            // Long polls wait for the end: only terminal states wake them.
+            guard record.status.isTerminal else { return [] }
+            defer { e.waiters = [] }
+            return e.waiters
         }
         for w in woken { w.loop.execute(w.wake) }
     }
@@ -202,8 +228,8 @@ public final class JobTable: Sendable {
     /// False if the job is no longer running (a cancel came first).
     public func setAbort(_ id: JobID, loop: EventLoop, _ run: @escaping @Sendable () -> Void) -> Bool {
         state.withLock { s in
-            guard s.jobs[id]?.latest.status == .running else { return false }
-            s.jobs[id]!.abort = (loop, run)
+            guard let e = s.jobs[id], e.latest.status == .running else { return false }
+            e.abort = (loop, run)
             return true
         }
     }
@@ -256,11 +282,10 @@ public final class JobTable: Sendable {
     /// token for `stopWaiting`, or nil when the job is already terminal or gone.
     public func wait(for id: JobID, loop: EventLoop, wake: @escaping @Sendable () -> Void) -> Int? {
         state.withLock { s in
-            guard var e = s.jobs[id], !e.visible.status.isTerminal else { return nil }
+            guard let e = s.jobs[id], !e.visible.status.isTerminal else { return nil }
             let token = s.nextToken
             s.nextToken += 1
             e.waiters.append(Waiter(token: token, loop: loop, wake: wake))
-            s.jobs[id] = e
             return token
         }
     }
