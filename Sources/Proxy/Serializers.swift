@@ -31,6 +31,9 @@ enum RequestSerializer {
                 break  // never dropped, even if Connection names it
             default:
                 if f.kind.isHopByHop || r.isNominatedByConnection(f) { continue }
+                // A job's request gets the proxy's Job-Id and Job-Attempt,
+                // never a client's (a backend deduplicates on them).
+                if !framing && isJobHeader(r.name(f)) { continue }
             }
             w.header(r.name(f), r.value(f))
         }
@@ -67,4 +70,12 @@ enum ResponseSerializer {
             w.header(r.name(f), r.value(f))
         }
     }
+}
+
+/// `Job-Id` or `Job-Attempt`, any case.
+func isJobHeader(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
+    func equals(_ lower: String) -> Bool {
+        name.count == lower.utf8.count && zip(name, lower.utf8).allSatisfy { lowerASCII($0) == $1 }
+    }
+    return (name.count == 6 && equals("job-id")) || (name.count == 11 && equals("job-attempt"))
 }

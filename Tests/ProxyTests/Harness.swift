@@ -347,6 +347,9 @@ final class Child: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: coatcheckBinary)
         process.arguments = arguments
         if let environment { process.environment = environment }
+        // Each child in a directory of its own: the default store
+        // (sqlite:./data/coatcheck.db) is one process's at a time.
+        process.currentDirectoryURL = URL(fileURLWithPath: makeTempDirectory())
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
         // One blocking reader thread per pipe: Foundation's readabilityHandler

@@ -1,0 +1,257 @@
+import Config
+import DemoBackend
+import Foundation
+import Jobs
+import Proxy
+import Server
+import Testing
+
+// Helpers for the job tests (issue 3, SPEC §3-§5): a proxy with job routes,
+// creating jobs, reading the status JSON, and an upstream that answers only
+// when the test says so.
+
+/// Every job integration suite, one test at a time: several of them measure
+/// latencies (the 100 ms long-poll wake, the `async_after` switch, `Prefer:
+/// wait`) that the 50 MiB replay or 200 concurrent jobs running beside them
+/// on a 2-core machine would blur. The nested suites live in JobModesTests,
+/// JobAPITests, JobReplayTests and JobDispatchTests.
+@Suite(.serialized) struct JobTests {}
+
+/// A proxy whose one route (`/`, any method) sends to `upstreamPort` in `mode`.
+/// A short `shutdown_grace`, so a test that leaves a job running does not
+/// hold its teardown for the default 30 s.
+/// `store` is `memory:` or `sqlite` (a database in the proxy's temporary
+/// `jobs.dir`: commits then come back on the store's writer thread).
+func jobProxy(upstreamPort: Int, mode: RouteMode = .async, asyncAfter: Duration = .seconds(2), threads: Int = 1,
+              store: String = "memory:", _ extra: (inout Configuration) -> Void = { _ in }) throws -> TestProxy {
+    try TestProxy(upstreamPort: upstreamPort, threads: threads) { c in
+        c.routes[0].mode = mode
+        c.routes[0].asyncAfter = asyncAfter
+        c.limits.shutdownGrace = .milliseconds(500)
+        if store == "sqlite" { c.store = "sqlite:\(c.jobs.dir)/coatcheck.db" }
+        extra(&c)
+    }
+}
+
+/// The stores the parameterized job tests run against.
+let jobStores = ["memory:", "sqlite"]
+
+/// The response body as a JSON object (nil if it is not one).
+func jsonObject(_ r: Response) -> [String: Any]? {
+    try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]
+}
+
+extension Dictionary where Key == String, Value == Any {
+    func string(_ key: String) -> String? { self[key] as? String }
+    func int(_ key: String) -> Int? { (self[key] as? NSNumber)?.intValue }
+    func object(_ key: String) -> [String: Any]? { self[key] as? [String: Any] }
+    /// The key is present with JSON `null`.
+    func isNull(_ key: String) -> Bool { self[key] is NSNull }
+    func has(_ key: String) -> Bool { self[key] != nil }
+}
+
+/// A job the proxy accepted: its 202, id and JSON.
+struct CreatedJob {
+    var response: Response
+    var id: String
+    var json: [String: Any]
+}
+
+/// One request on a fresh connection; `headers` are whole lines without CRLF.
+func sendRequest(_ port: Int, method: String = "POST", path: String = "/work", host: String = "test.local",
+          headers: [String] = [], body: String? = nil, timeout: Double = 10) throws -> Response {
+    var text = "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\n"
+    for h in headers { text += h + "\r\n" }
+    let bodyBytes = body.map { Array($0.utf8) } ?? []
+    if body != nil || method == "POST" || method == "PUT" { text += "Content-Length: \(bodyBytes.count)\r\n" }
+    text += "Connection: close\r\n\r\n"
+    let c = try RawClient(port: port, timeout: timeout)
+    try c.send(Array(text.utf8) + bodyBytes)
+    return try c.readResponse(head: method == "HEAD")
+}
+
+/// Sends a request that must become a job: throws unless the answer is a 202 with a job id.
+func createJob(_ port: Int, method: String = "POST", path: String = "/work", host: String = "test.local",
+               headers: [String] = [], body: String? = nil) throws -> CreatedJob {
+    let r = try sendRequest(port, method: method, path: path, host: host, headers: headers, body: body)
+    guard r.status == 202, let json = jsonObject(r), let id = json.string("job_id") else {
+        throw TestError("expected a 202 job, got \(r.status): \(r.text)")
+    }
+    return CreatedJob(response: r, id: id, json: json)
+}
+
+/// GET {jobs.path}/{id}: the response and its JSON (empty if none).
+func jobStatus(_ port: Int, _ id: String, headers: [String] = [], query: String = "",
+               timeout: Double = 10) throws -> (Response, [String: Any]) {
+    let r = try sendRequest(port, method: "GET", path: "/jobs/\(id)\(query)", headers: headers, timeout: timeout)
+    return (r, jsonObject(r) ?? [:])
+}
+
+/// Long-polls the job until it is terminal (bounded); returns its status JSON.
+func awaitTerminal(_ port: Int, _ id: String, headers: [String] = [], seconds: Int = 10) throws -> [String: Any] {
+    let deadline = Date().addingTimeInterval(Double(seconds))
+    while Date() < deadline {
+        let (r, json) = try jobStatus(port, id, headers: headers, query: "?wait=\(seconds)", timeout: Double(seconds) + 5)
+        guard r.status == 200 else { throw TestError("status of \(id): \(r.status) \(r.text)") }
+        if let s = json.string("status"), ["completed", "failed", "canceled"].contains(s) { return json }
+    }
+    throw TestError("job \(id) did not end within \(seconds)s")
+}
+
+/// Polls the status endpoint until the job reaches `status` (bounded).
+func waitForJobStatus(_ port: Int, _ id: String, _ status: String, timeout: Double = 5) -> Bool {
+    waitUntil(timeout: timeout) {
+        (try? jobStatus(port, id))?.1.string("status") == status
+    }
+}
+
+/// SPEC §4 timestamps: `2026-11-29T10:00:00.000Z`; Unix milliseconds.
+func timestampMillis(_ text: String?) -> Int64? {
+    guard let text, text.wholeMatch(of: #/\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z/#) != nil else { return nil }
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    guard let d = f.date(from: text) else { return nil }
+    return Int64((d.timeIntervalSince1970 * 1000).rounded())
+}
+
+func nowMillis() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+/// A fresh, well-formed job id that names no job.
+func unknownJobID() -> String { JobID.random().text }
+
+/// Everything a client sees of a response except nothing: status, reason,
+/// every header in order and the body. Two 404s must be equal in this.
+func wireView(_ r: Response) -> String {
+    "\(r.status) \(r.reason)\n" + r.headers.map { "\($0.0): \($0.1)" }.joined(separator: "\n") + "\n\n" + r.text
+}
+
+/// Reads one response whose framing is Content-Length (or none), keeping its
+/// head exactly as sent.
+func readRawResponse(_ c: RawClient, head isHead: Bool = false) throws -> (RawHead, [UInt8]) {
+    while rawHead(c.buffer) == nil {
+        guard try c.fill() else { throw TestError("closed before a head") }
+    }
+    let head = rawHead(c.buffer)!
+    let length = isHead ? 0 : (head.values("content-length").first.flatMap { Int($0) } ?? 0)
+    while c.buffer.count < head.end + length {
+        guard try c.fill() else { throw TestError("closed inside a body") }
+    }
+    let body = Array(c.buffer[head.end..<head.end + length])
+    c.buffer.removeFirst(head.end + length)
+    return (head, body)
+}
+
+/// Whether `bytes` holds a whole request (head, and a Content-Length or
+/// chunked body).
+func isWholeRequest(_ bytes: [UInt8]) -> Bool {
+    whenRequestStrictlyComplete("x")(bytes) != nil
+}
+
+/// An upstream that takes each request whole, then holds its answer until
+/// the test releases it (`release`), so a job stays `running` exactly as
+/// long as the test wants. It records each request, the moment each reply
+/// went out, and connections the proxy closed while waiting.
+final class GatedUpstream: @unchecked Sendable {
+    struct State {
+        var requests: [[UInt8]] = []
+        var permits = 0
+        var repliedAt: [ContinuousClock.Instant] = []
+        var closedWhileWaiting = 0
+    }
+
+    let fd: Int32
+    let port: Int
+    private let state = Box(State())
+    private let reply: [UInt8]
+
+    init(reply: String = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone") throws {
+        self.reply = Array(reply.utf8)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(4))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        listen(fd, 256)
+        var bound = sockaddr_in()
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &bound) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        port = Int(UInt16(bigEndian: bound.sin_port))
+        let st = state
+        let out = self.reply
+        Thread.detachNewThread {
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 { return }
+                Thread.detachNewThread { GatedUpstream.serve(c, st, out) }
+            }
+        }
+    }
+
+    private static func serve(_ c: Int32, _ st: Box<State>, _ out: [UInt8]) {
+        defer { close(c) }
+        var got: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        let deadline = ContinuousClock.now + .seconds(20)
+        var pfd = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
+        // The request, whole.
+        while !isWholeRequest(got) {
+            guard ContinuousClock.now < deadline else { return }
+            pfd.revents = 0
+            if poll(&pfd, 1, 10) <= 0 { continue }
+            let n = recv(c, &chunk, chunk.count, 0)
+            if n <= 0 { return }
+            got.append(contentsOf: chunk[0..<n])
+        }
+        st.withLock { $0.requests.append(got) }
+        // Wait for a permit, watching for the proxy closing the connection.
+        while ContinuousClock.now < deadline {
+            let go = st.withLock { s -> Bool in
+                guard s.permits > 0 else { return false }
+                s.permits -= 1
+                s.repliedAt.append(.now)
+                return true
+            }
+            if go {
+                _ = out.withUnsafeBytes { Glibc.send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                return
+            }
+            pfd.revents = 0
+            if poll(&pfd, 1, 1) > 0 {
+                let n = recv(c, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+                if n == 0 || (n < 0 && errno == ECONNRESET) {
+                    st.withLock { $0.closedWhileWaiting += 1 }
+                    return
+                }
+            }
+        }
+    }
+
+    deinit {
+        shutdown(fd, Int32(SHUT_RDWR))
+        close(fd)
+    }
+
+    /// Lets `n` held (or future) requests be answered.
+    func release(_ n: Int = 1) { state.withLock { $0.permits += n } }
+    /// Answers everything from now on.
+    func releaseAll() { release(1_000_000) }
+
+    var requestCount: Int { state.withLock { $0.requests.count } }
+    var requests: [[UInt8]] { state.withLock { $0.requests } }
+    var requestLines: [String] { requests.compactMap { rawHead($0)?.startLine } }
+    var repliedAt: [ContinuousClock.Instant] { state.withLock { $0.repliedAt } }
+    var closedWhileWaiting: Int { state.withLock { $0.closedWhileWaiting } }
+}
+
+/// Runs `body(i)` on `n` threads at once and waits (bounded).
+func onThreads<T: Sendable>(_ n: Int, timeout: Double = 20, _ body: @escaping @Sendable (Int) -> T) throws -> [T?] {
+    try ConcurrencyLimitTests.onThreads(n, timeout: timeout, body)
+}

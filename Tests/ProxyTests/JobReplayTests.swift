@@ -1,0 +1,176 @@
+import Config
+import DemoBackend
+import Foundation
+import Jobs
+import Proxy
+import Server
+import Testing
+
+/// SPEC §4 `GET {jobs.path}/{id}/result`: the captured upstream response
+/// replayed with the same status, end-to-end headers and body bytes, plus
+/// `Job-Id`; HEAD works.
+extension JobTests {
+    @Suite struct Replay {
+        @Test(arguments: jobStores) func replays200WithOddHeadersByteExact(store: String) throws {
+            // Field lines as the upstream sends them (end-to-end only, so all
+            // must come back in order, names byte for byte).
+            let fields: [(String, String)] = [
+                ("Set-Cookie", "a=1; Path=/"),
+                ("X-MiXeD-CaSe", "VaLuE"),
+                ("Set-Cookie", "b=2; HttpOnly"),
+                ("x-lower", "v"),
+                ("X-Spaces", "a  b   c"),
+                ("X-Utf8", "caf\u{e9}"),
+                ("X-Empty", ""),
+                ("Cache-Control", "max-age=60"),
+                ("ETag", "\"abc\""),
+                ("Date", "Mon, 01 Jan 2001 00:00:00 GMT"),
+                ("Content-Type", "text/plain; charset=utf-8"),
+            ]
+            let body = "hello world"
+            var reply = "HTTP/1.1 200 Totally Fine Thanks\r\n"
+            for (n, v) in fields { reply += "\(n): \(v)\r\n" }
+            reply += "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+            let upstream = try RecordingUpstream(reply: whenRequestComplete(reply))
+            let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
+            let job = try createJob(proxy.port, body: "x")
+            let done = try awaitTerminal(proxy.port, job.id)
+            #expect(done.string("status") == "completed")
+            #expect(done.object("response")?.int("status") == 200)
+            #expect(done.object("response")?.string("content_type") == "text/plain; charset=utf-8")
+            #expect(done.object("response")?.int("size") == body.utf8.count)
+
+            // Twice on one keep-alive connection: the replay is repeatable.
+            let c = try RawClient(port: proxy.port, timeout: 10)
+            for _ in 0..<2 {
+                try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\r\n")
+                let (head, got) = try readRawResponse(c)
+                #expect(head.startLine == "HTTP/1.1 200 Totally Fine Thanks")
+                let endToEnd = head.fields.filter { !["content-length", "job-id"].contains($0.name.lowercased()) }
+                #expect(endToEnd.map { "\($0.name): \($0.value)" } == fields.map { "\($0.0): \($0.1)" },
+                        "replayed fields:\n\(head.fields.map { "\($0.name): \($0.value)" }.joined(separator: "\n"))")
+                #expect(head.values("content-length") == ["\(body.utf8.count)"])
+                #expect(head.values("job-id") == [job.id])
+                #expect(head.values("cache-control") == ["max-age=60"], "a replay keeps the upstream's caching headers")
+                #expect(!head.has("connection"), "hop-by-hop Connection from the upstream must not be replayed")
+                #expect(got == Array(body.utf8))
+            }
+        }
+
+        @Test func replaysA500AsACompletedJobsResult() throws {
+            let backend = try InProcessBackend()
+            let proxy = try jobProxy(upstreamPort: backend.port)
+            let job = try createJob(proxy.port, method: "GET", path: "/status/500")
+            let done = try awaitTerminal(proxy.port, job.id)
+            #expect(done.string("status") == "completed", "a 500 is a result: \(done)")
+            #expect(!done.has("error"))
+            #expect(done.object("response")?.int("status") == 500)
+            #expect(done.object("response")?.string("content_type") == "application/json")
+            #expect(done.object("response")?.int("size") == 14)
+            let r = try sendRequest(proxy.port, method: "GET", path: "/jobs/\(job.id)/result")
+            #expect(r.status == 500)
+            #expect(r.text == "{\"status\":500}")
+            #expect(r.header("content-type") == "application/json")
+            #expect(r.header("job-id") == job.id)
+            #expect(backend.stats.requests == 1)
+        }
+
+        @Test func replaysA204WithoutABody() throws {
+            let backend = try InProcessBackend()
+            let proxy = try jobProxy(upstreamPort: backend.port)
+            let job = try createJob(proxy.port, method: "GET", path: "/status/204")
+            let done = try awaitTerminal(proxy.port, job.id)
+            #expect(done.object("response")?.int("status") == 204)
+            #expect(done.object("response")?.int("size") == 0)
+            // On a keep-alive connection, then another request on it: a 204
+            // with stray body bytes or a Content-Length would break the next one.
+            let c = try RawClient(port: proxy.port, timeout: 10)
+            try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            let (head, body) = try readRawResponse(c)
+            #expect(head.startLine.hasPrefix("HTTP/1.1 204"))
+            #expect(!head.has("content-length") && !head.has("transfer-encoding"), "\(head.fields)")
+            #expect(head.values("job-id") == [job.id])
+            #expect(body.isEmpty)
+            try c.send("GET /jobs/\(job.id) HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+            let next = try c.readResponse()
+            #expect(next.status == 200)
+            #expect(jsonObject(next)?.string("job_id") == job.id)
+        }
+
+        @Test(arguments: jobStores) func replaysAChunkedUpstreamResponseWithTheSameBytes(store: String) throws {
+            // 200,000 bytes in chunks of odd sizes (beyond any inline threshold).
+            let payload: [UInt8] = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+            var wire = Array("HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nContent-Type: application/x-thing\r\nX-A: 1\r\n\r\n".utf8)
+            var offset = 0
+            for size in [1, 10, 4096, 65536, 3, 100_000] + [200_000] {
+                let n = min(size, payload.count - offset)
+                if n == 0 { break }
+                wire += Array("\(String(n, radix: 16));ext=\(size)\r\n".utf8) + payload[offset..<offset + n] + Array("\r\n".utf8)
+                offset += n
+            }
+            wire += Array("0\r\n\r\n".utf8)
+            let response = wire
+            let upstream = try RecordingUpstream { got in isWholeRequest(got) ? response : nil }
+            let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
+            let job = try createJob(proxy.port, method: "GET", path: "/chunked")
+            let done = try awaitTerminal(proxy.port, job.id)
+            #expect(done.string("status") == "completed", "\(done)")
+            #expect(done.object("response")?.int("size") == payload.count)
+            let c = try RawClient(port: proxy.port, timeout: 10)
+            try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+            let r = try c.readResponse()
+            #expect(r.status == 201)
+            #expect(r.reason == "Created")
+            #expect(r.header("x-a") == "1")
+            #expect(r.header("content-type") == "application/x-thing")
+            #expect(r.header("job-id") == job.id)
+            #expect(r.body.count == payload.count)
+            #expect(r.body == payload, "the replayed body differs from the upstream's de-chunked bytes")
+        }
+
+        @Test func replaysA50MiBBodyAndHEADGivesItsLength() throws {
+            let (backend, backendPort) = try demoBackendProcess()
+            defer { withExtendedLifetime(backend) {} }
+            let proxy = try jobProxy(upstreamPort: backendPort)
+            let size = 52_428_800
+            let job = try createJob(proxy.port, method: "GET", path: "/bytes/\(size)")
+            let done = try awaitTerminal(proxy.port, job.id, seconds: 20)
+            #expect(done.string("status") == "completed", "\(done)")
+            #expect(done.object("response")?.int("size") == size)
+            #expect(done.object("response")?.string("content_type") == "application/octet-stream")
+
+            let c = try RawClient(port: proxy.port, timeout: 20)
+            // HEAD: the head with the body's length, and no body: the status
+            // request right behind it on the same connection parses cleanly.
+            try c.send("HEAD /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            let head = try c.readResponse(head: true)
+            #expect(head.status == 200)
+            #expect(head.header("content-length") == "\(size)")
+            #expect(head.header("job-id") == job.id)
+            try c.send("GET /jobs/\(job.id) HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            let status = try c.readResponse()
+            #expect(status.status == 200, "after HEAD: \(status.status) \(String(decoding: status.body.prefix(100), as: UTF8.self))")
+            #expect(jsonObject(status)?.string("job_id") == job.id)
+
+            try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
+            let r = try c.readResponse()
+            #expect(r.status == 200)
+            #expect(r.header("job-id") == job.id)
+            #expect(r.body.count == size)
+            // The demo backend's pattern: 64 KiB blocks of (i * 31 + 7) mod 256.
+            let pattern: [UInt8] = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+            var firstBad: Int?
+            r.body.withUnsafeBytes { b in
+                pattern.withUnsafeBytes { p in
+                    var i = 0
+                    while i < b.count {
+                        let n = min(p.count, b.count - i)
+                        if memcmp(b.baseAddress! + i, p.baseAddress!, n) != 0 { firstBad = i; return }
+                        i += n
+                    }
+                }
+            }
+            #expect(firstBad == nil, "the body differs from the backend's in the 64 KiB block at \(firstBad ?? -1)")
+        }
+    }
+}
