@@ -23,7 +23,7 @@ import Glibc
 /// 0600 (SQLite creates `-wal` and `-shm` with the database's mode).
 public final class SQLiteStore: JobStore {
     /// `PRAGMA user_version` of the schema below.
-    static let schemaVersion = 1
+    static let schemaVersion = 2
     /// Idle read connections kept open; busier moments open more, briefly.
     static let maxIdleReaders = 4
     static let busyTimeoutMillis: Int32 = 5000
@@ -31,6 +31,10 @@ public final class SQLiteStore: JobStore {
     public let path: String
     private let queue: WriteQueue
     private let readers: ReaderPool
+    /// Job id -> rowid. Rows are appended in rowid order and found through
+    /// this map: an index on the random ids would dirty a random page per
+    /// insert, and the commits are what the 202s wait for.
+    private let rows: RowMap
     private let writerThread: Mutex<pthread_t?>
     /// Held open with an exclusive flock(2) for the store's life: a second
     /// process on the same database would dispatch the same jobs.
@@ -52,7 +56,9 @@ public final class SQLiteStore: JobStore {
         let connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
         try connection.configureForWriting()
         let queue = WriteQueue()
-        let writer = try Writer(connection: connection, queue: queue)
+        let rows = RowMap()
+        let writer = try Writer(connection: connection, queue: queue, rows: rows)
+        self.rows = rows
         self.queue = queue
         self.readers = ReaderPool(path: path)
 
@@ -102,18 +108,24 @@ public final class SQLiteStore: JobStore {
             let s = reader.loadAll
             defer { s.reset() }
             var records: [JobRecord] = []
+            var found: [JobID: Int64] = [:]
             while try s.step() {
-                if let record = decodeRecord(s) { records.append(record) }
+                if let record = decodeRecord(s), let seq = s.int64(18) {
+                    records.append(record)
+                    found[record.id] = seq
+                }
             }
+            rows.merge(found)
             return records
         }
     }
 
     public func request(of id: JobID) throws(StoreError) -> JobRequest? {
         try readers.with { reader throws(StoreError) in
+            guard let seq = rows[id] else { return nil }
             let s = reader.request
             defer { s.reset() }
-            s.bind(id.text, at: 1)
+            s.bind(seq, at: 1)
             guard try s.step() else { return nil }
             return JobRequest(
                 head: s.blob(0) ?? [],
@@ -125,9 +137,10 @@ public final class SQLiteStore: JobStore {
 
     public func response(of id: JobID) throws(StoreError) -> JobResponse? {
         try readers.with { reader throws(StoreError) in
+            guard let seq = rows[id] else { return nil }
             let s = reader.response
             defer { s.reset() }
-            s.bind(id.text, at: 1)
+            s.bind(seq, at: 1)
             guard try s.step(), let status = s.int64(0) else { return nil }
             return JobResponse(
                 status: Int(status),
@@ -189,7 +202,8 @@ public final class SQLiteStore: JobStore {
 private let createSchema = """
     BEGIN IMMEDIATE;
     CREATE TABLE IF NOT EXISTS jobs (
-        id                TEXT PRIMARY KEY NOT NULL,
+        seq               INTEGER PRIMARY KEY,
+        id                TEXT NOT NULL,
         status            TEXT NOT NULL,
         upstream          TEXT NOT NULL,
         method            TEXT NOT NULL,
@@ -237,20 +251,21 @@ private let insertSQL = """
 /// The mutable part of a record; the rest never changes after insert.
 private let updateStateSQL = """
     UPDATE jobs SET status = ?2, started_at = ?3, completed_at = ?4, attempts = ?5, response_status = ?6, \
-    content_type = ?7, response_size = ?8, error_code = ?9, error_message = ?10 WHERE id = ?1
+    content_type = ?7, response_size = ?8, error_code = ?9, error_message = ?10 WHERE seq = ?1
     """
 
 private let setResponseSQL = """
     UPDATE jobs SET resp_status = ?2, resp_reason = ?3, resp_headers = ?4, resp_body = ?5, \
-    resp_body_path = ?6, resp_body_size = ?7 WHERE id = ?1
+    resp_body_path = ?6, resp_body_size = ?7 WHERE seq = ?1
     """
 
-private let selectFilesSQL = "SELECT req_body_path, resp_body_path FROM jobs WHERE id = ?1"
-private let deleteSQL = "DELETE FROM jobs WHERE id = ?1"
-private let loadAllSQL = "SELECT \(recordColumns) FROM jobs ORDER BY created_at, rowid"
-private let requestSQL = "SELECT req_head, req_body, req_body_path, req_body_size, req_declares_body FROM jobs WHERE id = ?1"
+private let selectFilesSQL = "SELECT req_body_path, resp_body_path FROM jobs WHERE seq = ?1"
+private let deleteSQL = "DELETE FROM jobs WHERE seq = ?1"
+/// The record's columns, then (column 18) the rowid.
+private let loadAllSQL = "SELECT \(recordColumns), seq FROM jobs ORDER BY seq"
+private let requestSQL = "SELECT req_head, req_body, req_body_path, req_body_size, req_declares_body FROM jobs WHERE seq = ?1"
 private let responseSQL = """
-    SELECT resp_status, resp_reason, resp_headers, resp_body, resp_body_path, resp_body_size FROM jobs WHERE id = ?1
+    SELECT resp_status, resp_reason, resp_headers, resp_body, resp_body_path, resp_body_size FROM jobs WHERE seq = ?1
     """
 
 /// A row of `loadAllSQL`, or nil when it cannot be decoded (skipped).
@@ -364,10 +379,15 @@ private final class Writer {
     let queue: WriteQueue
     let begin, commit, rollback, savepoint, release, rollbackToSavepoint: Statement
     let insert, updateState, setResponse, selectFiles, deleteRow: Statement
+    let rows: RowMap
+    /// This batch's inserts and deletes, applied to `rows` once committed.
+    private var inserted: [JobID: Int64] = [:]
+    private var deleted: Set<JobID> = []
 
-    init(connection: Connection, queue: WriteQueue) throws(StoreError) {
+    init(connection: Connection, queue: WriteQueue, rows: RowMap) throws(StoreError) {
         self.connection = connection
         self.queue = queue
+        self.rows = rows
         begin = try connection.prepare("BEGIN IMMEDIATE")
         commit = try connection.prepare("COMMIT")
         rollback = try connection.prepare("ROLLBACK")
@@ -395,6 +415,8 @@ private final class Writer {
     /// spool files of committed deletes are unlinked, then the callbacks run
     /// in submission order.
     private func process(_ writes: [PendingWrite]) {
+        inserted = [:]
+        deleted = []
         var results = [StoreError?](repeating: nil, count: writes.count)
         var files = [[String]](repeating: [], count: writes.count)
         var i = 0
@@ -438,6 +460,17 @@ private final class Writer {
                 for j in first..<i where results[j] == nil { results[j] = error }
             }
         }
+        // Row changes of writes that failed were rolled back with them.
+        for (write, result) in zip(writes, results) where result == nil {
+            switch write.op {
+            case .insert(let record, _):
+                if let seq = inserted[record.id] { rows.set(record.id, seq) }
+            case .delete(let ids):
+                for id in ids where deleted.contains(id) { rows.remove(id) }
+            case .update:
+                break
+            }
+        }
         for (paths, result) in zip(files, results) where result == nil {
             for path in paths { removeSpoolFile(path) }
         }
@@ -476,6 +509,7 @@ private final class Writer {
     private func apply(_ op: WriteOp) throws(StoreError) -> [String] {
         switch op {
         case .insert(let record, let request):
+            guard seq(of: record.id) == nil else { throw StoreError("sqlite: job \(record.id) exists") }
             let s = insert
             s.bind(record.id.text, at: 1)
             s.bind(record.status.rawValue, at: 2)
@@ -499,11 +533,13 @@ private final class Writer {
             bindBody(request.body, s, blob: 20, path: 21, size: 22)
             s.bind(Int64(request.declaresBody ? 1 : 0), at: 23)
             try s.run()
+            inserted[record.id] = connection.lastInsertRowID
             return []
 
         case .update(let record, let response):
+            guard let seq = seq(of: record.id) else { throw StoreError("sqlite: no such job") }
             let s = updateState
-            s.bind(record.id.text, at: 1)
+            s.bind(seq, at: 1)
             s.bind(record.status.rawValue, at: 2)
             s.bind(record.startedAt, at: 3)
             s.bind(record.completedAt, at: 4)
@@ -517,7 +553,7 @@ private final class Writer {
             guard connection.changes > 0 else { throw StoreError("sqlite: no such job") }
             if let response {
                 let r = setResponse
-                r.bind(record.id.text, at: 1)
+                r.bind(seq, at: 1)
                 r.bind(Int64(response.status), at: 2)
                 r.bind(response.reason, at: 3)
                 r.bind(response.headers, at: 4)
@@ -529,8 +565,9 @@ private final class Writer {
         case .delete(let ids):
             var paths: [String] = []
             for id in ids {
+                guard let seq = seq(of: id) else { continue }
                 let s = selectFiles
-                s.bind(id.text, at: 1)
+                s.bind(seq, at: 1)
                 do {
                     defer { s.reset() }
                     while try s.step() {
@@ -538,11 +575,18 @@ private final class Writer {
                         if let path = s.text(1) { paths.append(path) }
                     }
                 }
-                deleteRow.bind(id.text, at: 1)
+                deleteRow.bind(seq, at: 1)
                 try deleteRow.run()
+                deleted.insert(id)
             }
             return paths
         }
+    }
+
+    /// The job's row, counting this batch's inserts and deletes so far.
+    private func seq(of id: JobID) -> Int64? {
+        if deleted.contains(id) { return nil }
+        return inserted[id] ?? rows[id]
     }
 }
 
@@ -646,6 +690,11 @@ private final class Connection {
     }
 
     /// Rows changed by the last INSERT, UPDATE or DELETE.
+    var lastInsertRowID: Int64 {
+        guard let db else { return 0 }
+        return sqlite3_last_insert_rowid(db)
+    }
+
     var changes: Int {
         guard let db else { return 0 }
         return Int(sqlite3_changes(db))
@@ -692,6 +741,9 @@ private final class Connection {
         try execute("PRAGMA synchronous=FULL")
         guard let text = try queryText("PRAGMA user_version"), let version = Int(text) else {
             throw StoreError("sqlite: cannot read the schema version")
+        }
+        if version > 0 && version < SQLiteStore.schemaVersion {
+            throw StoreError("sqlite: schema version \(version) is from a development build of coatcheck; move the database away")
         }
         if version > SQLiteStore.schemaVersion {
             throw StoreError("sqlite: schema version \(version) is newer than this coatcheck (\(SQLiteStore.schemaVersion))")
@@ -895,4 +947,15 @@ private func createPrivateFile(_ path: String) throws(StoreError) -> Int32 {
     }
     keep = true
     return fd
+}
+
+/// Job id -> rowid, shared by the writer (which changes it after commits)
+/// and the readers.
+private final class RowMap: Sendable {
+    private let map = Mutex<[JobID: Int64]>([:])
+
+    subscript(id: JobID) -> Int64? { map.withLock { $0[id] } }
+    func set(_ id: JobID, _ seq: Int64) { map.withLock { $0[id] = seq } }
+    func remove(_ id: JobID) { map.withLock { _ = $0.removeValue(forKey: id) } }
+    func merge(_ found: [JobID: Int64]) { map.withLock { $0.merge(found) { _, new in new } } }
 }
