@@ -25,6 +25,8 @@ public final class ConcurrencyGate: Sendable {
     private let maxQueued: Atomic<Int>
     private let queue = Mutex<WaiterQueue>(WaiterQueue())
     private let highWater = Atomic<Int>(0)
+    /// Jobs being committed, counted against the queue before they join it.
+    private let reserved = Atomic<Int>(0)
 
     public init(limit: Int, maxQueued: Int) {
         self.limit = Atomic(max(1, limit))
@@ -40,10 +42,26 @@ public final class ConcurrencyGate: Sendable {
 
     public var current: Int { inFlight.load(ordering: .relaxed) }
     public var queued: Int { waiting.load(ordering: .relaxed) }
-    /// True when a new request would be refused for a full queue.
-    public var isQueueFull: Bool {
-        waiting.load(ordering: .relaxed) >= maxQueued.load(ordering: .relaxed)
-            && inFlight.load(ordering: .relaxed) >= limit.load(ordering: .relaxed)
+    /// Holds a place for a job about to be committed, if the upstream has
+    /// room for it: in flight, queued and reserved together stay within
+    /// `max_concurrency + max_queued`, bursts included. The place is given
+    /// back with `unreserve` once the job is committed (and then queued
+    /// with `acquire(force:)`) or refused.
+    public func tryReserve() -> Bool {
+        let capacity = limit.load(ordering: .relaxed) + maxQueued.load(ordering: .relaxed)
+        var r = reserved.load(ordering: .sequentiallyConsistent)
+        while true {
+            let used = inFlight.load(ordering: .sequentiallyConsistent) + waiting.load(ordering: .sequentiallyConsistent) + r
+            if used >= capacity { return false }
+            let (exchanged, original) = reserved.compareExchange(
+                expected: r, desired: r + 1, ordering: .sequentiallyConsistent)
+            if exchanged { return true }
+            r = original
+        }
+    }
+
+    public func unreserve() {
+        reserved.wrappingSubtract(1, ordering: .sequentiallyConsistent)
     }
     public var maxConcurrency: Int { limit.load(ordering: .relaxed) }
     /// The most slots ever held at once.

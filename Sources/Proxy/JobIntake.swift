@@ -62,6 +62,8 @@ final class JobIntake: RequestHandler {
     private var outcomeDuringCommit: JobRunner.Outcome?
     private var timer: Timer!
     private var waitToken: Int?
+    /// A place at the gate held while an `async` job is committed.
+    private var reservation = false
     /// The exchange went on as the job's after the switch: its end is the job's.
     private var adopted = false
 
@@ -191,10 +193,11 @@ final class JobIntake: RequestHandler {
     // MARK: async: commit, answer, dispatch
 
     private func acceptNow() {
-        if target.gate.isQueueFull {
+        guard target.gate.tryReserve() else {
             fail(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full"), retryAfter: true)
             return
         }
+        reservation = true
         commit(record(status: .queued))
     }
 
@@ -216,6 +219,12 @@ final class JobIntake: RequestHandler {
 
     private func committed(_ record: JobRecord, error: StoreError?) {
         keyClaimed = false
+        if reservation {
+            // Committed or refused, the job no longer holds a reserved place;
+            // a committed one joins the queue just below.
+            reservation = false
+            target.gate.unreserve()
+        }
         if let error {
             proxy.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
             runner?.abort()
@@ -377,19 +386,28 @@ final class JobIntake: RequestHandler {
     // MARK: Endings
 
     private func fail(_ error: HTTPError, retryAfter: Bool = false) {
-        phase = .done
-        timer.cancel()
-        runner?.abort()
-        runner = nil
-        if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
-        keyClaimed = false
-        discardRequest()
-        spool.discard()
+        abandon()
         if retryAfter {
             client?.respondError(error) { w in w.header("Retry-After", "1") }
         } else {
             client?.respondError(error)
         }
+    }
+
+    /// No job will exist: the exchange, the key and the bodies are let go.
+    private func abandon() {
+        phase = .done
+        timer.cancel()
+        if reservation {
+            reservation = false
+            target.gate.unreserve()
+        }
+        runner?.abort()
+        runner = nil
+        if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
+        keyClaimed = false
+        spool.discard()
+        discardRequest()
     }
 
     private func discardRequest() {
@@ -402,14 +420,7 @@ final class JobIntake: RequestHandler {
         case .body, .slot, .exchanging:
             // No 202 was promised: the exchange is dropped (the upstream sees
             // the close), like a sync request whose client left.
-            phase = .done
-            timer.cancel()
-            runner?.abort()
-            runner = nil
-            if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
-            keyClaimed = false
-            spool.discard()
-            discardRequest()
+            abandon()
         case .waiting:
             phase = .done
             timer.cancel()

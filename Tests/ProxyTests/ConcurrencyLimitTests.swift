@@ -1,6 +1,8 @@
 import Config
 import DemoBackend
 import Foundation
+import Loop
+import Proxy
 import Testing
 
 /// SPEC §2 `max_concurrency` / `max_queued` on sync routes.
@@ -68,5 +70,35 @@ import Testing
         #expect(try a.readResponse().status == 200)
         #expect(backend.stats.maxInFlight == 1)
         #expect(backend.stats.requests == 2, "the refused request must not reach the upstream")
+    }
+}
+
+/// The gate's bookkeeping without sockets: what a burst of jobs being
+/// committed may hold, and what the queue then takes.
+@Suite struct ConcurrencyGateReservationTests {
+    @Test func reservationsCountAgainstConcurrencyPlusQueue() {
+        let gate = ConcurrencyGate(limit: 1, maxQueued: 2)
+        #expect(gate.tryReserve())
+        #expect(gate.tryReserve())
+        #expect(gate.tryReserve())
+        #expect(!gate.tryReserve(), "1 in flight + 2 queued is the whole capacity")
+        gate.unreserve()
+        #expect(gate.tryReserve())
+    }
+
+    @Test func slotsInFlightAndQueuedLeaveLessToReserve() {
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        defer { group.shutdown() }
+        let gate = ConcurrencyGate(limit: 1, maxQueued: 2)
+        let waiter = ConcurrencyGate.Waiter(loop: group.loops[0], grant: {})
+        #expect(gate.acquire(waiter) == .acquired)
+        #expect(gate.acquire(waiter) == .queued)
+        #expect(gate.tryReserve())
+        #expect(!gate.tryReserve())
+        // An accepted job is queued even past max_queued: it must not be dropped.
+        #expect(gate.acquire(waiter, force: true) == .queued)
+        #expect(gate.queued == 2)
+        #expect(gate.acquire(waiter) == .rejected)
     }
 }
