@@ -12,10 +12,12 @@ import Glibc
 /// - Writes (`insert`, `update`, `delete`) are queued to one writer thread
 ///   the store owns. It takes everything queued, applies it in one
 ///   transaction (one fsync for many jobs: group commit), then calls each
-///   write's `done`, in submission order, after `COMMIT` returned. Each
-///   write runs inside its own SAVEPOINT, so one failing write is reported
-///   to its own callback and the others still commit. Only the writer
-///   thread ever touches the writer's connection.
+///   write's `done`, in submission order, after `COMMIT` returned. A write
+///   refused on its own (an id that exists, a job that does not) is checked
+///   before it touches the database and fails alone; an I/O-class failure
+///   rolls the transaction back and fails the writes in it, and the rest of
+///   the batch goes on in a new one. Only the writer thread ever touches
+///   the writer's connection.
 /// - Reads are synchronous on the calling thread, through a small pool of
 ///   read-only connections (WAL readers never block the writer).
 ///
@@ -377,7 +379,7 @@ private final class WriteQueue: Sendable {
 private final class Writer {
     let connection: Connection
     let queue: WriteQueue
-    let begin, commit, rollback, savepoint, release, rollbackToSavepoint: Statement
+    let begin, commit, rollback: Statement
     let insert, updateState, setResponse, selectFiles, deleteRow: Statement
     let rows: RowMap
     /// This batch's inserts and deletes, applied to `rows` once committed.
@@ -391,9 +393,6 @@ private final class Writer {
         begin = try connection.prepare("BEGIN IMMEDIATE")
         commit = try connection.prepare("COMMIT")
         rollback = try connection.prepare("ROLLBACK")
-        savepoint = try connection.prepare("SAVEPOINT op")
-        release = try connection.prepare("RELEASE op")
-        rollbackToSavepoint = try connection.prepare("ROLLBACK TO op")
         insert = try connection.prepare(insertSQL)
         updateState = try connection.prepare(updateStateSQL)
         setResponse = try connection.prepare(setResponseSQL)
@@ -431,7 +430,7 @@ private final class Writer {
             }
             var lost: StoreError?
             while i < writes.count {
-                let (outcome, transactionLost) = applyInSavepoint(writes[i].op)
+                let (outcome, transactionLost) = applyOne(writes[i].op)
                 switch outcome {
                 case .success(let paths): files[i] = paths
                 case .failure(let error): results[i] = error
@@ -448,6 +447,8 @@ private final class Writer {
                 for j in first..<(i - 1) where results[j] == nil {
                     results[j] = StoreError("sqlite: transaction rolled back: \(lost.message)")
                 }
+                // Their row changes went with the transaction.
+                for j in first..<i { forgetRows(of: writes[j].op) }
                 continue
             }
             do throws(StoreError) {
@@ -458,6 +459,7 @@ private final class Writer {
                 queue.commitFailing.store(true, ordering: .relaxed)
                 if !connection.isAutocommit { try? rollback.run() }
                 for j in first..<i where results[j] == nil { results[j] = error }
+                for j in first..<i { forgetRows(of: writes[j].op) }
             }
         }
         // Row changes of writes that failed were rolled back with them.
@@ -479,29 +481,26 @@ private final class Writer {
         }
     }
 
-    /// Applies one write between SAVEPOINT and RELEASE; a failed write is
-    /// rolled back to its savepoint. `transactionLost` is true when the
-    /// whole transaction is gone (SQLite rolled it back, or the savepoint
-    /// could not be undone).
-    private func applyInSavepoint(_ op: WriteOp) -> (Result<[String], StoreError>, transactionLost: Bool) {
+    /// Applies one write. A write refused before any statement runs (an
+    /// id that exists, a job that does not) fails alone; any other failure
+    /// is an I/O-class error that loses the transaction.
+    private func applyOne(_ op: WriteOp) -> (Result<[String], StoreError>, transactionLost: Bool) {
+        if let refusal = refusal(of: op) { return (.failure(refusal), false) }
         do throws(StoreError) {
-            try savepoint.run()
+            return (.success(try apply(op)), false)
         } catch {
-            return (.failure(error), connection.isAutocommit)
+            return (.failure(error), true)
         }
-        do throws(StoreError) {
-            let paths = try apply(op)
-            try release.run()
-            return (.success(paths), false)
-        } catch {
-            if connection.isAutocommit { return (.failure(error), true) }
-            do throws(StoreError) {
-                try rollbackToSavepoint.run()
-                try release.run()
-                return (.failure(error), false)
-            } catch {
-                return (.failure(error), true)
-            }
+    }
+
+    private func refusal(of op: WriteOp) -> StoreError? {
+        switch op {
+        case .insert(let record, _):
+            return seq(of: record.id) == nil ? nil : StoreError("sqlite: job \(record.id) exists")
+        case .update(let record, _):
+            return seq(of: record.id) == nil ? StoreError("sqlite: no such job") : nil
+        case .delete:
+            return nil
         }
     }
 
@@ -580,6 +579,14 @@ private final class Writer {
                 deleted.insert(id)
             }
             return paths
+        }
+    }
+
+    private func forgetRows(of op: WriteOp) {
+        switch op {
+        case .insert(let record, _): inserted[record.id] = nil
+        case .delete(let ids): for id in ids { deleted.remove(id) }
+        case .update: break
         }
     }
 
