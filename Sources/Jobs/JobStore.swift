@@ -101,6 +101,25 @@ public struct JobRecord: Sendable, Equatable {
     }
 }
 
+extension JobRecord {
+    /// Where the job's Idempotency-Key is indexed: the key within the
+    /// `bind_to` credential, so two clients' keys never meet.
+    public static func keyIndex(key: String, credential: [UInt8]?) -> String {
+        let hex = credential.map { bytes in bytes.map { String($0, radix: 16) }.joined(separator: ".") } ?? ""
+        return hex + " " + key
+    }
+
+    public var keyIndex: String? {
+        idempotencyKey.map { JobRecord.keyIndex(key: $0, credential: credential) }
+    }
+
+    /// Finished more than `ttlMillis` ago (`result_ttl`): gone for clients.
+    public func isExpired(now: Int64, ttlMillis: Int64) -> Bool {
+        guard status.isTerminal, let done = completedAt ?? startedAt else { return false }
+        return now - done >= ttlMillis
+    }
+}
+
 public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String
     public init(_ message: String) { self.message = message }

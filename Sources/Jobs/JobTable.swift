@@ -107,9 +107,12 @@ public final class JobTable: Sendable {
         case inFlight
     }
 
-    /// Reserves an Idempotency-Key, or finds its job.
-    public func claim(key: String, fingerprint: [UInt8]) -> KeyClaim {
-        state.withLock { s in
+    /// Reserves an Idempotency-Key (`JobRecord.keyIndex(key:credential:)`:
+    /// keys are per credential), or finds its job. A job past `ttl` counts
+    /// as gone, as it does for every other lookup.
+    public func claim(key: String, fingerprint: [UInt8], now: Int64, ttl: Duration) -> KeyClaim {
+        let ttlMillis = ttl.nanoseconds / 1_000_000
+        return state.withLock { s in
             switch s.keys[key] {
             case .none:
                 s.keys[key] = .some(nil)
@@ -117,7 +120,7 @@ public final class JobTable: Sendable {
             case .some(.none):
                 return .inFlight
             case .some(.some(let id)):
-                guard let e = s.jobs[id] else {
+                guard let e = s.jobs[id], !e.visible.isExpired(now: now, ttlMillis: ttlMillis) else {
                     s.keys[key] = .some(nil)
                     return .claimed
                 }
@@ -138,11 +141,11 @@ public final class JobTable: Sendable {
         store.insert(record, request: request) { [self] error in
             state.withLock { s in
                 if error != nil {
-                    if let key = record.idempotencyKey, case .some(.none) = s.keys[key] { s.keys[key] = nil }
+                    if let key = record.keyIndex, case .some(.none) = s.keys[key] { s.keys[key] = nil }
                     return
                 }
                 s.jobs[record.id] = Entry(record)
-                if let key = record.idempotencyKey { s.keys[key] = .some(record.id) }
+                if let key = record.keyIndex { s.keys[key] = .some(record.id) }
             }
             done(error)
         }
@@ -153,7 +156,7 @@ public final class JobTable: Sendable {
         state.withLock { s in
             for r in records {
                 s.jobs[r.id] = Entry(r)
-                if let key = r.idempotencyKey { s.keys[key] = .some(r.id) }
+                if let key = r.keyIndex { s.keys[key] = .some(r.id) }
             }
         }
     }
@@ -169,15 +172,19 @@ public final class JobTable: Sendable {
     public func apply(_ event: JobEvent, to id: JobID, response: JobResponse? = nil,
                       fill: (inout JobRecord) -> Void = { _ in },
                       done: @escaping @Sendable (StoreError?) -> Void = { _ in }) -> JobRecord? {
-        ordering.withLock { _ in applyInOrder(event, to: id, response: response, fill: fill, done: done) }
+        ordering.withLock { _ in applyInOrder(event, to: id, response: response, fill: fill, done: done).record }
     }
 
+    /// Returns the new record and, when the job left `running`, the abort
+    /// hook it had: taken under the same lock as the transition, so a hook
+    /// set a moment earlier is never dropped unrun.
     private func applyInOrder(_ event: JobEvent, to id: JobID, response: JobResponse?,
                               fill: (inout JobRecord) -> Void,
-                              done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
-        let updated: JobRecord? = state.withLock { s in
-            guard let e = s.jobs[id] else { return nil }
-            guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return nil }
+                              done: @escaping @Sendable (StoreError?) -> Void)
+        -> (record: JobRecord?, abort: (loop: EventLoop, run: @Sendable () -> Void)?) {
+        let (updated, abort): (JobRecord?, (loop: EventLoop, run: @Sendable () -> Void)?) = state.withLock { s in
+            guard let e = s.jobs[id] else { return (nil, nil) }
+            guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return (nil, nil) }
             var r = e.latest
             r.status = to
             if let error {
@@ -191,15 +198,19 @@ public final class JobTable: Sendable {
             } else {
                 e.ahead = Ahead(r)
             }
-            if to != .running { e.abort = nil }
-            return r
+            var abort: (loop: EventLoop, run: @Sendable () -> Void)?
+            if to != .running {
+                abort = e.abort
+                e.abort = nil
+            }
+            return (r, abort)
         }
-        guard let updated else { return nil }
+        guard let updated else { return (nil, nil) }
         store.update(updated, response: response) { [self] error in
             publish(updated, stored: error == nil)
             done(error)
         }
-        return updated
+        return (updated, abort)
     }
 
     /// A write came back from the store: a durable state becomes visible
@@ -240,9 +251,11 @@ public final class JobTable: Sendable {
 
     /// DELETE on a pending job: canceled, and a running exchange aborted.
     public func cancel(_ id: JobID, done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
-        let abort = state.withLock { s in s.jobs[id]?.abort }
-        let r = apply(.cancel, to: id, fill: { $0.completedAt = wallClockMillis() }, done: done)
-        if r != nil, let abort { abort.loop.execute(abort.run) }
+        let now = wallClockMillis()
+        let (r, abort) = ordering.withLock { _ in
+            applyInOrder(.cancel, to: id, response: nil, fill: { $0.completedAt = now }, done: done)
+        }
+        if let abort { abort.loop.execute(abort.run) }
         return r
     }
 
@@ -257,7 +270,7 @@ public final class JobTable: Sendable {
             for id in ids {
                 guard let e = s.jobs.removeValue(forKey: id) else { continue }
                 woken += e.waiters
-                if let key = e.visible.idempotencyKey, s.keys[key] == .some(id) { s.keys[key] = nil }
+                if let key = e.visible.keyIndex, s.keys[key] == .some(id) { s.keys[key] = nil }
             }
             return woken
         }
@@ -269,10 +282,7 @@ public final class JobTable: Sendable {
     public func expired(now: Int64, ttl: Duration) -> [JobID] {
         let ttlMillis = ttl.nanoseconds / 1_000_000
         return state.withLock { s in
-            s.jobs.compactMap { id, e in
-                guard e.latest.status.isTerminal, let done = e.latest.completedAt ?? e.latest.startedAt else { return nil }
-                return now - done >= ttlMillis ? id : nil
-            }
+            s.jobs.compactMap { id, e in e.latest.isExpired(now: now, ttlMillis: ttlMillis) ? id : nil }
         }
     }
 

@@ -385,6 +385,9 @@ private final class Writer {
     /// This batch's inserts and deletes, applied to `rows` once committed.
     private var inserted: [JobID: Int64] = [:]
     private var deleted: Set<JobID> = []
+    /// Spool files this transaction's rows name: synced (with their
+    /// directories) before COMMIT, so no durable row names a lost file.
+    private var toSync: Set<String> = []
 
     init(connection: Connection, queue: WriteQueue, rows: RowMap) throws(StoreError) {
         self.connection = connection
@@ -416,6 +419,7 @@ private final class Writer {
     private func process(_ writes: [PendingWrite]) {
         inserted = [:]
         deleted = []
+        toSync = []
         var results = [StoreError?](repeating: nil, count: writes.count)
         var files = [[String]](repeating: [], count: writes.count)
         var i = 0
@@ -452,6 +456,7 @@ private final class Writer {
                 continue
             }
             do throws(StoreError) {
+                try syncSpoolFiles()
                 try commit.run()
                 queue.commits.add(1, ordering: .relaxed)
                 queue.commitFailing.store(false, ordering: .relaxed)
@@ -532,6 +537,7 @@ private final class Writer {
             bindBody(request.body, s, blob: 20, path: 21, size: 22)
             s.bind(Int64(request.declaresBody ? 1 : 0), at: 23)
             try s.run()
+            if let path = request.body.filePath { toSync.insert(path) }
             inserted[record.id] = connection.lastInsertRowID
             return []
 
@@ -558,6 +564,7 @@ private final class Writer {
                 r.bind(response.headers, at: 4)
                 bindBody(response.body, r, blob: 5, path: 6, size: 7)
                 try r.run()
+                if let path = response.body.filePath { toSync.insert(path) }
             }
             return []
 
@@ -580,6 +587,21 @@ private final class Writer {
             }
             return paths
         }
+    }
+
+    private func syncSpoolFiles() throws(StoreError) {
+        guard !toSync.isEmpty else { return }
+        var directories: Set<String> = []
+        for path in toSync {
+            try fsyncPath(path)
+            if let slash = path.lastIndex(of: "/") {
+                directories.insert(slash == path.startIndex ? "/" : String(path[..<slash]))
+            } else {
+                directories.insert(".")
+            }
+        }
+        for directory in directories { try fsyncPath(directory) }
+        toSync = []
     }
 
     private func forgetRows(of op: WriteOp) {
@@ -965,4 +987,12 @@ private final class RowMap: Sendable {
     func set(_ id: JobID, _ seq: Int64) { map.withLock { $0[id] = seq } }
     func remove(_ id: JobID) { map.withLock { _ = $0.removeValue(forKey: id) } }
     func merge(_ found: [JobID: Int64]) { map.withLock { $0.merge(found) { _, new in new } } }
+}
+
+/// fsync(2) of a file or directory by path.
+private func fsyncPath(_ path: String) throws(StoreError) {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw StoreError("sqlite: cannot open \(path) to sync it: \(errnoText())") }
+    defer { _ = Glibc.close(fd) }
+    guard fsync(fd) == 0 else { throw StoreError("sqlite: cannot sync \(path): \(errnoText())") }
 }

@@ -1,12 +1,8 @@
 import CLibevent
-import Config
-import Glibc
-import HTTP
 import Jobs
-import Logging
-import Loop
 
 #if canImport(Glibc)
+import Glibc
 #endif
 
 /// Collects a body for a job: in memory up to `threshold`, then in a file
@@ -23,7 +19,9 @@ final class BodySpool {
     /// Fed with every byte when set (Idempotency-Key fingerprints).
     var fingerprint: Fingerprint?
 
-    init(threshold: Int = 64 * 1024) {
+    /// 16 KiB in memory at most per body (nginx's client_body_buffer_size
+    /// is 8-16 KiB): thousands of slow uploads stay in the megabytes.
+    init(threshold: Int = 16 * 1024) {
         self.threshold = threshold
         self.memory = evbuffer_new()
     }
@@ -76,19 +74,28 @@ final class BodySpool {
 
     /// The collected body; a file is synced first when `durable`, so a
     /// commit naming it never outlives its bytes. The spool is empty after.
-    func finish(durable: Bool) throws(Failure) -> StoredBody {
-        defer { reset() }
+    /// The collected body. The spool is empty after; on failure its file
+    /// is removed. Files are not synced here: the SQLite store syncs the
+    /// files a commit names before that commit, on its writer thread.
+    func finish() throws(Failure) -> StoredBody {
         guard fd >= 0, let path else {
+            defer { reset() }
             let n = evbuffer_get_length(memory)
             var bytes = [UInt8](repeating: 0, count: n)
             if n > 0 { _ = bytes.withUnsafeMutableBytes { evbuffer_remove(memory, $0.baseAddress, n) } }
             return .inline(bytes)
         }
-        try writeOut()
-        if durable && fsync(fd) != 0 { throw .io(errno) }
+        do {
+            try writeOut()
+        } catch {
+            discard()
+            throw error
+        }
         close(fd)
         fd = -1
+        let size = self.size
         self.path = nil  // the store owns the file now
+        reset()
         return .file(path: path, size: size)
     }
 
@@ -119,7 +126,11 @@ func addStoredBody(_ body: StoredBody, to buffer: OpaquePointer) -> Bool {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         if size == 0 { close(fd); return true }
-        // libevent owns and closes the descriptor from here.
-        return evbuffer_add_file(buffer, fd, 0, size) == 0
+        // libevent owns and closes the descriptor once added.
+        guard evbuffer_add_file(buffer, fd, 0, size) == 0 else {
+            close(fd)
+            return false
+        }
+        return true
     }
 }

@@ -51,11 +51,9 @@ extension ProxyLoop {
     /// The job if this request may see it: it exists, has not outlived
     /// `result_ttl`, and carries the credential it was bound to.
     func visibleJob(_ id: JobID, for r: MessageReader) -> JobRecord? {
-        guard let record = jobs.table.lookup(id) else { return nil }
-        if record.status.isTerminal, let done = record.completedAt,
-           wallClockMillis() - done >= config.configuration.jobs.resultTTL.nanoseconds / 1_000_000 {
-            return nil
-        }
+        guard let record = jobs.table.lookup(id),
+              !record.isExpired(now: wallClockMillis(), ttlMillis: config.configuration.jobs.resultTTL.nanoseconds / 1_000_000)
+        else { return nil }
         guard record.credential == credential(of: r) else { return nil }
         return record
     }
@@ -186,24 +184,27 @@ final class JobPoll: RequestHandler {
 /// waits for the store.
 final class JobDelete: RequestHandler {
     private var client: HTTPServerConnection?
+    /// The canceled job as this request made it (what it answers with,
+    /// even if a second DELETE removed the job meanwhile).
+    private var canceled: JobRecord?
 
     init(proxy: ProxyLoop, client: HTTPServerConnection, record: JobRecord, base: [UInt8]) {
         self.client = client
         let bound = LoopBound(self, loop: proxy.loop)
         let proxyBound = LoopBound(proxy, loop: proxy.loop)
         let id = record.id
-        if !record.status.isTerminal,
-           proxy.jobs.table.cancel(id, done: { error in
-               bound.loop.execute {
-                   let proxy = proxyBound.value
-                   guard error == nil, let r = proxy.jobs.table.lookup(id) else {
-                       bound.value.client?.respondError(HTTPError(503, "store_unavailable", "the job store did not answer"))
-                       return
-                   }
-                   proxy.answerStatus(bound.value.client, r, status: 200, base: base)
-               }
-           }) != nil {
-            return
+        if !record.status.isTerminal {
+            canceled = proxy.jobs.table.cancel(id) { error in
+                bound.loop.execute {
+                    let delete = bound.value
+                    guard error == nil, let r = delete.canceled else {
+                        delete.client?.respondError(HTTPError(503, "store_unavailable", "the job store did not answer"))
+                        return
+                    }
+                    proxyBound.value.answerStatus(delete.client, r, status: 200, base: base)
+                }
+            }
+            if canceled != nil { return }
         }
         // Terminal (or it became terminal just now): delete it.
         proxy.jobs.table.remove([id]) { error in

@@ -36,16 +36,22 @@ extension ProxyLoop {
         }
         let now = wallClockMillis()
         let bound = LoopBound(self, loop: loop)
+        jobs.startBegan()
         let marked = jobs.table.apply(.dispatched, to: id, fill: { r in
             if r.startedAt == nil { r.startedAt = now }  // the first attempt's start
             r.attempts += 1
         }, done: { error in
             bound.loop.execute { bound.value.startJob(id, target: target, error: error) }
         })
-        if marked == nil { target.gate.release() }  // canceled or gone meanwhile
+        if marked == nil {
+            jobs.startEnded()
+            target.gate.release()  // canceled or gone meanwhile
+        }
     }
 
     private func startJob(_ id: JobID, target: UpstreamTarget, error: StoreError?) {
+        // From here the job runs (and counts as running) or ends.
+        defer { jobs.startEnded() }
         guard error == nil, let record = jobs.table.lookup(id), record.status == .running else {
             if let error { log.error("job start not stored", metadata: ["job": "\(id)", "error": "\(error)"]) }
             target.gate.release()

@@ -1,6 +1,5 @@
 import CLibevent
 import Config
-import Glibc
 import HTTP
 import Jobs
 import Logging
@@ -8,6 +7,7 @@ import Loop
 import Synchronization
 
 #if canImport(Glibc)
+import Glibc
 #endif
 
 /// What every loop shares about jobs: the table (and through it the store),
@@ -36,6 +36,17 @@ public final class JobEngine: Sendable {
 
     func exchangeStarted() { runningExchanges.wrappingAdd(1, ordering: .relaxed) }
     func exchangeEnded() { runningExchanges.wrappingSubtract(1, ordering: .relaxed) }
+
+    /// Jobs between their slot and their first byte upstream (the running
+    /// mark is being committed): a drain waits for them too, or a job
+    /// durably marked running would never be sent.
+    private let startingJobs = Atomic<Int>(0)
+    var starting: Int { startingJobs.load(ordering: .relaxed) }
+    func startBegan() { startingJobs.wrappingAdd(1, ordering: .relaxed) }
+    func startEnded() { startingJobs.wrappingSubtract(1, ordering: .relaxed) }
+
+    /// Background work a drain waits for.
+    public var busy: Bool { running > 0 || starting > 0 }
 
     func spoolPath(_ id: JobID, _ suffix: StaticString) -> String {
         dir + "/" + id.text + "." + suffix.description

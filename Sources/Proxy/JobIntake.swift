@@ -1,12 +1,12 @@
 import CLibevent
 import Config
-import Glibc
 import HTTP
 import Jobs
 import Logging
 import Loop
 
 #if canImport(Glibc)
+import Glibc
 #endif
 
 /// A request on an `async` or `auto` route (SPEC §3), from its head to the
@@ -48,6 +48,8 @@ final class JobIntake: RequestHandler {
     private let declaresBody: Bool
     private let credential: [UInt8]?
     private let idempotencyKey: String?
+    /// The key as the table indexes it (within the credential).
+    private var keyIndex: String? { idempotencyKey.map { JobRecord.keyIndex(key: $0, credential: credential) } }
     private let preference: Preference
     private let base: [UInt8]
     private var keyClaimed = false
@@ -145,15 +147,16 @@ final class JobIntake: RequestHandler {
         }
         let body: StoredBody
         do {
-            body = try spool.finish(durable: false)
+            body = try spool.finish()
         } catch {
             fail(HTTPError(500, "spool_failed", "cannot store the request body"))
             return
         }
         request = JobRequest(head: head, body: body, declaresBody: declaresBody)
         createdAt = wallClockMillis()
-        if let key = idempotencyKey, let fingerprint {
-            switch proxy.jobs.table.claim(key: key, fingerprint: fingerprint) {
+        if let key = keyIndex, let fingerprint {
+            switch proxy.jobs.table.claim(key: key, fingerprint: fingerprint, now: createdAt,
+                                          ttl: jobsConfig.resultTTL) {
             case .claimed:
                 keyClaimed = true
             case .existing(let record):
@@ -204,13 +207,6 @@ final class JobIntake: RequestHandler {
     private func commit(_ record: JobRecord) {
         guard let request else { return }
         phase = .committing
-        if let path = request.body.filePath {
-            // The spooled body must be on disk before the commit naming it is.
-            guard syncFile(path) else {
-                fail(HTTPError(500, "spool_failed", "cannot store the request body"))
-                return
-            }
-        }
         let bound = LoopBound(self, loop: proxy.loop)
         proxy.jobs.table.insert(record, request: request) { error in
             bound.loop.execute { bound.value.committed(record, error: error) }
@@ -227,10 +223,20 @@ final class JobIntake: RequestHandler {
         }
         if let error {
             proxy.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
-            runner?.abort()
-            runner = nil
-            if case .response(let response, _, _) = outcomeDuringCommit { removeSpoolFile(response.body.filePath) }
-            outcomeDuringCommit = nil
+            if grantDuringCommit {
+                grantDuringCommit = false
+                target.gate.release()
+            }
+            if record.status == .running {
+                // The request already reached the upstream: no job, but no
+                // retry invitation either; the exchange ends as in sync.
+                phase = .exchanging
+                if let outcome = outcomeDuringCommit {
+                    outcomeDuringCommit = nil
+                    exchangeEnded(outcome)
+                }
+                return
+            }
             fail(HTTPError(503, "store_unavailable", "the job store did not accept the job"), retryAfter: true)
             return
         }
@@ -349,7 +355,7 @@ final class JobIntake: RequestHandler {
             timer.cancel()
             runner = nil
             proxy.jobs.table.observe(upstream: target.name, millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
-            if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
+            if keyClaimed, let key = keyIndex { proxy.jobs.table.releaseClaim(key: key) }
             keyClaimed = false
             let applied: Preference? = if case .wait = preference { preference } else { nil }
             switch outcome {
@@ -404,7 +410,7 @@ final class JobIntake: RequestHandler {
         }
         runner?.abort()
         runner = nil
-        if keyClaimed, let key = idempotencyKey { proxy.jobs.table.releaseClaim(key: key) }
+        if keyClaimed, let key = keyIndex { proxy.jobs.table.releaseClaim(key: key) }
         keyClaimed = false
         spool.discard()
         discardRequest()
@@ -456,14 +462,6 @@ func parseSeconds(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
         digits += 1
     }
     return digits > 0 ? n : nil
-}
-
-/// fsync(2) of a file by path.
-func syncFile(_ path: String) -> Bool {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    return fsync(fd) == 0
 }
 
 /// An `auto` exchange that failed before the switch, answered as in sync.

@@ -76,6 +76,7 @@ final class JobRunner: HTTPClientDelegate {
         proxy.jobs.exchangeStarted()
         timer.schedule(after: target.config.timeout)
         if let pooled = proxy.pool(for: target).take() {
+            state = .exchanging
             upstream = pooled
             pooled.beginExchange(delegate: self, isHead: isHead)
             send()
@@ -108,7 +109,10 @@ final class JobRunner: HTTPClientDelegate {
     }
 
     private func send() {
-        guard let upstream, let out = upstream.output else { return }
+        guard let upstream, let out = upstream.output else {
+            fail(.upstreamReset, "upstream connection closed before the request was sent", .unsent)
+            return
+        }
         state = .exchanging
         let w = proxy.scratchWriter
         w.reset()
@@ -171,7 +175,7 @@ final class JobRunner: HTTPClientDelegate {
         upstream = nil
         let body: StoredBody
         do {
-            body = try capture.finish(durable: true)
+            body = try capture.finish()
         } catch {
             fail(.upstreamBadResponse, "cannot spool the response: \(error)")
             return

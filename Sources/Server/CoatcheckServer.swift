@@ -234,7 +234,7 @@ public final class CoatcheckServer: Sendable {
     var openConnections: Int { budget.current }
 
     /// Open client connections and background exchanges: what a drain waits for.
-    var busy: Bool { budget.current > 0 || jobs.running > 0 }
+    var busy: Bool { budget.current > 0 || jobs.busy }
 
     /// Blocks the calling thread (not a loop) until the drain is over, then
     /// stops and joins the loops.

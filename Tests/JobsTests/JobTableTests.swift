@@ -154,20 +154,45 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         let store = HeldStore()
         let table = JobTable(store: store)
         let fp: [UInt8] = [1, 2, 3]
-        #expect(table.claim(key: "k", fingerprint: fp) == .claimed)
+        let k = JobRecord.keyIndex(key: "k", credential: nil)
+        func claim(_ fingerprint: [UInt8], now: Int64 = 5_000) -> JobTable.KeyClaim {
+            table.claim(key: k, fingerprint: fingerprint, now: now, ttl: .seconds(10))
+        }
+        #expect(claim(fp) == .claimed)
         // While the first request is being accepted, a second one waits its turn.
-        #expect(table.claim(key: "k", fingerprint: fp) == .inFlight)
+        #expect(claim(fp) == .inFlight)
         let r = record(key: "k", fingerprint: fp)
         table.insert(r, request: noRequest) { _ in }
         store.release()
-        #expect(table.claim(key: "k", fingerprint: fp) == .existing(r))
-        #expect(table.claim(key: "k", fingerprint: [9]) == .mismatch)
+        #expect(claim(fp) == .existing(r))
+        #expect(claim([9]) == .mismatch)
         // Keys live as long as their job.
         table.remove([r.id]) { _ in }
         store.release()
-        #expect(table.claim(key: "k", fingerprint: [9]) == .claimed)
-        table.releaseClaim(key: "k")
-        #expect(table.claim(key: "k", fingerprint: fp) == .claimed)
+        #expect(claim([9]) == .claimed)
+        table.releaseClaim(key: k)
+        #expect(claim(fp) == .claimed)
+    }
+
+    @Test func idempotencyKeysArePerCredentialAndExpireWithTheirJob() {
+        let table = JobTable(store: MemoryStore())
+        let alice: [UInt8] = [0xA1]
+        let bob: [UInt8] = [0xB0]
+        let aliceKey = JobRecord.keyIndex(key: "k", credential: alice)
+        let bobKey = JobRecord.keyIndex(key: "k", credential: bob)
+        #expect(aliceKey != bobKey)
+        #expect(table.claim(key: aliceKey, fingerprint: [1], now: 0, ttl: .seconds(10)) == .claimed)
+        var r = JobRecord(id: .random(), status: .queued, upstream: "app", method: "POST", path: "/x",
+                          createdAt: 0, resendable: true, credential: alice, idempotencyKey: "k", fingerprint: [1])
+        table.insert(r, request: noRequest) { _ in }
+        // Bob's "k" is his own, whatever Alice did with hers.
+        #expect(table.claim(key: bobKey, fingerprint: [2], now: 0, ttl: .seconds(10)) == .claimed)
+        table.apply(.dispatched, to: r.id) { $0.startedAt = 0 }
+        table.apply(.responded, to: r.id) { $0.completedAt = 1_000 }
+        r = table.lookup(r.id)!
+        #expect(table.claim(key: aliceKey, fingerprint: [1], now: 10_999, ttl: .seconds(10)) == .existing(r))
+        // Past result_ttl the job is gone for clients, and so is its key.
+        #expect(table.claim(key: aliceKey, fingerprint: [1], now: 11_000, ttl: .seconds(10)) == .claimed)
     }
 
     @Test func onlyFinishedJobsExpire() {
