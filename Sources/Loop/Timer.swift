@@ -12,7 +12,11 @@ public final class Timer {
         self.action = action
         self.event = nil
         self.event = CLibevent_evtimer_new(loop.base, { _, _, arg in
-            Unmanaged<Timer>.fromOpaque(arg!).takeUnretainedValue().action()
+            // The action may drop the last reference to its timer (a timer
+            // kept only until it fires): keep it alive until the action
+            // returns; libevent allows freeing a fired event in its callback.
+            let timer = Unmanaged<Timer>.fromOpaque(arg!).takeUnretainedValue()
+            withExtendedLifetime(timer) { timer.action() }
         }, Unmanaged.passUnretained(self).toOpaque())
     }
 

@@ -52,8 +52,15 @@ extension ProxyLoop {
     private func startJob(_ id: JobID, target: UpstreamTarget, error: StoreError?) {
         // From here the job runs (and counts as running) or ends.
         defer { jobs.startEnded() }
-        guard error == nil, let record = jobs.table.lookup(id), record.status == .running else {
-            if let error { log.error("job start not stored", metadata: ["job": "\(id)", "error": "\(error)"]) }
+        if let error {
+            // The running mark did not reach the store, so the job is still
+            // queued there: give the slot back and try again shortly.
+            log.error("job start not stored", metadata: ["job": "\(id)", "error": "\(error)"])
+            target.gate.release()
+            if let record = jobs.table.lookup(id), record.status == .queued { later(.seconds(1)) { $0.dispatch(record) } }
+            return
+        }
+        guard let record = jobs.table.lookup(id), record.status == .running else {
             target.gate.release()
             return
         }
@@ -116,6 +123,14 @@ extension ProxyLoop {
             return
         }
         let now = wallClockMillis()
+        let bound = LoopBound(self, loop: loop)
+        // An outcome the store could not take is offered again shortly: the
+        // job must not stay `running` with nothing running it.
+        let storeFailed: @Sendable (StoreError?) -> Void = { [log] error in
+            guard let error else { return }
+            log.error("job outcome not stored, retrying", metadata: ["job": "\(id)", "error": "\(error)"])
+            bound.loop.execute { bound.value.later(.seconds(1)) { $0.jobFinished(id, outcome) } }
+        }
         switch outcome {
         case .response(let response, let contentType, _):
             let stored = jobs.table.apply(.responded, to: id, response: response, fill: { r in
@@ -123,16 +138,24 @@ extension ProxyLoop {
                 r.responseStatus = response.status
                 r.contentType = contentType
                 r.responseSize = response.body.size
-            }, done: { [log] error in
-                if let error { log.error("job result not stored", metadata: ["job": "\(id)", "error": "\(error)"]) }
-            })
+            }, done: storeFailed)
             if stored == nil { removeSpoolFile(response.body.filePath) }
         case .failure(let code, let message, _):
             jobs.table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
                 r.completedAt = now
                 r.errorMessage = message
-            })
+            }, done: storeFailed)
         }
+    }
+
+    /// Runs `work` on this loop after `delay` (store retries).
+    func later(_ delay: Duration, _ work: @escaping (ProxyLoop) -> Void) {
+        var timer: Timer?
+        timer = Timer(loop: loop) { [unowned self] in
+            work(self)
+            timer = nil  // the closure held the timer until it fired
+        }
+        timer?.schedule(after: delay)
     }
 
     /// The wait before another attempt, or nil when this outcome stands:

@@ -1,0 +1,96 @@
+import Config
+import Foundation
+import Testing
+
+/// SPEC §4, upstream retries: which failures are tried again, how often,
+/// and what a job ends as when the tries run out.
+extension JobTests {
+    @Suite struct Retries {
+        /// Answers each request with the next of `statuses` (the last one
+        /// repeats), and records every request head's Job-Attempt.
+        final class Script: @unchecked Sendable {
+            let attempts = Box<[String]>([])
+            let times = Box<[Date]>([])
+            let upstream: RecordingUpstream
+
+            init(_ statuses: [Int], retryAfter: Int? = nil) throws {
+                let attempts = self.attempts
+                let times = self.times
+                let complete = whenRequestComplete("")
+                upstream = try RecordingUpstream { got in
+                    guard complete(got) != nil else { return nil }
+                    let head = String(decoding: got, as: UTF8.self)
+                    let attempt = head.components(separatedBy: "\r\n")
+                        .first { $0.lowercased().hasPrefix("job-attempt:") }?.dropFirst(12)
+                        .trimmingCharacters(in: .whitespaces) ?? "none"
+                    let n = attempts.withLock { a -> Int in
+                        a.append(attempt)
+                        return a.count
+                    }
+                    times.withLock { $0.append(Date()) }
+                    let status = statuses[min(n, statuses.count) - 1]
+                    let extra = retryAfter.map { "Retry-After: \($0)\r\n" } ?? ""
+                    return Array("HTTP/1.1 \(status) X\r\nContent-Length: 2\r\n\(extra)Connection: close\r\n\r\n\(status / 100)x".utf8)
+                }
+            }
+        }
+
+        func proxy(_ port: Int, attempts: Int, backoff: Duration = .milliseconds(20)) throws -> TestProxy {
+            try jobProxy(upstreamPort: port) { c in
+                c.upstreams[0].retry = RetryPolicy(attempts: attempts, backoff: backoff, maxBackoff: .seconds(5))
+            }
+        }
+
+        @Test func anIdempotentJobIsRetriedOn503UntilItSucceeds() throws {
+            let script = try Script([503, 503, 200])
+            let p = try proxy(script.upstream.port, attempts: 3)
+            let job = try createJob(p.port, method: "PUT", body: "x")
+            let done = try awaitTerminal(p.port, job.id)
+            #expect(done.string("status") == "completed")
+            #expect(done.object("response")?.int("status") == 200)
+            #expect(done.int("attempts") == 3)
+            #expect(script.attempts.withLock { $0 } == ["1", "2", "3"])
+        }
+
+        @Test func aPostWithoutKeyIsNotSentTwiceAndItsLast503IsTheResult() throws {
+            let script = try Script([503, 200])
+            let p = try proxy(script.upstream.port, attempts: 3)
+            let job = try createJob(p.port, method: "POST", body: "x")
+            let done = try awaitTerminal(p.port, job.id)
+            #expect(done.string("status") == "completed")
+            #expect(done.object("response")?.int("status") == 503)
+            #expect(done.int("attempts") == 1)
+            #expect(script.attempts.withLock { $0 } == ["1"])
+        }
+
+        @Test func aPostWithAnIdempotencyKeyIsRetried() throws {
+            let script = try Script([502, 200])
+            let p = try proxy(script.upstream.port, attempts: 2)
+            let job = try createJob(p.port, method: "POST", headers: ["Idempotency-Key: r-1"], body: "x")
+            let done = try awaitTerminal(p.port, job.id)
+            #expect(done.object("response")?.int("status") == 200)
+            #expect(script.attempts.withLock { $0 } == ["1", "2"])
+        }
+
+        @Test func anUnreachableUpstreamIsRetriedThenTheJobFails() throws {
+            let p = try proxy(try closedPort(), attempts: 3)
+            let job = try createJob(p.port, method: "POST", body: "x")
+            let done = try awaitTerminal(p.port, job.id)
+            #expect(done.string("status") == "failed")
+            #expect(done.object("error")?.string("code") == "upstream_unreachable")
+            #expect(done.int("attempts") == 3, "a request that never reached the upstream is always safe to retry")
+        }
+
+        @Test func retryAfterIsHonoured() throws {
+            let script = try Script([503, 200], retryAfter: 1)
+            let p = try proxy(script.upstream.port, attempts: 2, backoff: .milliseconds(10))
+            let job = try createJob(p.port, method: "PUT", body: "x")
+            #expect(try awaitTerminal(p.port, job.id).object("response")?.int("status") == 200)
+            let times = script.times.withLock { $0 }
+            #expect(times.count == 2)
+            if times.count == 2 {
+                #expect(times[1].timeIntervalSince(times[0]) >= 0.9, "Retry-After: 1 asks for a second")
+            }
+        }
+    }
+}
