@@ -31,6 +31,9 @@ public final class JobTable: Sendable {
         var waiters: [Waiter] = []
         /// Set while an exchange runs for the job: aborts it on its loop.
         var abort: (loop: EventLoop, run: @Sendable () -> Void)?
+        /// Set while the job waits for an upstream slot: takes it out of
+        /// the queue (DELETE), so a canceled job holds no place there.
+        var withdraw: (@Sendable () -> Void)?
 
         init(_ record: JobRecord) { visible = record }
 
@@ -181,10 +184,10 @@ public final class JobTable: Sendable {
     private func applyInOrder(_ event: JobEvent, to id: JobID, response: JobResponse?,
                               fill: (inout JobRecord) -> Void,
                               done: @escaping @Sendable (StoreError?) -> Void)
-        -> (record: JobRecord?, abort: (loop: EventLoop, run: @Sendable () -> Void)?) {
-        let (updated, abort): (JobRecord?, (loop: EventLoop, run: @Sendable () -> Void)?) = state.withLock { s in
-            guard let e = s.jobs[id] else { return (nil, nil) }
-            guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return (nil, nil) }
+        -> (record: JobRecord?, hooks: Hooks) {
+        let (updated, hooks): (JobRecord?, Hooks) = state.withLock { s in
+            guard let e = s.jobs[id] else { return (nil, Hooks()) }
+            guard case .moved(let to, let error) = JobStateMachine.apply(event, to: e.latest.status) else { return (nil, Hooks()) }
             var r = e.latest
             r.status = to
             if let error {
@@ -203,14 +206,25 @@ public final class JobTable: Sendable {
                 abort = e.abort
                 e.abort = nil
             }
-            return (r, abort)
+            var withdraw: (@Sendable () -> Void)?
+            if to != .queued {
+                withdraw = e.withdraw
+                e.withdraw = nil
+            }
+            return (r, Hooks(abort: abort, withdraw: withdraw))
         }
-        guard let updated else { return (nil, nil) }
+        guard let updated else { return (nil, Hooks()) }
         store.update(updated, response: response) { [self] error in
             publish(updated, stored: error == nil)
             done(error)
         }
-        return (updated, abort)
+        return (updated, hooks)
+    }
+
+    /// What a transition took from the entry, to run outside the lock.
+    struct Hooks {
+        var abort: (loop: EventLoop, run: @Sendable () -> Void)?
+        var withdraw: (@Sendable () -> Void)?
     }
 
     /// A write came back from the store: a durable state becomes visible
@@ -245,6 +259,14 @@ public final class JobTable: Sendable {
         }
     }
 
+    /// Registers how a queued job leaves its upstream's queue (DELETE).
+    public func setWithdraw(_ id: JobID, _ run: @escaping @Sendable () -> Void) {
+        state.withLock { s in
+            guard let e = s.jobs[id], e.latest.status == .queued else { return }
+            e.withdraw = run
+        }
+    }
+
     public func clearAbort(_ id: JobID) {
         state.withLock { s in s.jobs[id]?.abort = nil }
     }
@@ -252,10 +274,11 @@ public final class JobTable: Sendable {
     /// DELETE on a pending job: canceled, and a running exchange aborted.
     public func cancel(_ id: JobID, done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
         let now = wallClockMillis()
-        let (r, abort) = ordering.withLock { _ in
+        let (r, hooks) = ordering.withLock { _ in
             applyInOrder(.cancel, to: id, response: nil, fill: { $0.completedAt = now }, done: done)
         }
-        if let abort { abort.loop.execute(abort.run) }
+        hooks.withdraw?()
+        if let abort = hooks.abort { abort.loop.execute(abort.run) }
         return r
     }
 

@@ -9,11 +9,34 @@ import Synchronization
 public final class ConcurrencyGate: Sendable {
     public struct Waiter: Sendable {
         public let loop: EventLoop
+        /// Names the waiter for `withdraw`; 0 when it will never withdraw.
+        public let token: UInt64
         public let grant: @Sendable () -> Void
 
-        public init(loop: EventLoop, grant: @escaping @Sendable () -> Void) {
+        public init(loop: EventLoop, token: UInt64 = 0, grant: @escaping @Sendable () -> Void) {
             self.loop = loop
+            self.token = token
             self.grant = grant
+        }
+    }
+
+    private let tokens = Atomic<UInt64>(1)
+
+    /// A token for a waiter that may withdraw.
+    public func makeToken() -> UInt64 {
+        tokens.wrappingAdd(1, ordering: .relaxed).oldValue
+    }
+
+    /// Takes a waiter out of the queue (its request left, its job was
+    /// canceled), so it holds no place there. False if it was already
+    /// granted: its grant is on its way and must be released as usual.
+    @discardableResult
+    public func withdraw(_ token: UInt64) -> Bool {
+        guard token != 0 else { return false }
+        return queue.withLock { q in
+            guard q.remove(token: token) else { return false }
+            waiting.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+            return true
         }
     }
 
@@ -137,6 +160,13 @@ struct WaiterQueue {
     var count: Int { items.count - head }
 
     mutating func append(_ w: ConcurrencyGate.Waiter) { items.append(w) }
+
+    /// Removes the waiter with `token` (a linear scan: withdrawals are rare).
+    mutating func remove(token: UInt64) -> Bool {
+        guard let i = items[head...].firstIndex(where: { $0.token == token }) else { return false }
+        items.remove(at: i)
+        return true
+    }
 
     mutating func removeFirst() -> ConcurrencyGate.Waiter {
         let w = items[head]

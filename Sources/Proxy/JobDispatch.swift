@@ -18,10 +18,17 @@ extension ProxyLoop {
         }
         let bound = LoopBound(self, loop: loop)
         let id = record.id
-        switch target.gate.acquire(.init(loop: loop, grant: { bound.value.slotGranted(forJob: id, target: target) }), force: true) {
+        let gate = target.gate
+        let token = gate.makeToken()
+        let waiter = ConcurrencyGate.Waiter(loop: loop, token: token) { bound.value.slotGranted(forJob: id, target: target) }
+        switch gate.acquire(waiter, force: true) {
         case .acquired:
             slotGranted(forJob: id, target: target)
-        case .queued, .rejected:
+        case .queued:
+            // A DELETE takes it out of the queue; a grant racing that is
+            // released by `slotGranted`, which finds the job canceled.
+            jobs.table.setWithdraw(id) { gate.withdraw(token) }
+        case .rejected:
             break
         }
     }

@@ -64,6 +64,8 @@ final class JobIntake: RequestHandler {
     private var outcomeDuringCommit: JobRunner.Outcome?
     private var timer: Timer!
     private var waitToken: Int?
+    /// Names this request's place in the gate's queue (auto).
+    private var gateToken: UInt64 = 0
     /// A place at the gate held while an `async` job is committed.
     private var reservation = false
     /// The exchange went on as the job's after the switch: its end is the job's.
@@ -266,6 +268,12 @@ final class JobIntake: RequestHandler {
                 proxy.slotGranted(forJob: id, target: target)
             } else if route.mode == .async || preference == .respondAsync {
                 proxy.dispatch(record)
+            } else {
+                // Switched while queued: this request's place in the queue
+                // is the job's now, and a DELETE takes it out.
+                let gate = target.gate
+                let token = gateToken
+                proxy.jobs.table.setWithdraw(id) { gate.withdraw(token) }
             }
             answer202(record, applied)
         }
@@ -313,7 +321,8 @@ final class JobIntake: RequestHandler {
         timer.schedule(after: seconds)
         phase = .slot
         let bound = LoopBound(self, loop: proxy.loop)
-        switch target.gate.acquire(.init(loop: proxy.loop, grant: { bound.value.slotGranted() })) {
+        gateToken = target.gate.makeToken()
+        switch target.gate.acquire(.init(loop: proxy.loop, token: gateToken) { bound.value.slotGranted() }) {
         case .acquired:
             slotGranted()
         case .queued:
@@ -402,6 +411,10 @@ final class JobIntake: RequestHandler {
 
     /// No job will exist: the exchange, the key and the bodies are let go.
     private func abandon() {
+        if phase == .slot {
+            // Still queued at the gate: leave the queue (no grant will come).
+            target.gate.withdraw(gateToken)
+        }
         phase = .done
         timer.cancel()
         if reservation {

@@ -102,3 +102,26 @@ import Testing
         #expect(gate.acquire(waiter) == .rejected)
     }
 }
+
+@Suite struct ConcurrencyGateWithdrawTests {
+    @Test func aWithdrawnWaiterLeavesTheQueueAndIsNeverGranted() {
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        defer { group.shutdown() }
+        let gate = ConcurrencyGate(limit: 1, maxQueued: 1)
+        let granted = Box<[Int]>([])
+        func waiter(_ n: Int, token: UInt64 = 0) -> ConcurrencyGate.Waiter {
+            ConcurrencyGate.Waiter(loop: group.loops[0], token: token) { granted.withLock { $0.append(n) } }
+        }
+        #expect(gate.acquire(waiter(1)) == .acquired)
+        let token = gate.makeToken()
+        #expect(gate.acquire(waiter(2, token: token)) == .queued)
+        #expect(gate.acquire(waiter(3)) == .rejected, "the queue of 1 is full")
+        #expect(gate.withdraw(token))
+        #expect(gate.queued == 0)
+        #expect(!gate.withdraw(token), "a waiter leaves once")
+        #expect(gate.acquire(waiter(4)) == .queued, "the withdrawn place is free again")
+        gate.release()
+        #expect(waitUntil(timeout: 2) { granted.withLock { $0 } == [4] })
+    }
+}

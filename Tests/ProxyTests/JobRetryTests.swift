@@ -94,3 +94,29 @@ extension JobTests {
         }
     }
 }
+
+extension JobTests {
+    @Suite struct QueuePlaces {
+        /// A canceled queued job gives its place in the upstream's queue back
+        /// at once, not when a slot frees up (which may take `timeout`).
+        @Test func deletingAQueuedJobFreesItsPlace() throws {
+            let upstream = try GatedUpstream()
+            defer { upstream.releaseAll() }
+            let proxy = try jobProxy(upstreamPort: upstream.port) {
+                $0.upstreams[0].maxConcurrency = 1
+                $0.upstreams[0].maxQueued = 1
+            }
+            let running = try createJob(proxy.port, path: "/a", body: "a")
+            #expect(waitUntil(timeout: 5) { upstream.requestCount == 1 })
+            let queued = try createJob(proxy.port, path: "/b", body: "b")
+            expectJSONError(try sendRequest(proxy.port, path: "/c", body: "c"), status: 503)
+            let canceled = try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(queued.id)")
+            #expect(canceled.status == 200)
+            let third = try createJob(proxy.port, path: "/d", body: "d")
+            upstream.releaseAll()
+            #expect(try awaitTerminal(proxy.port, running.id).string("status") == "completed")
+            #expect(try awaitTerminal(proxy.port, third.id).string("status") == "completed")
+            #expect(upstream.requestCount == 2, "the canceled job is never sent")
+        }
+    }
+}
