@@ -38,6 +38,7 @@ public final class SQLiteStore: JobStore {
     /// insert, and the commits are what the 202s wait for.
     private let rows: RowMap
     private let writerThread: Mutex<pthread_t?>
+    private let checkpointer: Checkpointer
     /// Held open with an exclusive flock(2) for the store's life: a second
     /// process on the same database would dispatch the same jobs.
     private let lock: Mutex<Int32>
@@ -53,10 +54,23 @@ public final class SQLiteStore: JobStore {
         }
         self.lock = Mutex(lockFD)
         var started = false
-        defer { if !started { _ = Glibc.close(lockFD) } }
+        var startedCheckpointer: Checkpointer?
+        defer {
+            if !started {
+                startedCheckpointer?.stop()
+                _ = Glibc.close(lockFD)
+            }
+        }
 
         let connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
         try connection.configureForWriting()
+        // Checkpoints (copying the WAL into the database, and its fsync) run
+        // on a thread of their own, so commits, which 202s wait for, never
+        // stall behind one.
+        let checkpointer = try Checkpointer(path: path)
+        startedCheckpointer = checkpointer
+        checkpointer.watch(connection)
+        self.checkpointer = checkpointer
         let queue = WriteQueue()
         let rows = RowMap()
         let writer = try Writer(connection: connection, queue: queue, rows: rows)
@@ -189,6 +203,7 @@ public final class SQLiteStore: JobStore {
         } else {
             pthread_join(thread, nil)
         }
+        checkpointer.stop()
         lock.withLock { fd in
             if fd >= 0 { _ = Glibc.close(fd) }
             fd = -1
@@ -743,6 +758,13 @@ private final class Connection {
     }
 
     /// Runs SQL text without results (schema, pragmas).
+    /// sqlite3_wal_hook: called after each commit with the WAL's frame count.
+    func setWALHook(_ context: UnsafeMutableRawPointer,
+                    _ hook: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafePointer<CChar>?, Int32) -> Int32) {
+        guard let db else { return }
+        _ = sqlite3_wal_hook(db, hook, context)
+    }
+
     func execute(_ sql: String) throws(StoreError) {
         guard let db else { throw StoreError("sqlite: connection closed") }
         var error: UnsafeMutablePointer<CChar>?
@@ -923,6 +945,73 @@ private final class Statement {
 // MARK: - Files and threads
 
 /// A counting semaphore for the writer's wake-ups.
+/// Runs `PASSIVE` checkpoints on its own thread and connection when the
+/// writer's commits have grown the WAL past `threshold` frames (reported by
+/// SQLite's WAL hook, which replaces the automatic checkpoints the writer
+/// would otherwise run inside COMMIT).
+private final class Checkpointer: @unchecked Sendable {
+    static let threshold: Int32 = 1000
+
+    private let connection: Connection
+    private let wakeup = Semaphore()
+    /// A checkpoint was asked for and has not started yet.
+    private let requested = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private let thread = Mutex<pthread_t?>(nil)
+
+    init(path: String) throws(StoreError) {
+        connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
+        try connection.execute("PRAGMA busy_timeout=\(SQLiteStore.busyTimeoutMillis)")
+        let box = Unmanaged.passRetained(self).toOpaque()
+        var t = pthread_t()
+        let rc = pthread_create(&t, nil, { arg in
+            let c = Unmanaged<Checkpointer>.fromOpaque(arg!).takeRetainedValue()
+            c.run()
+            return nil
+        }, box)
+        guard rc == 0 else {
+            Unmanaged<Checkpointer>.fromOpaque(box).release()
+            throw StoreError("sqlite: cannot start the checkpoint thread: \(String(cString: strerror(rc)))")
+        }
+        thread.withLock { $0 = t }
+    }
+
+    /// Installs the WAL hook on the writer's connection.
+    func watch(_ writer: Connection) {
+        writer.setWALHook(Unmanaged.passUnretained(self).toOpaque()) { ctx, _, _, frames in
+            if frames >= Checkpointer.threshold {
+                Unmanaged<Checkpointer>.fromOpaque(ctx!).takeUnretainedValue().request()
+            }
+            return SQLITE_OK
+        }
+    }
+
+    private func request() {
+        if !requested.exchange(true, ordering: .acquiringAndReleasing) { wakeup.signal() }
+    }
+
+    private func run() {
+        while true {
+            wakeup.wait()
+            if stopping.load(ordering: .acquiring) { break }
+            requested.store(false, ordering: .releasing)
+            try? connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        }
+        connection.close()
+    }
+
+    /// Ends the thread (after a checkpoint under way). Idempotent.
+    func stop() {
+        guard let t = thread.withLock({ t -> pthread_t? in
+            defer { t = nil }
+            return t
+        }) else { return }
+        stopping.store(true, ordering: .releasing)
+        wakeup.signal()
+        pthread_join(t, nil)
+    }
+}
+
 private final class Semaphore: @unchecked Sendable {
     private let sem: UnsafeMutablePointer<sem_t>
 

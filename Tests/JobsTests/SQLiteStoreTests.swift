@@ -296,6 +296,31 @@ private func rawExecute(_ path: String, _ sql: String) -> Bool {
         #expect(try store.response(of: job.id) == response)
     }
 
+    /// Commits do not checkpoint (a 202 would wait for it): a thread of the
+    /// store copies the WAL into the database once it has grown.
+    @Test func theWALIsCheckpointedInTheBackground() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+        func size(_ path: String) -> Int {
+            var info = stat()
+            return stat(path, &info) == 0 ? Int(info.st_size) : 0
+        }
+        let before = size(dir.db)
+        // ~1,500 pages of rows: past the 1,000-frame threshold.
+        let big = JobRequest(head: head, body: .inline([UInt8](repeating: 7, count: 3000)), declaresBody: true)
+        for _ in 0..<1500 {
+            #expect(store.insertSync(record(), big) == nil)
+        }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while size(dir.db) <= before + 1_000_000 && ContinuousClock.now < deadline {
+            var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000)
+            nanosleep(&ts, nil)
+        }
+        #expect(size(dir.db) > before + 1_000_000, "the database file took the WAL's pages")
+        #expect(try store.loadAll().count == 1500)
+    }
+
     @Test func oneProcessPerDatabase() throws {
         let dir = TempDir()
         let first = try SQLiteStore(path: dir.db)
