@@ -90,16 +90,24 @@ public final class ByteWriter {
 
     /// `value` as a JSON string body (no quotes): escapes `"`, `\` and controls.
     public func appendJSONEscaped(_ bytes: UnsafeBufferPointer<UInt8>) {
-        for c in bytes {
-            switch c {
-            case UInt8(ascii: "\""): append("\\\"")
-            case UInt8(ascii: "\\"): append("\\\\")
-            case 0..<0x20:
-                append("\\u00")
-                append(byte: hexDigit(c >> 4))
-                append(byte: hexDigit(c & 0xF))
-            default: append(byte: c)
-            }
+        // Runs that need no escaping (nearly all of them) are copied whole.
+        var start = 0
+        for (i, c) in bytes.enumerated() where c < 0x20 || c == UInt8(ascii: "\"") || c == UInt8(ascii: "\\") {
+            append(UnsafeBufferPointer(rebasing: bytes[start..<i]))
+            appendEscaped(c)
+            start = i + 1
+        }
+        append(UnsafeBufferPointer(rebasing: bytes[start...]))
+    }
+
+    private func appendEscaped(_ c: UInt8) {
+        switch c {
+        case UInt8(ascii: "\""): append("\\\"")
+        case UInt8(ascii: "\\"): append("\\\\")
+        default:
+            append("\\u00")
+            append(byte: hexDigit(c >> 4))
+            append(byte: hexDigit(c & 0xF))
         }
     }
 

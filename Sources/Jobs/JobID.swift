@@ -101,15 +101,17 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
 
 private let alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
 
+/// Each byte's value in the base64url alphabet, 0xFF for the others.
+private let alphabetValues: [UInt8] = {
+    var table = [UInt8](repeating: 0xFF, count: 256)
+    for (value, c) in alphabet.enumerated() { table[Int(c)] = UInt8(value) }
+    return table
+}()
+
+@inline(__always)
 func base64URLValue(_ c: UInt8) -> UInt8? {
-    switch c {
-    case UInt8(ascii: "A")...UInt8(ascii: "Z"): return c - UInt8(ascii: "A")
-    case UInt8(ascii: "a")...UInt8(ascii: "z"): return c - UInt8(ascii: "a") + 26
-    case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0") + 52
-    case UInt8(ascii: "-"): return 62
-    case UInt8(ascii: "_"): return 63
-    default: return nil
-    }
+    let v = alphabetValues[Int(c)]
+    return v == 0xFF ? nil : v
 }
 
 extension JobID {

@@ -16,3 +16,19 @@ import Testing
         #expect(String(decoding: w.bytes, as: UTF8.self) == "2026-12-06T10:00:00.500Z")
     }
 }
+
+@Suite struct ByteWriterJSONTests {
+    @Test(arguments: [
+        ("plain /path?x=1", "plain /path?x=1"),
+        ("", ""),
+        ("a\"b\\c", "a\\\"b\\\\c"),
+        ("\u{1}x\ny\t", "\\u0001x\\u000ay\\u0009"),
+        ("\"", "\\\""),
+        ("tail\\", "tail\\\\"),
+    ])
+    func escapes(input: String, expected: String) {
+        let w = ByteWriter(capacity: 8)
+        w.appendJSONEscaped(input)
+        #expect(String(decoding: w.bytes, as: UTF8.self) == expected)
+    }
+}
