@@ -116,6 +116,17 @@ public final class ByteWriter {
         s.withUTF8 { appendJSONEscaped($0) }
     }
 
+    /// A JSON string value, quoted and escaped, or `null`.
+    public func appendJSONString(_ s: String?) {
+        guard let s else {
+            append("null")
+            return
+        }
+        append(byte: UInt8(ascii: "\""))
+        appendJSONEscaped(s)
+        append(byte: UInt8(ascii: "\""))
+    }
+
     /// Appends "Name: value\r\n".
     @inline(__always)
     public func header(_ name: StaticString, _ value: StaticString) {

@@ -564,9 +564,7 @@ public final class MessageReader {
 
     /// First field whose name is `lower` (a lower-case literal), any case.
     public func first(named lower: StaticString) -> HeaderField? {
-        fields.first { f in
-            equalsLower(bytes + Int(f.nameStart), Int(f.nameEnd - f.nameStart), lower)
-        }
+        fields.first { headerName(name($0), equals: lower) }
     }
 
     /// True if a Connection field of this message names `f`'s field name.

@@ -267,10 +267,6 @@ public final class JobTable: Sendable {
         }
     }
 
-    public func clearAbort(_ id: JobID) {
-        state.withLock { s in s.jobs[id]?.abort = nil }
-    }
-
     /// DELETE on a pending job: canceled, and a running exchange aborted.
     public func cancel(_ id: JobID, done: @escaping @Sendable (StoreError?) -> Void) -> JobRecord? {
         let now = wallClockMillis()

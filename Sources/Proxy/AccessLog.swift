@@ -42,22 +42,10 @@ final class AccessLog {
         if frac < 10 { w.append(byte: 0x30) }
         w.append(decimal: frac)
         w.append(",\"upstream\":")
-        if let name = c.logUpstream {
-            w.append(byte: UInt8(ascii: "\""))
-            w.appendJSONEscaped(name)
-            w.append(byte: UInt8(ascii: "\""))
-        } else {
-            w.append("null")
-        }
+        w.appendJSONString(c.logUpstream)
+        // Job ids are capabilities: only `JobID.logPrefix` is ever set here.
         w.append(",\"job\":")
-        if let job = c.logJob {
-            // Job ids are capabilities: only `JobID.logPrefix` is ever set here.
-            w.append(byte: UInt8(ascii: "\""))
-            w.append(job)
-            w.append(byte: UInt8(ascii: "\""))
-        } else {
-            w.append("null")
-        }
+        w.appendJSONString(c.logJob)
         w.append(",\"client\":\"")
         w.append(c.peer)
         w.append("\"}\n")

@@ -61,12 +61,8 @@ extension ProxyLoop {
     /// The hash of the `jobs.bind_to` credential the request carries.
     func credential(of r: MessageReader) -> [UInt8]? {
         guard let name = config.bindHeader else { return nil }
-        for f in r.fields {
-            let n = r.name(f)
-            guard n.count == name.count, (0..<n.count).allSatisfy({ lowerASCII(n[$0]) == name[$0] }) else { continue }
-            return Fingerprint.credential(UnsafeRawBufferPointer(r.value(f)))
-        }
-        return nil
+        guard let f = r.fields.first(where: { headerName(r.name($0), equals: name) }) else { return nil }
+        return Fingerprint.credential(UnsafeRawBufferPointer(r.value(f)))
     }
 
     /// `/{id}`, `/{id}/result`, each with an optional `?wait=S`.
@@ -97,11 +93,6 @@ extension ProxyLoop {
         }
         return JobTarget(id: id, result: result, wait: wait)
     }
-}
-
-@inline(__always)
-func lowerASCII(_ c: UInt8) -> UInt8 {
-    c >= 0x41 && c <= 0x5A ? c | 0x20 : c
 }
 
 func forEachQueryParameter(_ query: UnsafeBufferPointer<UInt8>,

@@ -156,13 +156,7 @@ enum JobJSON {
             w.append(",\"response\":{\"status\":")
             w.append(decimal: Int64(status))
             w.append(",\"content_type\":")
-            if let ct = r.contentType {
-                w.append(byte: UInt8(ascii: "\""))
-                w.appendJSONEscaped(ct)
-                w.append(byte: UInt8(ascii: "\""))
-            } else {
-                w.append("null")
-            }
+            w.appendJSONString(r.contentType)
             w.append(",\"size\":")
             w.append(decimal: r.responseSize ?? 0)
             w.append("}")

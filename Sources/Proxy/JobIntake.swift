@@ -110,8 +110,7 @@ final class JobIntake: RequestHandler {
     /// RFC 7240 `Prefer`: respond-async, or wait=N seconds.
     static func preference(of r: MessageReader, maxWait: Duration) -> Preference {
         var result = Preference.absent
-        for f in r.fields where r.name(f).count == 6
-            && r.name(f).elementsEqual("prefer".utf8, by: { $0 | 0x20 == $1 }) {
+        for f in r.fields where headerName(r.name(f), equals: "prefer") {
             forEachPreference(r.value(f)) { token in
                 if token.count == 13, token.elementsEqual("respond-async".utf8, by: { $0 | 0x20 == $1 }) {
                     result = .respondAsync

@@ -98,9 +98,8 @@ final class JobRunner: HTTPClientDelegate {
 
     private func connectFresh() {
         state = .connecting
-        let c = HTTPClientConnection(loop: proxy.loop, maxHeaderBytes: proxy.maxResponseHeadBytes)
+        let c = proxy.newUpstream(delegate: self, isHead: isHead)
         upstream = c
-        c.beginExchange(delegate: self, isHead: isHead)
         c.connect(to: target.address, timeout: target.config.connectTimeout)
     }
 
@@ -165,13 +164,7 @@ final class JobRunner: HTTPClientDelegate {
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        if connection.isOpen {
-            if requestWritten, connection.output.map({ evbuffer_get_length($0) == 0 }) ?? false {
-                proxy.pool(for: target).put(connection)
-            } else {
-                connection.close()
-            }
-        }
+        proxy.pool(for: target).checkIn(connection, requestWritten: requestWritten)
         upstream = nil
         let body: StoredBody
         do {

@@ -131,9 +131,8 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     private func freshConnection() {
         state = .connecting
         headSent = false
-        let c = HTTPClientConnection(loop: proxy.loop, maxHeaderBytes: proxy.maxResponseHeadBytes)
+        let c = proxy.newUpstream(delegate: self, isHead: isHead)
         upstream = c
-        c.beginExchange(delegate: self, isHead: isHead)
         c.connect(to: target.address, timeout: target.config.connectTimeout)
     }
 
@@ -237,14 +236,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        // The connection is reusable only if the whole request went out.
-        if connection.isOpen {
-            if requestComplete && connection.output.map({ evbuffer_get_length($0) == 0 }) ?? false {
-                proxy.pool(for: target).put(connection)
-            } else {
-                connection.close()
-            }
-        }
+        proxy.pool(for: target).checkIn(connection, requestWritten: requestComplete)
         upstream = nil
         finish()
         client.endResponse()

@@ -79,6 +79,15 @@ public final class ProxyLoop: HTTPService {
 
     public func flushLogs() { accessLog?.flush() }
 
+    /// A new upstream connection, its first exchange begun for `delegate`;
+    /// the caller keeps it, then calls `connect(to:)`, which may fail at once
+    /// (and tell the delegate so).
+    func newUpstream(delegate: any HTTPClientDelegate, isHead: Bool) -> HTTPClientConnection {
+        let c = HTTPClientConnection(loop: loop, maxHeaderBytes: maxResponseHeadBytes)
+        c.beginExchange(delegate: delegate, isHead: isHead)
+        return c
+    }
+
     func pool(for target: UpstreamTarget) -> UpstreamPool {
         let key = ObjectIdentifier(target)
         if let pool = pools[key] { return pool }

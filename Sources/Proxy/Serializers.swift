@@ -74,8 +74,5 @@ enum ResponseSerializer {
 
 /// `Job-Id` or `Job-Attempt`, any case.
 func isJobHeader(_ name: UnsafeBufferPointer<UInt8>) -> Bool {
-    func equals(_ lower: String) -> Bool {
-        name.count == lower.utf8.count && zip(name, lower.utf8).allSatisfy { lowerASCII($0) == $1 }
-    }
-    return (name.count == 6 && equals("job-id")) || (name.count == 11 && equals("job-attempt"))
+    headerName(name, equals: "job-id") || headerName(name, equals: "job-attempt")
 }

@@ -1,3 +1,4 @@
+import CLibevent
 import HTTP
 import Loop
 
@@ -22,6 +23,18 @@ final class UpstreamPool {
             if c.isOpen { return c }
         }
         return nil
+    }
+
+    /// An exchange ended with a whole response: the connection goes back to
+    /// the pool only if the whole request went out too (nothing of it left
+    /// unsent), else it is closed.
+    func checkIn(_ connection: HTTPClientConnection, requestWritten: Bool) {
+        guard connection.isOpen else { return }
+        if requestWritten, connection.output.map({ evbuffer_get_length($0) == 0 }) ?? false {
+            put(connection)
+        } else {
+            connection.close()
+        }
     }
 
     func put(_ connection: HTTPClientConnection) {
