@@ -113,20 +113,23 @@ import Testing
 
         let a = try RawClient(port: port, timeout: 10)
         let start = ContinuousClock.now
-        try a.send("GET /sleep?ms=800 HTTP/1.1\r\nHost: a\r\n\r\n")
+        // Long enough that /readyz can be asked while it runs even when the
+        // machine is busy (a slow start of that check would otherwise meet
+        // an already exited process), short of auto mode's 2 s switch.
+        try a.send("GET /sleep?ms=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
         #expect(waitUntil(timeout: 3) { Self.backendInFlight(backendPort) == 1 }, "the request never reached the backend")
         serve.signal(SIGTERM)
 
         #expect(waitUntil(timeout: 0.5) { connectionRefused(port) }, "new connections are still accepted after SIGTERM")
         // Draining: not ready any more (SPEC §7), while the request goes on.
-        if secondsSince(start) < 0.7 {
+        if secondsSince(start) < 1.0 {
             let ready = try? get(admin, "/readyz")
             #expect(ready?.status == 503, "/readyz while draining: \(ready.map { "\($0.status)" } ?? "no answer")")
         }
         let r = try a.readResponse()
         #expect(r.status == 200)
-        #expect(r.text == "{\"slept_ms\":800}")
-        #expect(secondsSince(start) >= 0.75, "answered before the 800ms sleep could be over")
+        #expect(r.text == "{\"slept_ms\":1500}")
+        #expect(secondsSince(start) >= 1.45, "answered before the 1500ms sleep could be over")
         #expect(serve.waitForExit(timeout: 10) == 0)
         _ = backend
     }
