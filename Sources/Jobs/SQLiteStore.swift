@@ -22,7 +22,7 @@ import Glibc
 ///   read-only connections (WAL readers never block the writer).
 ///
 /// Files: the parent directory is created 0700 if missing, the database
-/// 0600 (SQLite creates `-wal` and `-shm` with the database's mode).
+/// 0600 (SQLite creates `-wal` with the database's mode; there is no `-shm`).
 public final class SQLiteStore: JobStore {
     /// `PRAGMA user_version` of the schema below.
     static let schemaVersion = 2
@@ -707,9 +707,15 @@ private final class Connection {
     private var db: OpaquePointer?
     private var statements: [Statement] = []
 
+    /// "unix-excl": the process holds the database's POSIX locks for as
+    /// long as it has it open, and the WAL index lives in heap memory, not
+    /// in a mapped `-shm` file. Only this process ever opens the database
+    /// (the store's flock), so transactions then take no fcntl locks.
+    static let vfs = "unix-excl"
+
     init(path: String, flags: Int32) throws(StoreError) {
         var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        let rc = sqlite3_open_v2(path, &handle, flags, Connection.vfs)
         guard rc == SQLITE_OK, let handle else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
             sqlite3_close_v2(handle)
