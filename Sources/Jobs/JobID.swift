@@ -24,7 +24,7 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
         return JobID(high: words.0, low: words.1)
     }
 
-    private init(high: UInt64, low: UInt64) {
+    fileprivate init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low
     }
@@ -121,5 +121,31 @@ extension JobID {
             let word = i < 8 ? high : low
             return UInt8(truncatingIfNeeded: word >> UInt64(56 - 8 * (i % 8)))
         }
+    }
+}
+
+/// Fresh ids for one thread: 256 bytes of OS CSPRNG output per
+/// `getentropy(3)` (its limit), 16 ids per system call instead of one. The
+/// bytes are the kernel's, used once each, and never leave the owner's
+/// thread; not Sendable (one per event loop).
+public final class JobIDSource {
+    private static let batch = 16
+    private var words = [UInt64](repeating: 0, count: 2 * batch)
+    private var next = batch
+
+    public init() {}
+
+    public func make() -> JobID {
+        if next == JobIDSource.batch {
+            let rc = words.withUnsafeMutableBytes { getentropy($0.baseAddress!, $0.count) }
+            precondition(rc == 0, "getentropy failed: \(errno)")
+            next = 0
+        }
+        let id = JobID(high: words[2 * next], low: words[2 * next + 1])
+        // Zeroed once issued: the buffer only ever holds ids nobody has.
+        words[2 * next] = 0
+        words[2 * next + 1] = 0
+        next += 1
+        return id
     }
 }

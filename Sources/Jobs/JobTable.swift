@@ -34,6 +34,9 @@ public final class JobTable: Sendable {
         /// Set while the job waits for an upstream slot: takes it out of
         /// the queue (DELETE), so a canceled job holds no place there.
         var withdraw: (@Sendable () -> Void)?
+        /// A queued job's request, kept from its insert to its dispatch (within
+        /// `requestCacheBytes`), so dispatch need not read it back from the store.
+        var request: JobRequest?
 
         init(_ record: JobRecord) { visible = record }
 
@@ -59,6 +62,14 @@ public final class JobTable: Sendable {
         var keys: [String: JobID?] = [:]
         var observed: [String: Observed] = [:]
         var nextToken = 1
+        /// What the entries' kept requests hold, by `cost(of:)`.
+        var cachedRequestBytes = 0
+
+        mutating func dropRequest(of e: Entry) {
+            guard let r = e.request else { return }
+            e.request = nil
+            cachedRequestBytes -= JobTable.cost(of: r)
+        }
 
         mutating func observe(upstream: String, millis: Int64) {
             var o = observed[upstream] ?? Observed()
@@ -67,6 +78,16 @@ public final class JobTable: Sendable {
             o.samples += 1
             observed[upstream] = o
         }
+    }
+
+    /// Requests kept in memory for dispatch, at most this many bytes in all:
+    /// a short queue never reads its requests back; a long one reads those
+    /// beyond the budget from the store.
+    public static let requestCacheBytes = 16 << 20
+
+    static func cost(of r: JobRequest) -> Int {
+        if case .inline(let body) = r.body { return 96 + r.head.count + body.count }
+        return 96 + r.head.count
     }
 
     private let state = Mutex(State())
@@ -147,7 +168,15 @@ public final class JobTable: Sendable {
                     if let key = record.keyIndex, case .some(.none) = s.keys[key] { s.keys[key] = nil }
                     return
                 }
-                s.jobs[record.id] = Entry(record)
+                let e = Entry(record)
+                if record.status == .queued {
+                    let cost = JobTable.cost(of: request)
+                    if s.cachedRequestBytes + cost <= JobTable.requestCacheBytes {
+                        e.request = request
+                        s.cachedRequestBytes += cost
+                    }
+                }
+                s.jobs[record.id] = e
                 if let key = record.keyIndex { s.keys[key] = .some(record.id) }
             }
             done(error)
@@ -211,6 +240,7 @@ public final class JobTable: Sendable {
                 withdraw = e.withdraw
                 e.withdraw = nil
             }
+            if to.isTerminal { s.dropRequest(of: e) }
             return (r, Hooks(abort: abort, withdraw: withdraw))
         }
         guard let updated else { return (nil, Hooks()) }
@@ -248,6 +278,19 @@ public final class JobTable: Sendable {
         }
         for w in woken { w.loop.execute(w.wake) }
     }
+
+    /// The request kept since the job's insert, handed over once (dispatch);
+    /// nil when it was not kept (then the store has it).
+    public func takeRequest(_ id: JobID) -> JobRequest? {
+        state.withLock { s in
+            guard let e = s.jobs[id], let r = e.request else { return nil }
+            s.dropRequest(of: e)
+            return r
+        }
+    }
+
+    /// Bytes of requests kept for dispatch (tests).
+    public var cachedRequestBytes: Int { state.withLock { $0.cachedRequestBytes } }
 
     /// Registers the hook that aborts a running job's exchange (DELETE).
     /// False if the job is no longer running (a cancel came first).
@@ -288,6 +331,7 @@ public final class JobTable: Sendable {
             var woken: [Waiter] = []
             for id in ids {
                 guard let e = s.jobs.removeValue(forKey: id) else { continue }
+                s.dropRequest(of: e)
                 woken += e.waiters
                 if let key = e.visible.keyIndex, s.keys[key] == .some(id) { s.keys[key] = nil }
             }

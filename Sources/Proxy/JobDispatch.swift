@@ -71,12 +71,8 @@ extension ProxyLoop {
             target.gate.release()
             return
         }
-        let request: JobRequest?
-        do {
-            request = try jobs.store.request(of: id)
-        } catch {
-            request = nil
-        }
+        var request = jobs.table.takeRequest(id)
+        if request == nil { request = try? jobs.store.request(of: id) }
         guard let request else {
             target.gate.release()
             jobFinished(id, .failure(.interrupted, "the stored request could not be read", .no))

@@ -37,7 +37,7 @@ final class JobIntake: RequestHandler {
     unowned let proxy: ProxyLoop
     private var client: HTTPServerConnection?
     let route: CompiledRoute
-    let id = JobID.random()
+    let id: JobID
     private var phase = Phase.body
     private let spool = BodySpool()
     private let head: [UInt8]
@@ -62,7 +62,8 @@ final class JobIntake: RequestHandler {
     private var grantDuringCommit = false
     /// The exchange ended while the job was being committed.
     private var outcomeDuringCommit: JobRunner.Outcome?
-    private var timer: Timer!
+    /// Made only when a deadline is needed (auto, or `Prefer: wait`).
+    private var timer: Timer?
     private var waitToken: Int?
     /// Names this request's place in the gate's queue (auto).
     private var gateToken: UInt64 = 0
@@ -79,6 +80,7 @@ final class JobIntake: RequestHandler {
         self.proxy = proxy
         self.client = client
         self.route = route
+        self.id = proxy.jobIDs.make()
         self.method = String(decoding: r.methodName, as: UTF8.self)
         self.path = String(decoding: r.path, as: UTF8.self)
         self.isHead = r.isHead
@@ -95,7 +97,6 @@ final class JobIntake: RequestHandler {
         let w = proxy.scratchWriter
         RequestSerializer.write(request: r, peer: client.peer, target: route.upstream, into: w, framing: false)
         self.head = Array(w.bytes)
-        timer = Timer(loop: proxy.loop) { [unowned self] in self.deadline() }
         client.logUpstream = route.upstream.name
         if idempotencyKey != nil {
             var f = Fingerprint()
@@ -280,7 +281,7 @@ final class JobIntake: RequestHandler {
 
     private func answer202(_ record: JobRecord, _ applied: Preference?) {
         phase = .done
-        timer.cancel()
+        timer?.cancel()
         proxy.answerAccepted(client, record, preference: applied, base: base)
     }
 
@@ -293,13 +294,18 @@ final class JobIntake: RequestHandler {
             resultReady()
             return
         }
-        timer.schedule(after: .seconds(seconds))
+        armDeadline(after: .seconds(seconds))
+    }
+
+    private func armDeadline(after delay: Duration) {
+        if timer == nil { timer = Timer(loop: proxy.loop) { [unowned self] in self.deadline() } }
+        timer?.schedule(after: delay)
     }
 
     private func resultReady() {
         guard phase == .waiting else { return }
         phase = .done
-        timer.cancel()
+        timer?.cancel()
         waitToken = nil
         guard let record = proxy.jobs.table.lookup(id) else {
             client?.respondError(HTTPError(404, "not_found", "no such job"))
@@ -317,7 +323,7 @@ final class JobIntake: RequestHandler {
     private func forward() {
         let seconds: Duration
         if case .wait(let n) = preference { seconds = .seconds(n) } else { seconds = route.asyncAfter }
-        timer.schedule(after: seconds)
+        armDeadline(after: seconds)
         phase = .slot
         let bound = LoopBound(self, loop: proxy.loop)
         gateToken = target.gate.makeToken()
@@ -360,7 +366,7 @@ final class JobIntake: RequestHandler {
         case .exchanging:
             // Whole within async_after: relayed as in sync, no job.
             phase = .done
-            timer.cancel()
+            timer?.cancel()
             runner = nil
             proxy.jobs.table.observe(upstream: target.name, millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
             if keyClaimed, let key = keyIndex { proxy.jobs.table.releaseClaim(key: key) }
@@ -415,7 +421,7 @@ final class JobIntake: RequestHandler {
             target.gate.withdraw(gateToken)
         }
         phase = .done
-        timer.cancel()
+        timer?.cancel()
         if reservation {
             reservation = false
             target.gate.unreserve()
@@ -441,7 +447,7 @@ final class JobIntake: RequestHandler {
             abandon()
         case .waiting:
             phase = .done
-            timer.cancel()
+            timer?.cancel()
             if let token = waitToken { proxy.jobs.table.stopWaiting(id, token: token) }
         case .committing, .done:
             break  // the job stands

@@ -14,6 +14,7 @@ public final class ProxyLoop: HTTPService {
     let scratchWriter = ByteWriter(capacity: 4096)
     let jsonWriter = ByteWriter(capacity: 1024)
     public let jobs: JobEngine
+    let jobIDs = JobIDSource()
     let log: Logger
     /// Background exchanges running on this loop, by job (for DELETE).
     var runners: [JobID: JobRunner] = [:]

@@ -99,6 +99,39 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         #expect(!table.setAbort(r.id, loop: group.loops[0]) {})
     }
 
+    @Test func aQueuedJobsRequestIsKeptUntilItsDispatchOnly() {
+        let table = JobTable(store: MemoryStore())
+        let request = JobRequest(head: Array("POST /x HTTP/1.1\r\nA: b\r\n".utf8), body: .inline([1, 2, 3]), declaresBody: true)
+        let first = record(), second = record(), third = record()
+        for r in [first, second, third] { table.insert(r, request: request) { _ in } }
+        let cost = table.cachedRequestBytes / 3
+        #expect(cost > request.head.count + 3)
+        // Handed over once; then the store is where it is.
+        #expect(table.takeRequest(first.id) == request)
+        #expect(table.takeRequest(first.id) == nil)
+        #expect(table.cachedRequestBytes == 2 * cost)
+        // A canceled job's and a removed job's kept requests are let go.
+        #expect(table.cancel(second.id) { _ in } != nil)
+        #expect(table.takeRequest(second.id) == nil)
+        table.remove([third.id]) { _ in }
+        #expect(table.cachedRequestBytes == 0)
+        // Jobs that start running (auto) have their exchange already: nothing kept.
+        table.insert(record(.running), request: request) { _ in }
+        #expect(table.cachedRequestBytes == 0)
+    }
+
+    @Test func keptRequestsStayWithinTheirBudget() {
+        let table = JobTable(store: MemoryStore())
+        let big = JobRequest(head: [UInt8](repeating: 0x41, count: JobTable.requestCacheBytes / 2 - 200),
+                             body: .empty, declaresBody: false)
+        let jobs = [record(), record(), record()]
+        for r in jobs { table.insert(r, request: big) { _ in } }
+        #expect(table.cachedRequestBytes <= JobTable.requestCacheBytes)
+        #expect(table.takeRequest(jobs[0].id) == big)
+        #expect(table.takeRequest(jobs[1].id) == big)
+        #expect(table.takeRequest(jobs[2].id) == nil)
+    }
+
     @Test func failuresCarryTheirCodeAndMessage() {
         let table = JobTable(store: MemoryStore())
         let r = record()
