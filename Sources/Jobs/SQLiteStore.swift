@@ -482,22 +482,14 @@ private final class Writer {
                 for j in first..<i { forgetRows(of: writes[j].op) }
             }
         }
-        // Row changes of writes that failed were rolled back with them.
-        for (write, result) in zip(writes, results) where result == nil {
-            switch write.op {
-            case .insert(let record, _):
-                if let seq = inserted[record.id] { rows.set(record.id, seq) }
-            case .delete(let ids):
-                for id in ids where deleted.contains(id) { rows.remove(id) }
-            case .update:
-                break
-            }
-        }
+        // What is left of this batch's row changes was committed (those of
+        // failed writes were forgotten with their transaction).
+        rows.apply(inserted: inserted, deleted: deleted)
         for (paths, result) in zip(files, results) where result == nil {
             for path in paths { removeSpoolFile(path) }
         }
-        for (write, result) in zip(writes, results) {
-            write.done(result)
+        for i in writes.indices {
+            writes[i].done(results[i])
         }
     }
 
@@ -505,30 +497,27 @@ private final class Writer {
     /// id that exists, a job that does not) fails alone; any other failure
     /// is an I/O-class error that loses the transaction.
     private func applyOne(_ op: WriteOp) -> (Result<[String], StoreError>, transactionLost: Bool) {
-        if let refusal = refusal(of: op) { return (.failure(refusal), false) }
         do throws(StoreError) {
-            return (.success(try apply(op)), false)
+            switch try apply(op) {
+            case .applied(let paths): return (.success(paths), false)
+            case .refused(let refusal): return (.failure(refusal), false)
+            }
         } catch {
             return (.failure(error), true)
         }
     }
 
-    private func refusal(of op: WriteOp) -> StoreError? {
-        switch op {
-        case .insert(let record, _):
-            return seq(of: record.id) == nil ? nil : StoreError("sqlite: job \(record.id) exists")
-        case .update(let record, _):
-            return seq(of: record.id) == nil ? StoreError("sqlite: no such job") : nil
-        case .delete:
-            return nil
-        }
+    private enum Applied {
+        /// With the spool files to unlink once committed.
+        case applied([String])
+        /// Checked before any statement ran: the transaction is unharmed.
+        case refused(StoreError)
     }
 
-    /// Returns the spool files to unlink once committed.
-    private func apply(_ op: WriteOp) throws(StoreError) -> [String] {
+    private func apply(_ op: WriteOp) throws(StoreError) -> Applied {
         switch op {
         case .insert(let record, let request):
-            guard seq(of: record.id) == nil else { throw StoreError("sqlite: job \(record.id) exists") }
+            guard seq(of: record.id) == nil else { return .refused(StoreError("sqlite: job \(record.id) exists")) }
             let s = insert
             s.bind(record.id.text, at: 1)
             s.bind(record.status.rawValue, at: 2)
@@ -554,10 +543,10 @@ private final class Writer {
             try s.run()
             if let path = request.body.filePath { toSync.insert(path) }
             inserted[record.id] = connection.lastInsertRowID
-            return []
+            return .applied([])
 
         case .update(let record, let response):
-            guard let seq = seq(of: record.id) else { throw StoreError("sqlite: no such job") }
+            guard let seq = seq(of: record.id) else { return .refused(StoreError("sqlite: no such job")) }
             let s = updateState
             s.bind(seq, at: 1)
             s.bind(record.status.rawValue, at: 2)
@@ -581,7 +570,7 @@ private final class Writer {
                 try r.run()
                 if let path = response.body.filePath { toSync.insert(path) }
             }
-            return []
+            return .applied([])
 
         case .delete(let ids):
             var paths: [String] = []
@@ -600,7 +589,7 @@ private final class Writer {
                 try deleteRow.run()
                 deleted.insert(id)
             }
-            return paths
+            return .applied(paths)
         }
     }
 
@@ -1079,9 +1068,15 @@ private final class RowMap: Sendable {
     private let map = Mutex<[JobID: Int64]>([:])
 
     subscript(id: JobID) -> Int64? { map.withLock { $0[id] } }
-    func set(_ id: JobID, _ seq: Int64) { map.withLock { $0[id] = seq } }
-    func remove(_ id: JobID) { map.withLock { _ = $0.removeValue(forKey: id) } }
     func merge(_ found: [JobID: Int64]) { map.withLock { $0.merge(found) { _, new in new } } }
+    /// A committed batch's inserts and deletes, under one lock.
+    func apply(inserted: [JobID: Int64], deleted: Set<JobID>) {
+        guard !inserted.isEmpty || !deleted.isEmpty else { return }
+        map.withLock { m in
+            for (id, seq) in inserted { m[id] = seq }
+            for id in deleted { m[id] = nil }
+        }
+    }
 }
 
 /// fsync(2) of a file or directory by path.
