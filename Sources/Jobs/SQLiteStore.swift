@@ -939,7 +939,6 @@ private final class Statement {
 
 // MARK: - Files and threads
 
-/// A counting semaphore for the writer's wake-ups.
 /// Runs `PASSIVE` checkpoints on its own thread and connection when the
 /// writer's commits have grown the WAL past `threshold` frames (reported by
 /// SQLite's WAL hook, which replaces the automatic checkpoints the writer
@@ -1007,6 +1006,7 @@ private final class Checkpointer: @unchecked Sendable {
     }
 }
 
+/// A counting semaphore for the threads' wake-ups.
 private final class Semaphore: @unchecked Sendable {
     private let sem: UnsafeMutablePointer<sem_t>
 
