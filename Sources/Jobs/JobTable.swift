@@ -161,7 +161,10 @@ public final class JobTable: Sendable {
     }
 
     /// Commits a new job; it becomes visible when durable, then `done` runs.
-    public func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void) {
+    /// A queued job may come with its `withdraw` hook (see `setWithdraw`),
+    /// set with the entry instead of by a second lookup.
+    public func insert(_ record: JobRecord, request: JobRequest, withdraw: (@Sendable () -> Void)? = nil,
+                       done: @escaping @Sendable (StoreError?) -> Void) {
         store.insert(record, request: request) { [self] error in
             state.withLock { s in
                 if error != nil {
@@ -170,6 +173,7 @@ public final class JobTable: Sendable {
                 }
                 let e = Entry(record)
                 if record.status == .queued {
+                    e.withdraw = withdraw
                     let cost = JobTable.cost(of: request)
                     if s.cachedRequestBytes + cost <= JobTable.requestCacheBytes {
                         e.request = request

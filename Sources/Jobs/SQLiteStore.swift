@@ -338,9 +338,16 @@ private enum WriteOp: Sendable {
     case delete([JobID])
 }
 
-private struct PendingWrite: Sendable {
+/// A class: the queue and the writer pass one reference around instead of
+/// copying a record, a request and a closure at every step.
+private final class PendingWrite: Sendable {
     let op: WriteOp
     let done: @Sendable (StoreError?) -> Void
+
+    init(op: WriteOp, done: @escaping @Sendable (StoreError?) -> Void) {
+        self.op = op
+        self.done = done
+    }
 }
 
 /// The hand-off between submitting threads and the writer thread. The
@@ -519,7 +526,7 @@ private final class Writer {
         case .insert(let record, let request):
             guard seq(of: record.id) == nil else { return .refused(StoreError("sqlite: job \(record.id) exists")) }
             let s = insert
-            s.bind(record.id.text, at: 1)
+            s.bind(record.id, at: 1)
             s.bind(record.status.rawValue, at: 2)
             s.bind(record.upstream, at: 3)
             s.bind(record.method, at: 4)
@@ -843,6 +850,17 @@ private final class Statement {
         } else {
             noteBind(sqlite3_bind_null(handle, index))
         }
+    }
+
+    /// A job id as its text, without making a String of it.
+    func bind(_ id: JobID, at index: Int32) {
+        guard let handle else { return }
+        let rc = id.withUTF8 { utf8 in
+            utf8.withMemoryRebound(to: CChar.self) {
+                sqlite3_bind_text(handle, index, $0.baseAddress, Int32($0.count), CSQLite_transient())
+            }
+        }
+        noteBind(rc)
     }
 
     func bind(_ value: String?, at index: Int32) {

@@ -10,8 +10,9 @@ import Loop
 /// durably before a byte goes upstream, and ended with their outcome.
 extension ProxyLoop {
     /// Queues a committed job for a slot. Accepted jobs are never refused:
-    /// they may wait beyond `max_queued`.
-    public func dispatch(_ record: JobRecord) {
+    /// they may wait beyond `max_queued`. `token` names a gate token whose
+    /// withdraw hook the job's entry already has (set at its insert).
+    public func dispatch(_ record: JobRecord, token preset: UInt64? = nil) {
         guard let target = config.upstream(named: record.upstream) else {
             failUnstarted(record.id, .upstreamUnreachable, "upstream '\(record.upstream)' is no longer configured")
             return
@@ -19,7 +20,7 @@ extension ProxyLoop {
         let bound = LoopBound(self, loop: loop)
         let id = record.id
         let gate = target.gate
-        let token = gate.makeToken()
+        let token = preset ?? gate.makeToken()
         let waiter = ConcurrencyGate.Waiter(loop: loop, token: token) { bound.value.slotGranted(forJob: id, target: target) }
         switch gate.acquire(waiter, force: true) {
         case .acquired:
@@ -27,7 +28,7 @@ extension ProxyLoop {
         case .queued:
             // A DELETE takes it out of the queue; a grant racing that is
             // released by `slotGranted`, which finds the job canceled.
-            jobs.table.setWithdraw(id) { gate.withdraw(token) }
+            if preset == nil { jobs.table.setWithdraw(id) { gate.withdraw(token) } }
         case .rejected:
             break
         }

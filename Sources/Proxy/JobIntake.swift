@@ -67,6 +67,8 @@ final class JobIntake: RequestHandler {
     private var waitToken: Int?
     /// Names this request's place in the gate's queue (auto).
     private var gateToken: UInt64 = 0
+    /// The gate token a queued job's dispatch uses (its withdraw hook is set).
+    private var dispatchToken: UInt64?
     /// A place at the gate held while an `async` job is committed.
     private var reservation = false
     /// The exchange went on as the job's after the switch: its end is the job's.
@@ -210,7 +212,22 @@ final class JobIntake: RequestHandler {
         guard let request else { return }
         phase = .committing
         let bound = LoopBound(self, loop: proxy.loop)
-        proxy.jobs.table.insert(record, request: request) { error in
+        // A queued job's way out of its upstream's queue (DELETE) comes with
+        // its entry: the gate token it holds (auto, switched while waiting),
+        // or the one it will queue with.
+        var withdraw: (@Sendable () -> Void)?
+        if record.status == .queued {
+            let gate = target.gate
+            let token: UInt64
+            if route.mode == .async || preference == .respondAsync {
+                token = gate.makeToken()
+                dispatchToken = token
+            } else {
+                token = gateToken  // auto: switched while waiting at the gate
+            }
+            withdraw = { gate.withdraw(token) }
+        }
+        proxy.jobs.table.insert(record, request: request, withdraw: withdraw) { error in
             bound.loop.execute { bound.value.committed(record, error: error) }
         }
     }
@@ -259,7 +276,7 @@ final class JobIntake: RequestHandler {
             if route.mode == .async, preference != .respondAsync, case .wait(let seconds) = preference {
                 // Prefer: wait=N on an async route: the job exists; its result
                 // is relayed if it arrives within N seconds.
-                proxy.dispatch(record)
+                proxy.dispatch(record, token: dispatchToken)
                 waitForResult(seconds: seconds)
                 return
             }
@@ -267,14 +284,10 @@ final class JobIntake: RequestHandler {
                 grantDuringCommit = false
                 proxy.slotGranted(forJob: id, target: target)
             } else if route.mode == .async || preference == .respondAsync {
-                proxy.dispatch(record)
-            } else {
-                // Switched while queued: this request's place in the queue
-                // is the job's now, and a DELETE takes it out.
-                let gate = target.gate
-                let token = gateToken
-                proxy.jobs.table.setWithdraw(id) { gate.withdraw(token) }
+                proxy.dispatch(record, token: dispatchToken)
             }
+            // Else switched while queued: this request's place in the queue
+            // is the job's now, and its withdraw hook came with the insert.
             answer202(record, applied)
         }
     }
