@@ -75,7 +75,7 @@ final class JobRunner: HTTPClientDelegate {
         guard state == .idle else { return }
         proxy.jobs.exchangeStarted()
         timer.schedule(after: target.config.timeout)
-        if let pooled = proxy.pool(for: target).take() {
+        if let pooled = proxy.pool(for: target)?.take() {
             state = .exchanging
             upstream = pooled
             pooled.beginExchange(delegate: self, isHead: isHead)
@@ -164,7 +164,7 @@ final class JobRunner: HTTPClientDelegate {
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        proxy.pool(for: target).checkIn(connection, requestWritten: requestWritten)
+        proxy.checkIn(connection, to: target, requestWritten: requestWritten)
         upstream = nil
         let body: StoredBody
         do {

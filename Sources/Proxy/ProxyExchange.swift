@@ -119,7 +119,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     private func connect() {
-        if let pooled = proxy.pool(for: target).take() {
+        if let pooled = proxy.pool(for: target)?.take() {
             upstream = pooled
             pooled.beginExchange(delegate: self, isHead: isHead)
             sendRequest()
@@ -236,7 +236,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        proxy.pool(for: target).checkIn(connection, requestWritten: requestComplete)
+        proxy.checkIn(connection, to: target, requestWritten: requestComplete)
         upstream = nil
         finish()
         client.endResponse()

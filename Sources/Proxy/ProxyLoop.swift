@@ -23,6 +23,7 @@ public final class ProxyLoop: HTTPService {
     var retryTimers: [JobID: Timer] = [:]
     let maxResponseHeadBytes = 64 * 1024
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
+    private var draining = false
     private var accessLog: AccessLog?
     let answered = AnsweredHandler()
     /// Finished exchanges kept for reuse: their buffers and timer are made once.
@@ -72,6 +73,7 @@ public final class ProxyLoop: HTTPService {
     }
 
     public func beginDrain() {
+        draining = true
         server.beginDrain()
         for pool in pools.values { pool.closeAll() }
     }
@@ -89,12 +91,26 @@ public final class ProxyLoop: HTTPService {
         return c
     }
 
-    func pool(for target: UpstreamTarget) -> UpstreamPool {
+    /// The pool of one of the current configuration's upstreams. A target
+    /// a reload replaced has none (nor has any once draining began): the
+    /// connections of exchanges that outlive it are closed, not kept.
+    func pool(for target: UpstreamTarget) -> UpstreamPool? {
         let key = ObjectIdentifier(target)
         if let pool = pools[key] { return pool }
+        guard !draining, config.upstream(named: target.name) === target else { return nil }
         let pool = UpstreamPool(loop: loop, target: target)
         pools[key] = pool
         return pool
+    }
+
+    /// An exchange's connection after a whole response: kept in its pool,
+    /// or closed.
+    func checkIn(_ connection: HTTPClientConnection, to target: UpstreamTarget, requestWritten: Bool) {
+        if let pool = pool(for: target) {
+            pool.checkIn(connection, requestWritten: requestWritten)
+        } else {
+            connection.close()
+        }
     }
 
     // MARK: HTTPService

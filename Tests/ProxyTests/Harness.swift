@@ -280,6 +280,8 @@ func whenRequestComplete(_ response: String) -> @Sendable ([UInt8]) -> [UInt8]? 
 /// A coatcheck server in this process, in front of `upstreamPort`.
 final class TestProxy {
     let server: CoatcheckServer
+    /// What it started with (a reload starts from this).
+    let configuration: Configuration
     var port: Int { server.port }
 
     init(upstreamPort: Int, threads: Int = 1, yaml extra: (inout Configuration) -> Void = { _ in }) throws {
@@ -294,6 +296,7 @@ final class TestProxy {
         route.mode = .sync
         c.routes = [route]
         extra(&c)
+        configuration = c
         server = try CoatcheckServer(configuration: c, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         try server.start()
     }
