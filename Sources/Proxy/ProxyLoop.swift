@@ -23,6 +23,7 @@ public final class ProxyLoop: HTTPService {
     var retryTimers: [JobID: Timer] = [:]
     let maxResponseHeadBytes = 64 * 1024
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
+    private var poolSweeper: Timer?
     private var draining = false
     private var accessLog: AccessLog?
     let answered = AnsweredHandler()
@@ -42,6 +43,23 @@ public final class ProxyLoop: HTTPService {
         self.server = nil
         self.server = HTTPServer(loop: loop, service: self, limits: config.serverLimits, budget: budget)
         applyLogging()
+        poolSweeper = Timer(loop: loop) { [unowned self] in self.sweepPools() }
+        schedulePoolSweep()
+    }
+
+    /// Idle upstream connections live for `limits.idle_timeout`, as idle
+    /// client connections do: swept every quarter of it, closed after four
+    /// sweeps idle.
+    private static let poolSweepsPerIdleTimeout: UInt64 = 4
+
+    private func schedulePoolSweep() {
+        let interval = config.configuration.limits.idleTimeout / Int(Self.poolSweepsPerIdleTimeout)
+        poolSweeper?.schedule(after: max(interval, .milliseconds(10)))
+    }
+
+    private func sweepPools() {
+        for pool in pools.values { pool.sweep(maxAge: Self.poolSweepsPerIdleTimeout) }
+        if !draining { schedulePoolSweep() }
     }
 
     public func listen(host: String, port: Int, reusePort: Bool) throws(SocketError) -> Int {
@@ -74,6 +92,7 @@ public final class ProxyLoop: HTTPService {
 
     public func beginDrain() {
         draining = true
+        poolSweeper?.cancel()
         server.beginDrain()
         for pool in pools.values { pool.closeAll() }
     }

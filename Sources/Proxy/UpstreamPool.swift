@@ -3,11 +3,18 @@ import HTTP
 import Loop
 
 /// Idle keep-alive connections to one upstream, on one loop. Most recently
-/// used first, so the warmest connection is reused and cold ones age out.
+/// used first, so the warmest connection is reused and cold ones age out:
+/// `sweep` closes those idle for `maxAge` sweeps (`ProxyLoop` sweeps every
+/// quarter of `limits.idle_timeout`), so a backend does not keep a worker
+/// or a thread per connection a past burst opened.
 final class UpstreamPool {
     let loop: EventLoop
     let target: UpstreamTarget
-    private var idle: [HTTPClientConnection] = []
+    /// Oldest first: `take` pops the newest, `put` appends, so the sweep
+    /// stamps only ever grow from front to back.
+    private var idle: [(connection: HTTPClientConnection, since: UInt64)] = []
+    /// Sweeps so far; a connection is stamped with it when it goes idle.
+    private var sweeps: UInt64 = 0
     let maxIdle: Int
 
     init(loop: EventLoop, target: UpstreamTarget, maxIdle: Int = 128) {
@@ -18,7 +25,7 @@ final class UpstreamPool {
 
     /// An idle connection, or nil when a new one must be made.
     func take() -> HTTPClientConnection? {
-        while let c = idle.popLast() {
+        while let c = idle.popLast()?.connection {
             c.onIdleClose = nil
             if c.isOpen { return c }
         }
@@ -45,15 +52,29 @@ final class UpstreamPool {
         }
         connection.becomeIdle()
         connection.onIdleClose = { [unowned self] c in
-            self.idle.removeAll { $0 === c }
+            self.idle.removeAll { $0.connection === c }
         }
-        idle.append(connection)
+        idle.append((connection, sweeps))
+    }
+
+    /// Counts a sweep and closes the connections idle through `maxAge` of
+    /// them (so for between `maxAge` and `maxAge + 1` sweep intervals).
+    func sweep(maxAge: UInt64) {
+        sweeps += 1
+        let stale = idle.prefix { sweeps - $0.since > maxAge }.count
+        guard stale > 0 else { return }
+        let closing = idle[..<stale]
+        idle.removeFirst(stale)
+        for (c, _) in closing {
+            c.onIdleClose = nil
+            c.close()
+        }
     }
 
     func closeAll() {
         let all = idle
         idle.removeAll()
-        for c in all {
+        for (c, _) in all {
             c.onIdleClose = nil
             c.close()
         }

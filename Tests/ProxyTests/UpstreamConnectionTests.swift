@@ -3,9 +3,9 @@ import Foundation
 import Server
 import Testing
 
-/// Reloads (SIGHUP) swap routes and upstreams under running exchanges; the
-/// process-level reload test is in ProcessTests.
-@Suite struct ReloadTests {
+/// Keep-alive connections to upstreams: how long they stay in their pools.
+/// (The process-level reload test is in ProcessTests.)
+@Suite struct UpstreamConnectionTests {
     /// An exchange that outlives its upstream's configuration finishes, and
     /// its keep-alive connection is then closed rather than kept in a pool
     /// no request would ever use again; requests after the reload connect
@@ -40,5 +40,24 @@ import Testing
         #expect(try client.readResponse().text == "ok")
         #expect(upstream.connections == 2)
         #expect(upstream.closedByPeer == 1, "the current upstream's connection stays in its pool")
+    }
+
+    /// A pooled connection idle for `limits.idle_timeout` is closed, as an
+    /// idle client connection is; one in use is not.
+    @Test func idleUpstreamConnectionsAreClosedAfterTheIdleTimeout() throws {
+        let upstream = try RecordingUpstream(closeAfterReply: false,
+                                             reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+        let proxy = try TestProxy(upstreamPort: upstream.port) { $0.limits.idleTimeout = .seconds(1) }
+        // Requests closer together than the timeout keep reusing one connection.
+        for i in 0..<3 {
+            #expect(try get(proxy.port, "/kept\(i)").text == "ok")
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(upstream.connections == 1)
+        #expect(upstream.closedByPeer == 0)
+        // Then left idle: closed after the timeout (and at most one sweep, 250 ms).
+        #expect(waitUntil(timeout: 3) { upstream.closedByPeer == 1 }, "the idle upstream connection was kept open")
+        #expect(try get(proxy.port, "/fresh").text == "ok")
+        #expect(upstream.connections == 2)
     }
 }
