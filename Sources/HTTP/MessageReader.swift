@@ -218,17 +218,10 @@ public final class MessageReader {
         if versionMinor > 1 { versionMinor = 1 }
 
         // Raw bytes: NUL, bare CR, and obs-fold (a line starting with SP/HT).
-        var i = 0
-        while i < headLength {
-            let c = bytes[i]
-            if c == 0 { throw isRequest ? .badHeader : .badResponse }
-            if c == 0x0D && (i + 1 >= headLength || bytes[i + 1] != 0x0A) {
-                throw isRequest ? .badHeader : .badResponse
-            }
-            if c == 0x0A && i + 1 < headLength && (bytes[i + 1] == 0x20 || bytes[i + 1] == 0x09) {
-                throw isRequest ? .obsFold : .badResponse
-            }
-            i += 1
+        switch rawFault(UnsafePointer(bytes), headLength) {
+        case .none: break
+        case .badByte: throw isRequest ? .badHeader : .badResponse
+        case .obsFold: throw isRequest ? .obsFold : .badResponse
         }
 
         if isRequest {
@@ -238,10 +231,7 @@ public final class MessageReader {
         } else {
             status = Int(CHTTPParser_status(parser))
             if status < 100 || status > 599 { throw .badResponse }
-            for j in reasonStart..<reasonEnd {
-                let c = bytes[j]
-                if c < 0x20 && c != 0x09 || c == 0x7F { throw .badResponse }
-            }
+            if hasControl(UnsafePointer(bytes) + reasonStart, reasonEnd - reasonStart) { throw .badResponse }
         }
 
         var contentLengthSeen = false
@@ -262,9 +252,8 @@ public final class MessageReader {
             while f.valueEnd > f.valueStart && (bytes[Int(f.valueEnd) - 1] == 0x20 || bytes[Int(f.valueEnd) - 1] == 0x09) {
                 f.valueEnd -= 1
             }
-            for j in Int(f.valueStart)..<Int(f.valueEnd) {
-                let c = bytes[j]
-                if (c < 0x20 && c != 0x09) || c == 0x7F { throw isRequest ? .badHeader : .badResponse }
+            if hasControl(UnsafePointer(bytes) + Int(f.valueStart), Int(f.valueEnd - f.valueStart)) {
+                throw isRequest ? .badHeader : .badResponse
             }
             f.kind = HeaderKind.classify(name, nameLength)
             fields[index] = f
@@ -630,4 +619,87 @@ func isValidAuthority(_ value: UnsafeBufferPointer<UInt8>) -> Bool {
         }
     }
     return true
+}
+
+// MARK: - Word-at-a-time byte checks
+
+/// The checks every head byte goes through, eight bytes per step (SWAR):
+/// a word with no byte of interest costs a handful of instructions; only a
+/// word that may hold one is looked at byte by byte, by the same rules.
+private enum Word {
+    static let ones: UInt64 = 0x0101_0101_0101_0101
+    static let highs: UInt64 = 0x8080_8080_8080_8080
+
+    @inline(__always)
+    static func load(_ p: UnsafePointer<UInt8>) -> UInt64 {
+        UnsafeRawPointer(p).loadUnaligned(as: UInt64.self)
+    }
+
+    /// Some byte of `w` is below `n` (n <= 0x80). Exact as a yes/no answer.
+    @inline(__always)
+    static func anyBelow(_ w: UInt64, _ n: UInt64) -> Bool {
+        (w &- ones &* n) & ~w & highs != 0
+    }
+
+    @inline(__always)
+    static func anyEqual(_ w: UInt64, _ b: UInt64) -> Bool {
+        anyBelow(w ^ (ones &* b), 1)
+    }
+
+    /// The high bit of each byte of `w` that is below `n` (n <= 0x80), and
+    /// of no other: exact per byte (no borrow runs between bytes).
+    @inline(__always)
+    static func below(_ w: UInt64, _ n: UInt64) -> UInt64 {
+        let lows: UInt64 = 0x7F7F_7F7F_7F7F_7F7F
+        return ~(((w & lows) &+ ones &* (0x80 - n)) | w) & highs
+    }
+}
+
+enum RawFault { case none, badByte, obsFold }
+
+/// A head's raw faults: NUL, a CR not followed by LF, a line that starts
+/// with SP or HT (obs-fold). Everything of interest is below 0x0E: each
+/// word yields the exact positions of such bytes, and only those are looked at.
+func rawFault(_ p: UnsafePointer<UInt8>, _ n: Int) -> RawFault {
+    var i = 0
+    while i + 8 <= n {
+        var hits = Word.below(Word.load(p + i), 0x0E)
+        while hits != 0 {
+            let j = i + hits.trailingZeroBitCount >> 3
+            if let fault = rawFault(at: j, p, n) { return fault }
+            hits &= hits &- 1
+        }
+        i += 8
+    }
+    while i < n {
+        if p[i] < 0x0E, let fault = rawFault(at: i, p, n) { return fault }
+        i += 1
+    }
+    return .none
+}
+
+@inline(__always)
+private func rawFault(at j: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> RawFault? {
+    switch p[j] {
+    case 0: return .badByte
+    case 0x0D: return j + 1 < n && p[j + 1] == 0x0A ? nil : .badByte
+    case 0x0A: return j + 1 < n && (p[j + 1] == 0x20 || p[j + 1] == 0x09) ? .obsFold : nil
+    default: return nil
+    }
+}
+
+/// A control byte other than HT, or DEL: never in a field value or a reason phrase.
+func hasControl(_ p: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+    var i = 0
+    while i + 8 <= n {
+        let w = Word.load(p + i)
+        if Word.anyBelow(w, 0x20) || Word.anyEqual(w, 0x7F) { break }
+        i += 8
+    }
+    while i < n {
+        let c = p[i]
+        if (c < 0x20 && c != 0x09) || c == 0x7F { return true }
+        i += 1
+    }
+    return false
 }

@@ -7,6 +7,10 @@ import CLibevent
 public final class Timer {
     private var event: OpaquePointer?
     private let action: () -> Void
+    /// The last two delays armed, as timevals: a timer mostly alternates
+    /// between one or two (a connection's idle and header timeouts), and
+    /// converting a Duration is 128-bit arithmetic.
+    private var recent: (Duration, timeval, Duration, timeval) = (.zero, timeval(), .zero, timeval())
 
     public init(loop: EventLoop, action: @escaping () -> Void) {
         self.action = action
@@ -26,7 +30,15 @@ public final class Timer {
 
     /// (Re)arms the timer to fire once after `after`.
     public func schedule(after: Duration) {
-        var tv = timeval(after)
+        var tv: timeval
+        if after == recent.0 && after != .zero {
+            tv = recent.1
+        } else if after == recent.2 && after != .zero {
+            tv = recent.3
+        } else {
+            tv = timeval(after)
+            recent = (after, tv, recent.0, recent.1)
+        }
         event_add(event, &tv)
     }
 
