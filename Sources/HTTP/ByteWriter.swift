@@ -59,7 +59,9 @@ public final class ByteWriter {
         bytes.withUnsafeBufferPointer { append($0) }
     }
 
-    public func append(_ s: String) {
+    /// A String's bytes. (Its own label: a literal argument then picks the
+    /// StaticString overload, a plain copy, not String's default.)
+    public func append(string s: String) {
         var s = s
         s.withUTF8 { append($0) }
     }
@@ -139,7 +141,7 @@ public final class ByteWriter {
     }
 
     public func header(_ name: StaticString, _ value: String) {
-        append(name); append(": "); append(value); append("\r\n")
+        append(name); append(": "); append(string: value); append("\r\n")
     }
 
     public func header(_ name: StaticString, decimal value: Int64) {

@@ -437,23 +437,26 @@ public final class MessageReader {
     private static let callbacks: http_parser_settings = {
         var s = http_parser_settings()
         http_parser_settings_init(&s)
-        s.on_url = { p, at, n in reader(p).onURL(at!, n) }
-        s.on_status = { p, at, n in reader(p).onStatus(at!, n) }
-        s.on_header_field = { p, at, n in reader(p).onHeaderField(at!, n) }
-        s.on_header_value = { p, at, n in reader(p).onHeaderValue(at!, n) }
-        s.on_headers_complete = { p in reader(p).onHeadersComplete() }
+        s.on_url = { p, at, n in withReader(p) { $0.onURL(at!, n) } }
+        s.on_status = { p, at, n in withReader(p) { $0.onStatus(at!, n) } }
+        s.on_header_field = { p, at, n in withReader(p) { $0.onHeaderField(at!, n) } }
+        s.on_header_value = { p, at, n in withReader(p) { $0.onHeaderValue(at!, n) } }
+        s.on_headers_complete = { p in withReader(p) { $0.onHeadersComplete() } }
         return s
     }()
 
+    /// The reader parsing: it is inside `http_parser_execute`, called by the
+    /// reader itself, so it is alive; no retain and release per callback.
     @inline(__always)
-    private static func reader(_ p: UnsafeMutablePointer<http_parser>?) -> MessageReader {
-        Unmanaged<MessageReader>.fromOpaque(p!.pointee.data).takeUnretainedValue()
+    private static func withReader(_ p: UnsafeMutablePointer<http_parser>?, _ body: (MessageReader) -> Int32) -> Int32 {
+        Unmanaged<MessageReader>.fromOpaque(p!.pointee.data)._withUnsafeGuaranteedRef(body)
     }
 
     private func offset(_ at: UnsafePointer<CChar>) -> Int32 {
         Int32(UnsafeRawPointer(bytes).distance(to: UnsafeRawPointer(at)))
     }
 
+    @inline(__always)
     private func onURL(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         // The head is parsed whole from one buffer: one call per message.
         targetStart = Int(offset(at))
@@ -461,12 +464,14 @@ public final class MessageReader {
         return 0
     }
 
+    @inline(__always)
     private func onStatus(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         reasonStart = Int(offset(at))
         reasonEnd = reasonStart + n
         return 0
     }
 
+    @inline(__always)
     private func onHeaderField(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         let o = offset(at)
         if lastWasValue {
@@ -478,6 +483,7 @@ public final class MessageReader {
         return 0
     }
 
+    @inline(__always)
     private func onHeaderValue(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         let o = offset(at)
         if !lastWasValue {
@@ -488,6 +494,7 @@ public final class MessageReader {
         return 0
     }
 
+    @inline(__always)
     private func onHeadersComplete() -> Int32 {
         headersDone = true
         if kind == .response {

@@ -134,7 +134,7 @@ enum JobJSON {
         w.append("{\"job_id\":\"")
         w.append(jobID: r.id)
         w.append("\",\"status\":\"")
-        w.append(r.status.rawValue)
+        w.append(string: r.status.rawValue)
         w.append("\",\"created_at\":")
         time(r.createdAt, w)
         w.append(",\"started_at\":")
@@ -163,7 +163,7 @@ enum JobJSON {
         }
         if r.status == .failed, let code = r.error {
             w.append(",\"error\":{\"code\":\"")
-            w.append(code.rawValue)
+            w.append(string: code.rawValue)
             w.append("\",\"message\":\"")
             w.appendJSONEscaped(r.errorMessage ?? code.defaultMessage)
             w.append("\"}")
@@ -180,7 +180,7 @@ enum JobJSON {
         w.append("{\"job_id\":\"")
         w.append(jobID: r.id)
         w.append("\",\"status\":\"")
-        w.append(r.status.rawValue)
+        w.append(string: r.status.rawValue)
         w.append("\",\"status_url\":\"")
         url(r.id, c, result: false, w)
         w.append("\",\"result_url\":\"")
