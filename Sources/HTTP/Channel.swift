@@ -40,6 +40,12 @@ public final class Channel {
     /// never called back from inside its own write.
     public var wantsWritable = false
     public static let readSize = 64 * 1024
+    /// The first read after a pause asks for this little: with libevent's
+    /// chain header it is a 1 KiB allocation, which malloc serves from its
+    /// per-thread cache, where a 64 KiB one takes the slow path each time an
+    /// emptied buffer frees its chain. A read that fills it switches to
+    /// `readSize` reads until one comes back small again (bodies stream).
+    public static let smallReadSize = 960
 
     private var readEvent: OpaquePointer!
     private var writeEvent: OpaquePointer!
@@ -49,6 +55,8 @@ public final class Channel {
     /// Mirrors whether `readEvent` is added, to skip redundant event calls.
     private var readArmed = false
     private var connecting = false
+    /// The last read filled its room: the peer is sending a lot.
+    private var bulkReads = false
     public private(set) var isClosed = false
 
     /// Takes ownership of `fd` (closed by `close()` or `deinit`).
@@ -139,7 +147,7 @@ public final class Channel {
     }
 
     private func readReady() {
-        var room = Channel.readSize
+        var room = bulkReads ? Channel.readSize : Channel.smallReadSize
         if inputHighWater > 0 {
             room = min(room, inputHighWater - evbuffer_get_length(input))
             if room <= 0 {
@@ -152,6 +160,7 @@ public final class Channel {
         guard evbuffer_reserve_space(input, room, &extent, 1) == 1 else { return }
         let n = recv(fd, extent.iov_base, min(extent.iov_len, room), 0)
         if n > 0 {
+            bulkReads = n >= Channel.smallReadSize
             extent.iov_len = n
             evbuffer_commit_space(input, &extent, 1)
             if inputHighWater > 0 && evbuffer_get_length(input) >= inputHighWater {

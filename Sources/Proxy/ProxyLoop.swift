@@ -23,6 +23,8 @@ public final class ProxyLoop: HTTPService {
     var retryTimers: [JobID: Timer] = [:]
     let maxResponseHeadBytes = 64 * 1024
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
+    /// The pool found last: most loops talk to one upstream most of the time.
+    private var lastPool: UpstreamPool?
     private var poolSweeper: Timer?
     private var draining = false
     private var accessLog: AccessLog?
@@ -74,6 +76,7 @@ public final class ProxyLoop: HTTPService {
         // Pools belong to the old targets; their idle connections are closed.
         for pool in pools.values { pool.closeAll() }
         pools.removeAll()
+        lastPool = nil
         applyLogging()
     }
 
@@ -95,6 +98,8 @@ public final class ProxyLoop: HTTPService {
         poolSweeper?.cancel()
         server.beginDrain()
         for pool in pools.values { pool.closeAll() }
+        pools.removeAll()
+        lastPool = nil
     }
 
     public var openConnections: Int { server.openConnections }
@@ -114,11 +119,16 @@ public final class ProxyLoop: HTTPService {
     /// a reload replaced has none (nor has any once draining began): the
     /// connections of exchanges that outlive it are closed, not kept.
     func pool(for target: UpstreamTarget) -> UpstreamPool? {
+        if let pool = lastPool, pool.target === target { return pool }
         let key = ObjectIdentifier(target)
-        if let pool = pools[key] { return pool }
+        if let pool = pools[key] {
+            lastPool = pool
+            return pool
+        }
         guard !draining, config.upstream(named: target.name) === target else { return nil }
         let pool = UpstreamPool(loop: loop, target: target)
         pools[key] = pool
+        lastPool = pool
         return pool
     }
 

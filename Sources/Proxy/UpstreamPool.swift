@@ -17,10 +17,16 @@ final class UpstreamPool {
     private var sweeps: UInt64 = 0
     let maxIdle: Int
 
+    /// Made once: every idle connection of the pool shares it.
+    private var forgetClosed: ((HTTPClientConnection) -> Void)?
+
     init(loop: EventLoop, target: UpstreamTarget, maxIdle: Int = 128) {
         self.loop = loop
         self.target = target
         self.maxIdle = maxIdle
+        forgetClosed = { [unowned self] c in
+            self.idle.removeAll { $0.connection === c }
+        }
     }
 
     /// An idle connection, or nil when a new one must be made.
@@ -51,9 +57,7 @@ final class UpstreamPool {
             return
         }
         connection.becomeIdle()
-        connection.onIdleClose = { [unowned self] c in
-            self.idle.removeAll { $0.connection === c }
-        }
+        connection.onIdleClose = forgetClosed
         idle.append((connection, sweeps))
     }
 
