@@ -41,7 +41,15 @@ public final class MessageReader {
     /// The head bytes; `headLength` of them are valid after `.complete`.
     public let bytes: UnsafeMutablePointer<UInt8>
     public private(set) var headLength = 0
-    public private(set) var fields: [HeaderField] = []
+    /// The head's fields, valid until the next `readHead` (like the bytes).
+    public var fields: UnsafeBufferPointer<HeaderField> {
+        UnsafeBufferPointer(start: fieldStorage, count: fieldCount)
+    }
+    /// Owned here and grown by doubling: the parser's callbacks append
+    /// without the checks a Swift array makes per element written.
+    private var fieldStorage: UnsafeMutablePointer<HeaderField>
+    private var fieldCapacity = 32
+    private var fieldCount = 0
 
     // Request line.
     public private(set) var method: UInt8 = 0
@@ -87,7 +95,7 @@ public final class MessageReader {
         self.parser = .allocate(capacity: 1)
         self.settings = .allocate(capacity: 1)
         self.settings.initialize(to: MessageReader.callbacks)
-        fields.reserveCapacity(32)
+        self.fieldStorage = .allocate(capacity: fieldCapacity)
         reset()
     }
 
@@ -95,6 +103,7 @@ public final class MessageReader {
         bytes.deallocate()
         parser.deallocate()
         settings.deallocate()
+        fieldStorage.deallocate()
     }
 
     /// Forgets the previous message; the next `readHead` starts a new one.
@@ -102,7 +111,7 @@ public final class MessageReader {
         http_parser_init(parser, kind == .request ? HTTP_REQUEST : HTTP_RESPONSE)
         parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         headLength = 0
-        fields.removeAll(keepingCapacity: true)
+        fieldCount = 0
         headersDone = false
         messageDone = false
         lastWasValue = true
@@ -240,8 +249,8 @@ public final class MessageReader {
         var connectionClose = false
         var connectionKeepAlive = false
 
-        for index in fields.indices {
-            var f = fields[index]
+        for index in 0..<fieldCount {
+            var f = fieldStorage[index]
             let name = bytes + Int(f.nameStart)
             let nameLength = Int(f.nameEnd - f.nameStart)
             guard nameLength > 0 else { throw isRequest ? .badHeader : .badResponse }
@@ -256,7 +265,7 @@ public final class MessageReader {
                 throw isRequest ? .badHeader : .badResponse
             }
             f.kind = HeaderKind.classify(name, nameLength)
-            fields[index] = f
+            fieldStorage[index] = f
             let value = UnsafeBufferPointer(start: bytes + Int(f.valueStart), count: Int(f.valueEnd - f.valueStart))
 
             switch f.kind {
@@ -374,7 +383,7 @@ public final class MessageReader {
         }
         let authority = UnsafeBufferPointer(start: bytes + targetStart + schemeLength, count: authorityEnd - targetStart - schemeLength)
         guard hostIndex >= 0, !authority.isEmpty, isValidAuthority(authority) else { throw .badTarget }
-        let host = fields[hostIndex]
+        let host = fieldStorage[hostIndex]
         let hostValue = UnsafeBufferPointer(start: bytes + Int(host.valueStart), count: Int(host.valueEnd - host.valueStart))
         // A request naming another host than its Host field is refused: this
         // is a reverse proxy, never an open forward proxy.
@@ -475,9 +484,11 @@ public final class MessageReader {
     private func onHeaderField(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         let o = offset(at)
         if lastWasValue {
-            fields.append(HeaderField(nameStart: o, nameEnd: o + Int32(n), valueStart: o, valueEnd: o, kind: .other))
+            if fieldCount == fieldCapacity { growFields() }
+            fieldStorage[fieldCount] = HeaderField(nameStart: o, nameEnd: o + Int32(n), valueStart: o, valueEnd: o, kind: .other)
+            fieldCount += 1
         } else {
-            fields[fields.count - 1].nameEnd = o + Int32(n)
+            fieldStorage[fieldCount - 1].nameEnd = o + Int32(n)
         }
         lastWasValue = false
         return 0
@@ -487,11 +498,19 @@ public final class MessageReader {
     private func onHeaderValue(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
         let o = offset(at)
         if !lastWasValue {
-            fields[fields.count - 1].valueStart = o
+            fieldStorage[fieldCount - 1].valueStart = o
         }
-        fields[fields.count - 1].valueEnd = o + Int32(n)
+        fieldStorage[fieldCount - 1].valueEnd = o + Int32(n)
         lastWasValue = true
         return 0
+    }
+
+    private func growFields() {
+        let bigger = UnsafeMutablePointer<HeaderField>.allocate(capacity: fieldCapacity * 2)
+        bigger.moveInitialize(from: fieldStorage, count: fieldCount)
+        fieldStorage.deallocate()
+        fieldStorage = bigger
+        fieldCapacity *= 2
     }
 
     @inline(__always)
@@ -533,7 +552,7 @@ public final class MessageReader {
     }
 
     public var hostValue: UnsafeBufferPointer<UInt8>? {
-        hostIndex >= 0 ? value(fields[hostIndex]) : nil
+        hostIndex >= 0 ? value(fieldStorage[hostIndex]) : nil
     }
 
     public var methodName: UnsafeBufferPointer<UInt8> {
