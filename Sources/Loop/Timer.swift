@@ -1,16 +1,34 @@
 import CLibevent
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A one-shot timer on one loop. The owner keeps it; `deinit` frees the event.
 ///
 /// The action is set once at creation. It usually captures its owner unowned,
 /// since the owner holds the timer.
+///
+/// Lazy, in the spirit of nginx's timers: most timers are timeouts that are
+/// armed and cancelled once per request (a connection's header and idle
+/// timeouts, an exchange's) and almost never fire. `cancel` only disarms;
+/// the libevent event stays pending, and a `schedule` whose deadline is not
+/// before the pending event's reuses it instead of touching libevent's heap.
+/// An event that fires before the deadline now asked for is re-added for
+/// the rest, so the action never runs early, and one that fires disarmed
+/// does nothing: a busy connection costs one timer insertion per timeout
+/// period instead of two per request.
 public final class Timer {
     private var event: OpaquePointer?
     private let action: () -> Void
-    /// The last two delays armed, as timevals: a timer mostly alternates
-    /// between one or two (a connection's idle and header timeouts), and
-    /// converting a Duration is 128-bit arithmetic.
-    private var recent: (Duration, timeval, Duration, timeval) = (.zero, timeval(), .zero, timeval())
+    /// Armed to run `action` at `deadline` (coarse monotonic nanoseconds).
+    private var armed = false
+    private var deadline: UInt64 = 0
+    /// When the pending libevent event fires; 0 while none is pending.
+    private var eventFires: UInt64 = 0
+    /// The last two delays armed, in nanoseconds: a timer mostly alternates
+    /// between one or two, and converting a Duration is 128-bit arithmetic.
+    private var recent: (Duration, UInt64, Duration, UInt64) = (.zero, 0, .zero, 0)
 
     public init(loop: EventLoop, action: @escaping () -> Void) {
         self.action = action
@@ -20,7 +38,7 @@ public final class Timer {
             // kept only until it fires): keep it alive until the action
             // returns; libevent allows freeing a fired event in its callback.
             let timer = Unmanaged<Timer>.fromOpaque(arg!).takeUnretainedValue()
-            withExtendedLifetime(timer) { timer.action() }
+            withExtendedLifetime(timer) { timer.fired() }
         }, Unmanaged.passUnretained(self).toOpaque())
     }
 
@@ -30,25 +48,57 @@ public final class Timer {
 
     /// (Re)arms the timer to fire once after `after`.
     public func schedule(after: Duration) {
-        var tv: timeval
-        if after == recent.0 && after != .zero {
-            tv = recent.1
-        } else if after == recent.2 && after != .zero {
-            tv = recent.3
-        } else {
-            tv = timeval(after)
-            recent = (after, tv, recent.0, recent.1)
-        }
-        event_add(event, &tv)
+        let delay = nanoseconds(after)
+        let now = coarseMonotonicNanos()
+        deadline = now &+ delay
+        armed = true
+        // A pending event that fires no later than the deadline will do: it
+        // re-adds itself for the rest.
+        if eventFires != 0 && eventFires <= deadline { return }
+        add(delay)
+        eventFires = deadline
     }
 
     public func cancel() {
-        event_del(event)
+        armed = false
     }
 
-    public var isScheduled: Bool {
-        event_pending(event, Int16(EV_TIMEOUT), nil) != 0
+    public var isScheduled: Bool { armed }
+
+    private func fired() {
+        eventFires = 0
+        guard armed else { return }
+        let now = coarseMonotonicNanos()
+        if now < deadline {
+            add(deadline - now)
+            eventFires = deadline
+            return
+        }
+        armed = false
+        action()
     }
+
+    private func add(_ nanos: UInt64) {
+        var tv = timeval(tv_sec: Int(nanos / 1_000_000_000), tv_usec: Int(nanos % 1_000_000_000 / 1000))
+        event_add(event, &tv)
+    }
+
+    private func nanoseconds(_ d: Duration) -> UInt64 {
+        if d == recent.0 { return recent.1 }
+        if d == recent.2 { return recent.3 }
+        let n = UInt64(max(0, d.nanoseconds))
+        recent = (d, n, recent.0, recent.1)
+        return n
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE: the time of the last tick (1-4 ms), read
+/// without a system call; precise enough for timeouts.
+@inline(__always)
+func coarseMonotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 extension timeval {
