@@ -227,8 +227,11 @@ public final class MessageReader {
         if versionMinor > 1 { versionMinor = 1 }
 
         // Raw bytes: NUL, bare CR, and obs-fold (a line starting with SP/HT).
+        // Controls and DEL: a clean head (the usual) skips the per-part checks below.
+        var controls = false
         switch rawFault(UnsafePointer(bytes), headLength) {
         case .none: break
+        case .controls: controls = true
         case .badByte: throw isRequest ? .badHeader : .badResponse
         case .obsFold: throw isRequest ? .obsFold : .badResponse
         }
@@ -240,7 +243,7 @@ public final class MessageReader {
         } else {
             status = Int(CHTTPParser_status(parser))
             if status < 100 || status > 599 { throw .badResponse }
-            if hasControl(UnsafePointer(bytes) + reasonStart, reasonEnd - reasonStart) { throw .badResponse }
+            if controls && hasControl(UnsafePointer(bytes) + reasonStart, reasonEnd - reasonStart) { throw .badResponse }
         }
 
         var contentLengthSeen = false
@@ -261,7 +264,7 @@ public final class MessageReader {
             while f.valueEnd > f.valueStart && (bytes[Int(f.valueEnd) - 1] == 0x20 || bytes[Int(f.valueEnd) - 1] == 0x09) {
                 f.valueEnd -= 1
             }
-            if hasControl(UnsafePointer(bytes) + Int(f.valueStart), Int(f.valueEnd - f.valueStart)) {
+            if controls && hasControl(UnsafePointer(bytes) + Int(f.valueStart), Int(f.valueEnd - f.valueStart)) {
                 throw isRequest ? .badHeader : .badResponse
             }
             f.kind = HeaderKind.classify(name, nameLength)
@@ -672,6 +675,12 @@ private enum Word {
         anyBelow(w ^ (ones &* b), 1)
     }
 
+    /// The high bit of each byte of `w` that equals `b`, and of no other.
+    @inline(__always)
+    static func equal(_ w: UInt64, _ b: UInt64) -> UInt64 {
+        below(w ^ (ones &* b), 1)
+    }
+
     /// The high bit of each byte of `w` that is below `n` (n <= 0x80), and
     /// of no other: exact per byte (no borrow runs between bytes).
     @inline(__always)
@@ -681,36 +690,51 @@ private enum Word {
     }
 }
 
-enum RawFault { case none, badByte, obsFold }
+enum RawFault {
+    case none
+    case badByte
+    case obsFold
+    /// No fault, but a control byte other than HT, CR and LF, or DEL, is
+    /// somewhere in the head: where decides the error (value, reason,
+    /// target), so the per-part checks run.
+    case controls
+}
 
 /// A head's raw faults: NUL, a CR not followed by LF, a line that starts
-/// with SP or HT (obs-fold). Everything of interest is below 0x0E: each
-/// word yields the exact positions of such bytes, and only those are looked at.
+/// with SP or HT (obs-fold), in byte order; else whether any other control
+/// byte or DEL is in it. Each word yields the exact positions of its bytes
+/// below 0x20 and of DEL, and only those are looked at.
 func rawFault(_ p: UnsafePointer<UInt8>, _ n: Int) -> RawFault {
+    var controls = false
     var i = 0
     while i + 8 <= n {
-        var hits = Word.below(Word.load(p + i), 0x0E)
+        let w = Word.load(p + i)
+        var hits = Word.below(w, 0x20) | Word.equal(w, 0x7F)
         while hits != 0 {
             let j = i + hits.trailingZeroBitCount >> 3
-            if let fault = rawFault(at: j, p, n) { return fault }
+            if let fault = rawFault(at: j, p, n, &controls) { return fault }
             hits &= hits &- 1
         }
         i += 8
     }
     while i < n {
-        if p[i] < 0x0E, let fault = rawFault(at: i, p, n) { return fault }
+        let c = p[i]
+        if c < 0x20 || c == 0x7F, let fault = rawFault(at: i, p, n, &controls) { return fault }
         i += 1
     }
-    return .none
+    return controls ? .controls : .none
 }
 
 @inline(__always)
-private func rawFault(at j: Int, _ p: UnsafePointer<UInt8>, _ n: Int) -> RawFault? {
+private func rawFault(at j: Int, _ p: UnsafePointer<UInt8>, _ n: Int, _ controls: inout Bool) -> RawFault? {
     switch p[j] {
     case 0: return .badByte
     case 0x0D: return j + 1 < n && p[j + 1] == 0x0A ? nil : .badByte
     case 0x0A: return j + 1 < n && (p[j + 1] == 0x20 || p[j + 1] == 0x09) ? .obsFold : nil
-    default: return nil
+    case 0x09: return nil
+    default:
+        controls = true
+        return nil
     }
 }
 

@@ -14,7 +14,7 @@ import Testing
             if c == 0x0D && (i + 1 >= b.count || b[i + 1] != 0x0A) { return .badByte }
             if c == 0x0A && i + 1 < b.count && (b[i + 1] == 0x20 || b[i + 1] == 0x09) { return .obsFold }
         }
-        return .none
+        return b.contains { ($0 < 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D) || $0 == 0x7F } ? .controls : .none
     }
 
     func referenceHasControl(_ b: [UInt8]) -> Bool {
