@@ -5,7 +5,9 @@ let strict: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
     // Release builds skip dynamic exclusivity checks: they showed up in
     // profiles of the per-request path (swift_beginAccess); debug keeps them.
-    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    // Cross-module optimization lets the proxy inline the HTTP layer's small
+    // writers and accessors.
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
