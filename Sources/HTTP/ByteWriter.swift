@@ -66,6 +66,14 @@ public final class ByteWriter {
         s.withUTF8 { append($0) }
     }
 
+    /// `count` bytes written by `fill` straight into the buffer.
+    @inline(__always)
+    public func append(count n: Int, _ fill: (UnsafeMutablePointer<UInt8>) -> Void) {
+        reserve(n)
+        fill(base + count)
+        count += n
+    }
+
     @inline(__always)
     public func append(byte: UInt8) {
         reserve(1)

@@ -65,27 +65,33 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
 
     /// The 22 characters, on the stack, for as long as `body` runs.
     public func withUTF8<R>(_ body: (UnsafeBufferPointer<UInt8>) throws -> R) rethrows -> R {
-        var words = (high.bigEndian, low.bigEndian)
-        return try withUnsafeBytes(of: &words) { bytes in
-            try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: JobID.textLength) { out in
-                // Five groups of 3 bytes -> 4 characters, then 1 byte -> 2.
-                var o = 0
-                var i = 0
-                while i < 15 {
-                    let v = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-                    out[o] = alphabet[Int(v >> 18)]
-                    out[o + 1] = alphabet[Int(v >> 12 & 63)]
-                    out[o + 2] = alphabet[Int(v >> 6 & 63)]
-                    out[o + 3] = alphabet[Int(v & 63)]
-                    o += 4
-                    i += 3
-                }
-                out[20] = alphabet[Int(bytes[15] >> 2)]
-                out[21] = alphabet[Int(bytes[15] & 3) << 4]
-                return try body(UnsafeBufferPointer(out))
-            }
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: JobID.textLength) { out in
+            encode(into: out.baseAddress!)
+            return try body(UnsafeBufferPointer(out))
         }
     }
+
+    /// Writes the 22 characters at `out`: the 128 bits six at a time, high
+    /// bits first, the last character carrying 2 bits and 4 zeros.
+    @inline(__always)
+    public func encode(into out: UnsafeMutablePointer<UInt8>) {
+        let table = JobID.alphabet.utf8Start
+        for k in 0..<JobID.textLength {
+            out[k] = table[sixBits(k)]
+        }
+    }
+
+    /// Group `k` of six bits, counting from the most significant.
+    @inline(__always)
+    private func sixBits(_ k: Int) -> Int {
+        let p = 122 - 6 * k  // the group's lowest bit, from the id's lowest
+        if p >= 64 { return Int(truncatingIfNeeded: high >> UInt64(p - 64)) & 63 }
+        if p > 58 { return Int(truncatingIfNeeded: high << UInt64(64 - p) | low >> UInt64(p)) & 63 }
+        if p >= 0 { return Int(truncatingIfNeeded: low >> UInt64(p)) & 63 }
+        return Int(truncatingIfNeeded: low << UInt64(-p)) & 63
+    }
+
+    static let alphabet: StaticString = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
     public var text: String {
         withUTF8 { String(decoding: $0, as: UTF8.self) }
@@ -99,11 +105,10 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
     public var description: String { logPrefix + "…" }
 }
 
-private let alphabet: [UInt8] = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-
 /// Each byte's value in the base64url alphabet, 0xFF for the others.
 private let alphabetValues: [UInt8] = {
     var table = [UInt8](repeating: 0xFF, count: 256)
+    let alphabet = UnsafeBufferPointer(start: JobID.alphabet.utf8Start, count: JobID.alphabet.utf8CodeUnitCount)
     for (value, c) in alphabet.enumerated() { table[Int(c)] = UInt8(value) }
     return table
 }()

@@ -100,7 +100,7 @@ public final class JobEngine: Sendable {
 
 extension ByteWriter {
     func append(jobID id: JobID) {
-        id.withUTF8 { append($0) }
+        append(count: JobID.textLength) { id.encode(into: $0) }
     }
 
     /// `Job-Id: {id}\r\n`.

@@ -65,6 +65,20 @@ import Testing
         #expect(JobID(String(repeating: "A", count: 22))?.bytes == [UInt8](repeating: 0, count: 16))
     }
 
+    /// A source hands out 16 ids per getentropy call: across refills they
+    /// stay distinct and well formed.
+    @Test func anIDSourceNeverRepeatsAcrossItsRefills() {
+        let source = JobIDSource()
+        var seen = Set<JobID>()
+        for _ in 0..<100 {
+            let id = source.make()
+            #expect(JobID(id.text) == id)
+            #expect(id.text == referenceBase64URL(id.bytes))
+            seen.insert(id)
+        }
+        #expect(seen.count == 100)
+    }
+
     @Test func textIsBase64URLOfTheBytes() {
         for _ in 0..<200 {
             let id = JobID.random()
