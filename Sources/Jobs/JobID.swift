@@ -72,23 +72,34 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Writes the 22 characters at `out`: the 128 bits six at a time, high
-    /// bits first, the last character carrying 2 bits and 4 zeros.
+    /// bits first (character 10 straddles the words), the last character
+    /// carrying 2 bits and 4 zeros.
     @inline(__always)
     public func encode(into out: UnsafeMutablePointer<UInt8>) {
-        let table = JobID.alphabet.utf8Start
-        for k in 0..<JobID.textLength {
-            out[k] = table[sixBits(k)]
-        }
-    }
-
-    /// Group `k` of six bits, counting from the most significant.
-    @inline(__always)
-    private func sixBits(_ k: Int) -> Int {
-        let p = 122 - 6 * k  // the group's lowest bit, from the id's lowest
-        if p >= 64 { return Int(truncatingIfNeeded: high >> UInt64(p - 64)) & 63 }
-        if p > 58 { return Int(truncatingIfNeeded: high << UInt64(64 - p) | low >> UInt64(p)) & 63 }
-        if p >= 0 { return Int(truncatingIfNeeded: low >> UInt64(p)) & 63 }
-        return Int(truncatingIfNeeded: low << UInt64(-p)) & 63
+        let t = JobID.alphabet.utf8Start
+        let h = high, l = low
+        out[0] = t[Int(truncatingIfNeeded: h >> 58)]
+        out[1] = t[Int(truncatingIfNeeded: h >> 52 & 63)]
+        out[2] = t[Int(truncatingIfNeeded: h >> 46 & 63)]
+        out[3] = t[Int(truncatingIfNeeded: h >> 40 & 63)]
+        out[4] = t[Int(truncatingIfNeeded: h >> 34 & 63)]
+        out[5] = t[Int(truncatingIfNeeded: h >> 28 & 63)]
+        out[6] = t[Int(truncatingIfNeeded: h >> 22 & 63)]
+        out[7] = t[Int(truncatingIfNeeded: h >> 16 & 63)]
+        out[8] = t[Int(truncatingIfNeeded: h >> 10 & 63)]
+        out[9] = t[Int(truncatingIfNeeded: h >> 4 & 63)]
+        out[10] = t[Int(truncatingIfNeeded: (h << 2 | l >> 62) & 63)]
+        out[11] = t[Int(truncatingIfNeeded: l >> 56 & 63)]
+        out[12] = t[Int(truncatingIfNeeded: l >> 50 & 63)]
+        out[13] = t[Int(truncatingIfNeeded: l >> 44 & 63)]
+        out[14] = t[Int(truncatingIfNeeded: l >> 38 & 63)]
+        out[15] = t[Int(truncatingIfNeeded: l >> 32 & 63)]
+        out[16] = t[Int(truncatingIfNeeded: l >> 26 & 63)]
+        out[17] = t[Int(truncatingIfNeeded: l >> 20 & 63)]
+        out[18] = t[Int(truncatingIfNeeded: l >> 14 & 63)]
+        out[19] = t[Int(truncatingIfNeeded: l >> 8 & 63)]
+        out[20] = t[Int(truncatingIfNeeded: l >> 2 & 63)]
+        out[21] = t[Int(truncatingIfNeeded: l << 4 & 63)]
     }
 
     static let alphabet: StaticString = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
