@@ -15,9 +15,10 @@ import Glibc
 /// the libevent event stays pending, and a `schedule` whose deadline is not
 /// before the pending event's reuses it instead of touching libevent's heap.
 /// An event that fires before the deadline now asked for is re-added for
-/// the rest, so the action never runs early, and one that fires disarmed
-/// does nothing: a busy connection costs one timer insertion per timeout
-/// period instead of two per request.
+/// the rest, so the action does not run early (by more than a tick of the
+/// coarse clock deadlines are kept in, a few milliseconds), and one that
+/// fires disarmed does nothing: a busy connection costs one timer insertion
+/// per timeout period instead of two per request.
 public final class Timer {
     private var event: OpaquePointer?
     private let action: () -> Void
