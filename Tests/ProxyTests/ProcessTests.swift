@@ -50,6 +50,17 @@ import Testing
         #expect(child.waitForExit() == 0, "output: \(child.output)")
     }
 
+    /// `coatcheck check-config PATH` on a bad file: exit 1 and exactly one
+    /// non-empty line of output, returned.
+    func checkConfigRejection(_ path: String) throws -> String {
+        let child = try Child(["check-config", path])
+        #expect(child.waitForExit() == 1)
+        #expect(child.waitForOutputEnd())
+        let lines = child.output.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        #expect(lines.count == 1, "output: \(lines)")
+        return lines.first ?? ""
+    }
+
     @Test func checkConfigReportsAnUnknownKeyOnExactlyOneLine() throws {
         let path = try writeTempFile("""
             listen: "127.0.0.1:0"
@@ -63,12 +74,7 @@ import Testing
 
             """)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let child = try Child(["check-config", path])
-        #expect(child.waitForExit() == 1)
-        #expect(child.waitForOutputEnd())
-        let lines = child.output.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
-        #expect(lines.count == 1, "output: \(lines)")
-        let line = lines.first ?? ""
+        let line = try checkConfigRejection(path)
         #expect(line.hasPrefix("\(path):5:5: "), "line: \(line)")
         #expect(line.contains("max_concurency"), "the message must name the key: \(line)")
     }
@@ -86,12 +92,8 @@ import Testing
 
             """)
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let child = try Child(["check-config", path])
-        #expect(child.waitForExit() == 1)
-        #expect(child.waitForOutputEnd())
-        let lines = child.output.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
-        #expect(lines.count == 1, "output: \(lines)")
-        #expect(lines.first?.hasPrefix("\(path):5:") == true, "output: \(lines)")
+        let line = try checkConfigRejection(path)
+        #expect(line.hasPrefix("\(path):5:"), "line: \(line)")
     }
 
     @Test func unknownFlagExits64WithUsage() throws {
