@@ -72,8 +72,6 @@ final class BodySpool {
         }
     }
 
-    /// The collected body; a file is synced first when `durable`, so a
-    /// commit naming it never outlives its bytes. The spool is empty after.
     /// The collected body. The spool is empty after; on failure its file
     /// is removed. Files are not synced here: the SQLite store syncs the
     /// files a commit names before that commit, on its writer thread.
