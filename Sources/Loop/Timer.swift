@@ -102,14 +102,6 @@ func coarseMonotonicNanos() -> UInt64 {
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
-extension timeval {
-    public init(_ d: Duration) {
-        let (seconds, attoseconds) = d.components
-        let micros = attoseconds / 1_000_000_000_000
-        self.init(tv_sec: Int(max(0, seconds)), tv_usec: Int(max(0, micros)))
-    }
-}
-
 /// Wraps a loop-confined value so it can ride inside a `@Sendable` closure
 /// back to the same loop. Access checks the thread, as NIOLoopBound does.
 public struct LoopBound<Value>: @unchecked Sendable {
