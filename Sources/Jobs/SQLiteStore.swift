@@ -922,13 +922,13 @@ private final class Statement {
         _ = try step()
     }
 
-    /// Ready for new bindings; releases the statement's read snapshot.
-    /// Bindings are not cleared: every execution binds every parameter, and
-    /// a text or blob bound again reuses the copy's buffer (clearing would
-    /// free it, and the next bind allocate it again).
+    /// Ready for new bindings; releases the statement's read snapshot and
+    /// the copies of the values bound (a request head need not stay in
+    /// memory until the next write).
     func reset() {
         guard let handle else { return }
         sqlite3_reset(handle)
+        sqlite3_clear_bindings(handle)
         bindError = SQLITE_OK
     }
 
