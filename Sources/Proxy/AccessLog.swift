@@ -14,6 +14,8 @@ final class AccessLog {
     private var cachedSecond: Int64 = -1
     private var secondPrefix = [UInt8]()
     private static let stdoutLock = Mutex<Void>(())
+    /// `jobs.path`: a job endpoint's id is logged cut short.
+    var jobsPath: [UInt8] = []
 
     init(loop: EventLoop) {
         flushTimer = Timer(loop: loop) { [unowned self] in self.flush() }
@@ -29,8 +31,7 @@ final class AccessLog {
         w.append("\",\"method\":\"")
         w.append(c.reader.methodName)
         w.append("\",\"path\":\"")
-        // The target's bytes are validated visible ASCII; only `"` and `\` need escaping.
-        w.appendJSONEscaped(c.reader.target)
+        appendTarget(c.reader)
         w.append("\",\"status\":")
         w.append(decimal: Int64(status))
         w.append(",\"duration_ms\":")
@@ -54,6 +55,29 @@ final class AccessLog {
         } else if !flushTimer.isScheduled {
             flushTimer.schedule(after: .milliseconds(100))
         }
+    }
+
+    /// The request target, JSON-escaped (its bytes are validated visible
+    /// ASCII; only `"` and `\` need it). On the job endpoints the id is cut
+    /// to `JobID.logPrefix`'s 8 characters and an ellipsis: ids are
+    /// capabilities (SPEC §5), and the path is where they travel.
+    private func appendTarget(_ r: MessageReader) {
+        let target = r.target
+        let path = r.path
+        let idStart = target.count - path.count + jobsPath.count + 1
+        guard !jobsPath.isEmpty, path.count > jobsPath.count + 1, hasPrefix(path, jobsPath),
+              path[jobsPath.count] == UInt8(ascii: "/") else {
+            writer.appendJSONEscaped(target)
+            return
+        }
+        var idEnd = idStart
+        while idEnd < target.count && target[idEnd] != UInt8(ascii: "/") && target[idEnd] != UInt8(ascii: "?") {
+            idEnd += 1
+        }
+        let shown = min(idEnd, idStart + 8)
+        writer.appendJSONEscaped(UnsafeBufferPointer(rebasing: target[..<shown]))
+        if shown < idEnd { writer.append("…") }
+        writer.appendJSONEscaped(UnsafeBufferPointer(rebasing: target[idEnd...]))
     }
 
     func flush() {

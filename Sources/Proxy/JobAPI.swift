@@ -21,7 +21,7 @@ extension ProxyLoop {
             client.respondError(HTTPError(404, "not_found", "no such job"))
             return answered
         }
-        client.logJob = record.id.logPrefix
+        logJob(record.id, on: client)
         let base = publicBase(for: r)
         let method = r.methodName
         let isGet = bytesEqual(method, Self.get) || r.isHead

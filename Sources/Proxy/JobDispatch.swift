@@ -242,7 +242,7 @@ extension ProxyLoop {
         let w = jsonWriter
         w.reset()
         JobJSON.writeAccepted(record, context, into: w)
-        client.logJob = record.id.logPrefix
+        logJob(record.id, on: client)
         client.respond(status: 202, contentType: "application/json", body: w.bytes) { h in
             h.append("Location: ")
             h.append(config.jobsPath)
@@ -264,7 +264,7 @@ extension ProxyLoop {
         let w = jsonWriter
         w.reset()
         JobJSON.writeStatus(record, context, into: w)
-        client.logJob = record.id.logPrefix
+        logJob(record.id, on: client)
         client.respond(status: status, contentType: "application/json", body: w.bytes) { h in
             h.header("Cache-Control", "no-store")
             if !record.status.isTerminal { h.header("Retry-After", decimal: retryAfter(context)) }
@@ -308,7 +308,7 @@ extension ProxyLoop {
             client.respondError(HTTPError(500, "store_error", "the stored result body is missing"))
             return
         }
-        if let id { client.logJob = id.logPrefix }
+        if let id { logJob(id, on: client) }
         let framing: ResponseFraming = bodyless ? .none(contentLength: nil) : .contentLength(response.body.size)
         response.reason.withUnsafeBufferPointer { reason in
             client.startResponse(status: response.status, reason: reason, framing: framing) { h in

@@ -83,6 +83,7 @@ public final class ProxyLoop: HTTPService {
     private func applyLogging() {
         if config.configuration.accessLog {
             if accessLog == nil { accessLog = AccessLog(loop: loop) }
+            accessLog?.jobsPath = config.jobsPath
             server.onExchangeEnd = { [unowned self] c in
                 self.accessLog?.record(c, status: c.responseStatus)
             }
@@ -103,6 +104,12 @@ public final class ProxyLoop: HTTPService {
     }
 
     public var openConnections: Int { server.openConnections }
+
+    /// Names the job in the exchange's access log line (its first 8
+    /// characters); nothing to do when access logging is off.
+    func logJob(_ id: JobID, on client: HTTPServerConnection) {
+        if accessLog != nil { client.logJob = id.logPrefix }
+    }
 
     public func flushLogs() { accessLog?.flush() }
 

@@ -43,6 +43,28 @@ import Testing
         _ = backend
     }
 
+    /// A request that became a job, and reads of it, name the job by its
+    /// first 8 characters, in the `job` field and in the logged path: ids
+    /// are capabilities, never logged whole (SPEC §5).
+    @Test func accessLogNamesTheJobByItsPrefix() throws {
+        let (backend, backendPort) = try demoBackendProcess()
+        let (serve, port, _) = try serveProcess(["--upstream", "http://127.0.0.1:\(backendPort)", "--listen", "127.0.0.1:0",
+                                                 "--store", "memory:"])
+        let accepted = try request(port, "GET /status/200 HTTP/1.1\r\nHost: a\r\nPrefer: respond-async\r\nConnection: close\r\n\r\n")
+        #expect(accepted.status == 202)
+        let id = try #require(accepted.header("job-id"))
+        #expect(try get(port, "/jobs/\(id)?wait=1").status == 200)
+        #expect(try get(port, "/jobs/\(id)/result").status == 200)
+        let shown = String(id.prefix(8))
+        for path in ["/status/200", "/jobs/\(shown)…?wait=1", "/jobs/\(shown)…/result"] {
+            let line = try serve.waitForLine(containing: "\"path\":\"\(path)\"")
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object?["job"] as? String == shown, "line: \(line)")
+            #expect(!line.contains(id), "the whole id must not be logged: \(line)")
+        }
+        _ = backend
+    }
+
     @Test func checkConfigAcceptsTheSpecExample() throws {
         let path = try writeTempFile(Self.specExample)
         defer { try? FileManager.default.removeItem(atPath: path) }
