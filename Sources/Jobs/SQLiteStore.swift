@@ -78,18 +78,7 @@ public final class SQLiteStore: JobStore {
         self.queue = queue
         self.readers = ReaderPool(path: path)
 
-        let box = Unmanaged.passRetained(writer).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            let writer = Unmanaged<Writer>.fromOpaque(arg!).takeRetainedValue()
-            writer.run()
-            return nil
-        }, box)
-        guard rc == 0 else {
-            Unmanaged<Writer>.fromOpaque(box).release()
-            throw StoreError("sqlite: cannot start the writer thread: \(String(cString: strerror(rc)))")
-        }
-        self.writerThread = Mutex(thread)
+        self.writerThread = Mutex(try startThread("writer") { writer.run() })
         started = true
     }
 
@@ -959,6 +948,28 @@ private final class Statement {
 
 // MARK: - Files and threads
 
+/// What a new thread runs, carried through pthread_create's context pointer.
+private final class ThreadStart {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+/// Runs `body` on a new thread; the thread holds what `body` captures
+/// until it returns.
+private func startThread(_ name: String, _ body: @escaping () -> Void) throws(StoreError) -> pthread_t {
+    let box = Unmanaged.passRetained(ThreadStart(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { arg in
+        Unmanaged<ThreadStart>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, box)
+    guard rc == 0 else {
+        Unmanaged<ThreadStart>.fromOpaque(box).release()
+        throw StoreError("sqlite: cannot start the \(name) thread: \(String(cString: strerror(rc)))")
+    }
+    return thread
+}
+
 /// Runs `PASSIVE` checkpoints on its own thread and connection when the
 /// writer's commits have grown the WAL past `threshold` frames (reported by
 /// SQLite's WAL hook, which replaces the automatic checkpoints the writer
@@ -976,17 +987,7 @@ private final class Checkpointer: @unchecked Sendable {
     init(path: String) throws(StoreError) {
         connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
         try connection.execute("PRAGMA busy_timeout=\(SQLiteStore.busyTimeoutMillis)")
-        let box = Unmanaged.passRetained(self).toOpaque()
-        var t = pthread_t()
-        let rc = pthread_create(&t, nil, { arg in
-            let c = Unmanaged<Checkpointer>.fromOpaque(arg!).takeRetainedValue()
-            c.run()
-            return nil
-        }, box)
-        guard rc == 0 else {
-            Unmanaged<Checkpointer>.fromOpaque(box).release()
-            throw StoreError("sqlite: cannot start the checkpoint thread: \(String(cString: strerror(rc)))")
-        }
+        let t = try startThread("checkpoint") { [self] in run() }
         thread.withLock { $0 = t }
     }
 
