@@ -5,5 +5,6 @@
 
 // SQLITE_TRANSIENT is a cast macro Swift cannot import.
 static inline sqlite3_destructor_type CSQLite_transient(void) { return SQLITE_TRANSIENT; }
+static inline sqlite3_destructor_type CSQLite_static(void) { return SQLITE_STATIC; }
 
 #endif

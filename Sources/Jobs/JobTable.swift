@@ -162,28 +162,42 @@ public final class JobTable: Sendable {
 
     /// Commits a new job; it becomes visible when durable, then `done` runs.
     /// A queued job may come with its `withdraw` hook (see `setWithdraw`),
-    /// set with the entry instead of by a second lookup.
+    /// set with the entry instead of by a second lookup. Given a `loop`, the
+    /// entry is made and `done` runs there: the store's thread only hands
+    /// them over, so a group commit's callbacks cost its writer little.
     public func insert(_ record: JobRecord, request: JobRequest, withdraw: (@Sendable () -> Void)? = nil,
-                       done: @escaping @Sendable (StoreError?) -> Void) {
+                       on loop: EventLoop? = nil, done: @escaping @Sendable (StoreError?) -> Void) {
         store.insert(record, request: request) { [self] error in
-            state.withLock { s in
-                if error != nil {
-                    if let key = record.keyIndex, case .some(.none) = s.keys[key] { s.keys[key] = nil }
-                    return
-                }
-                let e = Entry(record)
-                if record.status == .queued {
-                    e.withdraw = withdraw
-                    let cost = JobTable.cost(of: request)
-                    if s.cachedRequestBytes + cost <= JobTable.requestCacheBytes {
-                        e.request = request
-                        s.cachedRequestBytes += cost
-                    }
-                }
-                s.jobs[record.id] = e
-                if let key = record.keyIndex { s.keys[key] = .some(record.id) }
+            guard let loop else {
+                inserted(record, request: request, withdraw: withdraw, error: error)
+                done(error)
+                return
             }
-            done(error)
+            loop.execute { [self] in
+                inserted(record, request: request, withdraw: withdraw, error: error)
+                done(error)
+            }
+        }
+    }
+
+    private func inserted(_ record: JobRecord, request: JobRequest, withdraw: (@Sendable () -> Void)?,
+                          error: StoreError?) {
+        state.withLock { s in
+            if error != nil {
+                if let key = record.keyIndex, case .some(.none) = s.keys[key] { s.keys[key] = nil }
+                return
+            }
+            let e = Entry(record)
+            if record.status == .queued {
+                e.withdraw = withdraw
+                let cost = JobTable.cost(of: request)
+                if s.cachedRequestBytes + cost <= JobTable.requestCacheBytes {
+                    e.request = request
+                    s.cachedRequestBytes += cost
+                }
+            }
+            s.jobs[record.id] = e
+            if let key = record.keyIndex { s.keys[key] = .some(record.id) }
         }
     }
 

@@ -1,4 +1,5 @@
 import CSQLite
+import Loop
 import Synchronization
 
 #if canImport(Glibc)
@@ -484,8 +485,11 @@ private final class Writer {
         for (paths, result) in zip(files, results) where result == nil {
             for path in paths { removeSpoolFile(path) }
         }
-        for i in writes.indices {
-            writes[i].done(results[i])
+        // Many callbacks hand work to the same loops: wake each loop once.
+        EventLoop.deferringWakeups {
+            for i in writes.indices {
+                writes[i].done(results[i])
+            }
         }
     }
 
@@ -813,9 +817,39 @@ private final class Connection {
 
 /// Owns one `sqlite3_stmt*`. Bind errors are kept and thrown by the next
 /// `step`; `run` and `step` errors carry `sqlite3_errmsg`.
+/// Where a statement's small bound values are copied: one buffer of
+/// `capacity` bytes, filled front to back while binding and emptied by
+/// `clear` after the statement is reset. A value that does not fit is left
+/// to SQLite to copy. The buffer never moves, so what was bound stays valid.
+private struct BindArena: ~Copyable {
+    static let capacity = 8 << 10
+    private var base: UnsafeMutableRawPointer?
+    private var used = 0
+
+    init() {}
+
+    deinit { base?.deallocate() }
+
+    /// The copy's address, or nil when it does not fit (or is empty).
+    mutating func copy(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawPointer? {
+        guard let source = bytes.baseAddress, !bytes.isEmpty, bytes.count <= BindArena.capacity - used else {
+            return nil
+        }
+        if base == nil { base = .allocate(byteCount: BindArena.capacity, alignment: 16) }
+        let target = base! + used
+        target.copyMemory(from: source, byteCount: bytes.count)
+        used += bytes.count
+        return UnsafeRawPointer(target)
+    }
+
+    mutating func clear() { used = 0 }
+}
+
 private final class Statement {
     private var handle: OpaquePointer?
     private var bindError: Int32 = SQLITE_OK
+    /// Copies of this statement's bound text and blobs, until `reset`.
+    private var arena = BindArena()
 
     init(_ handle: OpaquePointer) { self.handle = handle }
 
@@ -841,46 +875,42 @@ private final class Statement {
         }
     }
 
+    /// Binds a copy of `bytes` as text or a blob: in the arena when it has
+    /// room (SQLITE_STATIC: no malloc, nothing to free), else SQLite's own.
+    private func bindCopy(_ bytes: UnsafeRawBufferPointer, at index: Int32, text: Bool) {
+        guard let handle else { return }
+        guard let count = Int32(exactly: bytes.count) else { noteBind(SQLITE_TOOBIG); return }
+        if count == 0 {
+            noteBind(text ? sqlite3_bind_text(handle, index, "", 0, CSQLite_static())
+                          : sqlite3_bind_zeroblob(handle, index, 0))
+            return
+        }
+        let copy = arena.copy(bytes)
+        let pointer = copy ?? bytes.baseAddress
+        let destructor = copy != nil ? CSQLite_static() : CSQLite_transient()
+        if text {
+            noteBind(sqlite3_bind_text(handle, index, pointer?.assumingMemoryBound(to: CChar.self), count, destructor))
+        } else {
+            noteBind(sqlite3_bind_blob(handle, index, pointer, count, destructor))
+        }
+    }
+
     /// A job id as its text, without making a String of it.
     func bind(_ id: JobID, at index: Int32) {
-        guard let handle else { return }
-        let rc = id.withUTF8 { utf8 in
-            utf8.withMemoryRebound(to: CChar.self) {
-                sqlite3_bind_text(handle, index, $0.baseAddress, Int32($0.count), CSQLite_transient())
-            }
-        }
-        noteBind(rc)
+        id.withUTF8 { bindCopy(UnsafeRawBufferPointer($0), at: index, text: true) }
     }
 
     func bind(_ value: String?, at index: Int32) {
-        guard let handle else { return }
+        guard handle != nil else { return }
         guard var value else { noteBind(sqlite3_bind_null(handle, index)); return }
-        if value.utf8.isEmpty {
-            noteBind(sqlite3_bind_text(handle, index, "", 0, CSQLite_transient()))
-            return
-        }
-        let rc = value.withUTF8 { utf8 -> Int32 in
-            guard let count = Int32(exactly: utf8.count) else { return SQLITE_TOOBIG }
-            return utf8.withMemoryRebound(to: CChar.self) {
-                sqlite3_bind_text(handle, index, $0.baseAddress, count, CSQLite_transient())
-            }
-        }
-        noteBind(rc)
+        value.withUTF8 { bindCopy(UnsafeRawBufferPointer($0), at: index, text: true) }
     }
 
     /// An empty array is stored as an empty blob, not NULL.
     func bind(_ value: [UInt8]?, at index: Int32) {
-        guard let handle else { return }
+        guard handle != nil else { return }
         guard let value else { noteBind(sqlite3_bind_null(handle, index)); return }
-        if value.isEmpty {
-            noteBind(sqlite3_bind_zeroblob(handle, index, 0))
-            return
-        }
-        let rc = value.withUnsafeBytes { bytes -> Int32 in
-            guard let count = Int32(exactly: bytes.count) else { return SQLITE_TOOBIG }
-            return sqlite3_bind_blob(handle, index, bytes.baseAddress, count, CSQLite_transient())
-        }
-        noteBind(rc)
+        value.withUnsafeBytes { bindCopy($0, at: index, text: false) }
     }
 
     private func failure(_ rc: Int32) -> StoreError {
@@ -918,6 +948,7 @@ private final class Statement {
         guard let handle else { return }
         sqlite3_reset(handle)
         sqlite3_clear_bindings(handle)
+        arena.clear()  // nothing points into it any more
         bindError = SQLITE_OK
     }
 

@@ -13,7 +13,9 @@ import Glibc
 /// Other threads hand work over with `execute`: a closure queued under a
 /// mutex and, when the queue was empty, one write to an eventfd the loop
 /// watches (memcached's queue + wake-up). The per-request path never takes
-/// that mutex.
+/// that mutex. A thread that hands over many closures at once (the store's
+/// writer, after a group commit) wraps them in `deferringWakeups`, so each
+/// loop is woken once for the lot instead of racing to drain them one by one.
 public final class EventLoop: @unchecked Sendable {
     /// The `event_base` this loop owns; valid until `deinit`.
     public let base: OpaquePointer
@@ -69,9 +71,33 @@ public final class EventLoop: @unchecked Sendable {
             return queue.count == 1
         }
         if wasEmpty {
-            var one: UInt64 = 1
-            _ = write(wakeFD, &one, 8)
+            if let deferred = pthread_getspecific(deferredWakeupsKey) {
+                Unmanaged<DeferredWakeups>.fromOpaque(deferred).takeUnretainedValue().add(self)
+            } else {
+                wake()
+            }
         }
+    }
+
+    private func wake() {
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    /// Runs `body`, holding back the wake-ups its `execute` calls (on any
+    /// loop) would make until it returns; then each loop that got work is
+    /// woken once. The closures still run in the order they were queued.
+    /// Nested calls join the outermost one.
+    public static func deferringWakeups<R>(_ body: () throws -> R) rethrows -> R {
+        if pthread_getspecific(deferredWakeupsKey) != nil { return try body() }
+        let deferred = DeferredWakeups()
+        pthread_setspecific(deferredWakeupsKey, Unmanaged.passUnretained(deferred).toOpaque())
+        defer {
+            pthread_setspecific(deferredWakeupsKey, nil)
+            for loop in deferred.loops { loop.wake() }
+            withExtendedLifetime(deferred) {}
+        }
+        return try body()
     }
 
     private func runPending() {
@@ -156,6 +182,23 @@ public final class EventLoopGroup: Sendable {
         max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     }
 }
+
+/// The loops a `deferringWakeups` scope owes a wake-up; used by one thread.
+private final class DeferredWakeups {
+    var loops: [EventLoop] = []
+
+    func add(_ loop: EventLoop) {
+        if !loops.contains(where: { $0 === loop }) { loops.append(loop) }
+    }
+}
+
+/// The calling thread's `DeferredWakeups`, if it is inside a scope.
+private let deferredWakeupsKey: pthread_key_t = {
+    var key = pthread_key_t()
+    let rc = pthread_key_create(&key, nil)
+    precondition(rc == 0, "pthread_key_create failed: \(rc)")
+    return key
+}()
 
 private final class ThreadStart {
     let loop: EventLoop

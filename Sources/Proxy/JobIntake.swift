@@ -227,8 +227,8 @@ final class JobIntake: RequestHandler {
             }
             withdraw = { gate.withdraw(token) }
         }
-        proxy.jobs.table.insert(record, request: request, withdraw: withdraw) { error in
-            bound.loop.execute { bound.value.committed(record, error: error) }
+        proxy.jobs.table.insert(record, request: request, withdraw: withdraw, on: proxy.loop) { error in
+            bound.value.committed(record, error: error)
         }
     }
 

@@ -65,6 +65,27 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         #expect(table.lookup(r.id)?.status == .queued)
     }
 
+    /// Given a loop, the store's thread only hands the insert over: the
+    /// entry is made and `done` runs on that loop, the job visible by then.
+    @Test func anInsertForALoopFinishesOnThatLoop() {
+        let store = HeldStore()
+        let table = JobTable(store: store)
+        let group = EventLoopGroup(count: 1)
+        group.start()
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        let r = record()
+        let seen = Mutex<(onLoop: Bool, visible: Bool)?>(nil)
+        table.insert(r, request: noRequest, on: loop) { error in
+            #expect(error == nil)
+            seen.withLock { $0 = (loop.inEventLoop, table.lookup(r.id) != nil) }
+        }
+        store.release()
+        #expect(waitFor { seen.withLock { $0 != nil } })
+        #expect(seen.withLock { $0?.onLoop } == true)
+        #expect(seen.withLock { $0?.visible } == true)
+    }
+
     @Test func transitionsShowOnlyWhatIsDurable() {
         let store = HeldStore()
         let table = JobTable(store: store)

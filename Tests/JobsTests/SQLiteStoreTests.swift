@@ -181,6 +181,44 @@ private func rawExecute(_ path: String, _ sql: String) -> Bool {
         #expect(try store.response(of: job.id) == nil)
     }
 
+    /// Bound values are copied into a per-statement buffer while they fit
+    /// and left to SQLite beyond it: values on both sides of that line, in
+    /// one statement and across statements, come back exact.
+    @Test func valuesLargerThanTheBindBufferRoundTrip() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+
+        func bytes(_ count: Int, _ seed: UInt8) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31) ^ seed } }
+        var jobs: [JobRecord] = []
+        var requests: [JobRequest] = []
+        for (n, size) in [100, 5_000, 9_000, 20_000].enumerated() {
+            let job = JobRecord(id: .random(), status: .queued, upstream: "backend", method: "POST",
+                                path: "/" + String(repeating: "p", count: size / 2), createdAt: 1_764_410_400_000,
+                                resendable: true, credential: bytes(size / 20, 9),
+                                idempotencyKey: String(repeating: "k", count: size / 10), fingerprint: bytes(32, 4))
+            let request = JobRequest(head: bytes(size, UInt8(n)), body: .inline(bytes(size + 7, UInt8(n + 100))),
+                                     declaresBody: true)
+            #expect(store.insertSync(job, request) == nil)
+            jobs.append(job)
+            requests.append(request)
+        }
+        #expect(try store.loadAll() == jobs)
+        for (job, request) in zip(jobs, requests) {
+            #expect(try store.request(of: job.id) == request)
+        }
+
+        var job = jobs[2]
+        job.status = .completed
+        job.completedAt = 1_764_410_402_000
+        job.errorMessage = String(repeating: "m", count: 3_000)
+        let response = JobResponse(status: 200, reason: bytes(7_000, 1), headers: bytes(12_000, 2),
+                                   body: .inline(bytes(4_000, 3)))
+        #expect(store.updateSync(job, response) == nil)
+        #expect(try store.response(of: job.id) == response)
+        #expect(try store.loadAll().first { $0.id == job.id } == job)
+    }
+
     @Test func emptyBodiesAndOptionalsRoundTrip() throws {
         let dir = TempDir()
         let store = try SQLiteStore(path: dir.db)
