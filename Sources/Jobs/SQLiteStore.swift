@@ -815,8 +815,6 @@ private final class Connection {
     }
 }
 
-/// Owns one `sqlite3_stmt*`. Bind errors are kept and thrown by the next
-/// `step`; `run` and `step` errors carry `sqlite3_errmsg`.
 /// Where a statement's small bound values are copied: one buffer of
 /// `capacity` bytes, filled front to back while binding and emptied by
 /// `clear` after the statement is reset. A value that does not fit is left
@@ -845,6 +843,8 @@ private struct BindArena: ~Copyable {
     mutating func clear() { used = 0 }
 }
 
+/// Owns one `sqlite3_stmt*`. Bind errors are kept and thrown by the next
+/// `step`; `run` and `step` errors carry `sqlite3_errmsg`.
 private final class Statement {
     private var handle: OpaquePointer?
     private var bindError: Int32 = SQLITE_OK
@@ -881,7 +881,7 @@ private final class Statement {
         guard let handle else { return }
         guard let count = Int32(exactly: bytes.count) else { noteBind(SQLITE_TOOBIG); return }
         if count == 0 {
-            noteBind(text ? sqlite3_bind_text(handle, index, "", 0, CSQLite_static())
+            noteBind(text ? sqlite3_bind_text(handle, index, "", 0, CSQLite_transient())
                           : sqlite3_bind_zeroblob(handle, index, 0))
             return
         }

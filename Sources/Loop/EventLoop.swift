@@ -87,7 +87,9 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs `body`, holding back the wake-ups its `execute` calls (on any
     /// loop) would make until it returns; then each loop that got work is
     /// woken once. The closures still run in the order they were queued.
-    /// Nested calls join the outermost one.
+    /// Nested calls join the outermost one. Work other threads queue on
+    /// those loops meanwhile waits for the same wake-up, so keep `body`
+    /// short, and never wait in it for work it handed over.
     public static func deferringWakeups<R>(_ body: () throws -> R) rethrows -> R {
         if pthread_getspecific(deferredWakeupsKey) != nil { return try body() }
         let deferred = DeferredWakeups()
