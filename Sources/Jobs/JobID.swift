@@ -24,6 +24,12 @@ public struct JobID: Hashable, Sendable, CustomStringConvertible {
         return JobID(high: words.0, low: words.1)
     }
 
+    /// `JobIDMap` shards by an id's first `shardBits` bits.
+    static let shardBits = 6
+
+    /// Which of `JobIDMap`'s shards holds this id.
+    var shard: Int { Int(truncatingIfNeeded: high >> UInt64(64 - JobID.shardBits)) }
+
     fileprivate init(high: UInt64, low: UInt64) {
         self.high = high
         self.low = low

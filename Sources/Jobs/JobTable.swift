@@ -57,7 +57,7 @@ public final class JobTable: Sendable {
     }
 
     struct State {
-        var jobs: [JobID: Entry] = [:]
+        var jobs = JobIDMap<Entry>()
         /// Idempotency-Key -> job; `nil` value while the job's insert is in flight.
         var keys: [String: JobID?] = [:]
         var observed: [String: Observed] = [:]
@@ -113,7 +113,7 @@ public final class JobTable: Sendable {
     public func countsByStatus() -> [JobStatus: Int] {
         state.withLock { s in
             var counts: [JobStatus: Int] = [:]
-            for e in s.jobs.values { counts[e.visible.status, default: 0] += 1 }
+            s.jobs.forEach { _, e in counts[e.visible.status, default: 0] += 1 }
             return counts
         }
     }
@@ -363,7 +363,11 @@ public final class JobTable: Sendable {
     public func expired(now: Int64, ttl: Duration) -> [JobID] {
         let ttlMillis = ttl.nanoseconds / 1_000_000
         return state.withLock { s in
-            s.jobs.compactMap { id, e in e.latest.isExpired(now: now, ttlMillis: ttlMillis) ? id : nil }
+            var ids: [JobID] = []
+            s.jobs.forEach { id, e in
+                if e.latest.isExpired(now: now, ttlMillis: ttlMillis) { ids.append(id) }
+            }
+            return ids
         }
     }
 
@@ -382,7 +386,7 @@ public final class JobTable: Sendable {
     }
 
     public func stopWaiting(_ id: JobID, token: Int) {
-        state.withLock { s in s.jobs[id]?.waiters.removeAll { $0.token == token } }
+        state.withLock { s in s.jobs[id].map { e in e.waiters.removeAll { $0.token == token } } }
     }
 
     // MARK: Estimates
