@@ -32,4 +32,10 @@ struct JobIDMap<Value> {
             for (id, value) in shard { try body(id, value) }
         }
     }
+
+    /// The entries of one shard (`0..<shardCount`): a long scan can take
+    /// its lock once per shard instead of once for the whole map.
+    func forEach(inShard shard: Int, _ body: (JobID, Value) throws -> Void) rethrows {
+        for (id, value) in shards[shard] { try body(id, value) }
+    }
 }

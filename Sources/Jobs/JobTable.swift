@@ -359,16 +359,21 @@ public final class JobTable: Sendable {
         store.delete(ids, done: done)
     }
 
-    /// Terminal jobs whose result outlived `ttl`, as of `now`.
+    /// Terminal jobs whose result outlived `ttl`, as of `now`. The scan
+    /// takes the lock one shard at a time, so a table of a million jobs
+    /// never holds every loop up for the whole walk. (A job found expired
+    /// stays expired: terminal states do not change.)
     public func expired(now: Int64, ttl: Duration) -> [JobID] {
         let ttlMillis = ttl.nanoseconds / 1_000_000
-        return state.withLock { s in
-            var ids: [JobID] = []
-            s.jobs.forEach { id, e in
-                if e.latest.isExpired(now: now, ttlMillis: ttlMillis) { ids.append(id) }
+        var ids: [JobID] = []
+        for shard in 0..<JobIDMap<Entry>.shardCount {
+            state.withLock { s in
+                s.jobs.forEach(inShard: shard) { id, e in
+                    if e.latest.isExpired(now: now, ttlMillis: ttlMillis) { ids.append(id) }
+                }
             }
-            return ids
         }
+        return ids
     }
 
     // MARK: Long polls

@@ -2,7 +2,8 @@
 import Testing
 
 /// The sharded id map behaves as one dictionary: every id finds its value,
-/// removal and replacement work, counts and iteration see every shard.
+/// removal and replacement work, counts and iteration (whole or shard by
+/// shard) see every entry once.
 @Suite struct JobIDMapTests {
     @Test func actsAsOneDictionary() {
         var map = JobIDMap<Int>()
@@ -33,6 +34,14 @@ import Testing
             seen[id] = n
         }
         #expect(seen == reference)
+        var byShard: [JobID: Int] = [:]
+        for shard in 0..<JobIDMap<Int>.shardCount {
+            map.forEach(inShard: shard) { id, n in
+                #expect(id.shard == shard)
+                byShard[id] = n
+            }
+        }
+        #expect(byShard == reference)
         #expect(map.count == reference.count)
         #expect(!map.isEmpty)
     }
