@@ -391,7 +391,9 @@ public final class JobTable: Sendable {
     }
 
     public func stopWaiting(_ id: JobID, token: Int) {
-        state.withLock { s in s.jobs[id].map { e in e.waiters.removeAll { $0.token == token } } }
+        state.withLock { s in
+            if let e = s.jobs[id] { e.waiters.removeAll { $0.token == token } }
+        }
     }
 
     // MARK: Estimates

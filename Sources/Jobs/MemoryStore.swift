@@ -13,12 +13,16 @@ public final class MemoryStore: JobStore {
         var response: JobResponse?
     }
 
-    private let entries = Mutex<[JobID: Entry]>([:])
+    private let entries = Mutex(JobIDMap<Entry>())
 
     public init() {}
 
     public func loadAll() throws(StoreError) -> [JobRecord] {
-        entries.withLock { $0.values.map(\.record) }
+        entries.withLock { e in
+            var records: [JobRecord] = []
+            e.forEach { _, entry in records.append(entry.record) }
+            return records
+        }
     }
 
     public func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void) {
@@ -28,9 +32,10 @@ public final class MemoryStore: JobStore {
 
     public func update(_ record: JobRecord, response: JobResponse?, done: @escaping @Sendable (StoreError?) -> Void) {
         let found = entries.withLock { e -> Bool in
-            guard e[record.id] != nil else { return false }
-            e[record.id]!.record = record
-            if let response { e[record.id]!.response = response }
+            guard var entry = e[record.id] else { return false }
+            entry.record = record
+            if let response { entry.response = response }
+            e[record.id] = entry
             return true
         }
         done(found ? nil : StoreError("no such job"))
