@@ -429,8 +429,9 @@ private final class Writer {
     /// spool files of committed deletes are unlinked, then the callbacks run
     /// in submission order.
     private func process(_ writes: [PendingWrite]) {
-        inserted = [:]
-        deleted = []
+        // Emptied, not replaced: a steady load reuses the same storage.
+        inserted.removeAll(keepingCapacity: true)
+        deleted.removeAll(keepingCapacity: true)
         toSync = []
         var results = [StoreError?](repeating: nil, count: writes.count)
         var files = [[String]](repeating: [], count: writes.count)
