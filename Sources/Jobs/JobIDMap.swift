@@ -1,9 +1,9 @@
 /// A dictionary keyed by job id, split into `shardCount` dictionaries by the
 /// id's first bits. Ids come from the CSPRNG, so the shards fill evenly, and
-/// growing the map rehashes one shard at a time: when a table of a million
-/// jobs doubles, its lock is held for 1/64 of a full rehash (a fraction of
-/// a millisecond), not for tens of milliseconds with every request waiting
-/// (Redis rehashes incrementally for the same reason).
+/// growing the map rehashes one shard at a time: the lock around it is held
+/// for 1/64 of a full rehash, not for tens of milliseconds of every job
+/// with every request waiting (Redis rehashes incrementally for the same
+/// reason).
 struct JobIDMap<Value> {
     static var shardCount: Int { 1 << JobID.shardBits }
     private var shards: [[JobID: Value]]

@@ -10,6 +10,15 @@ public func monotonicNanos() -> UInt64 {
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
+/// CLOCK_MONOTONIC_COARSE: the time of the last tick (1-4 ms), read
+/// without a system call; precise enough for timeouts.
+@inline(__always)
+func coarseMonotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
 /// Wall-clock milliseconds since the epoch, for logs and JSON timestamps.
 public func wallClockMillis() -> Int64 {
     var ts = timespec()

@@ -1,9 +1,5 @@
 import CLibevent
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A one-shot timer on one loop. The owner keeps it; `deinit` frees the event.
 ///
 /// The action is set once at creation. It usually captures its owner unowned,
@@ -91,15 +87,6 @@ public final class Timer {
         recent = (d, n, recent.0, recent.1)
         return n
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE: the time of the last tick (1-4 ms), read
-/// without a system call; precise enough for timeouts.
-@inline(__always)
-func coarseMonotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 /// Wraps a loop-confined value so it can ride inside a `@Sendable` closure
