@@ -1,5 +1,9 @@
 import CLibevent
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A one-shot timer on one loop. The owner keeps it; `deinit` frees the event.
 ///
 /// The action is set once at creation. It usually captures its owner unowned,
