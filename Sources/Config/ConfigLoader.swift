@@ -36,6 +36,22 @@ public struct ConfigOverrides: Sendable, Equatable {
         self.threads = threads
         self.logLevel = logLevel
     }
+
+    /// The first flag whose value does not parse, as `--name: problem`, or
+    /// nil. Checked before anything else, so a bad value is a usage error
+    /// (exit 64) whatever else is missing.
+    public func invalidFlag() -> String? {
+        func check<T>(_ value: String?, _ name: String, _ parse: (String) -> Result<T, Problem>) -> String? {
+            guard let value, case .failure(let p) = parse(value) else { return nil }
+            return "\(name): \(p.message)"
+        }
+        return check(listen, "--listen", parseAddress)
+            ?? check(upstream, "--upstream", parseUpstreamURL)
+            ?? check(store, "--store", parseStore)
+            ?? check(adminListen, "--admin-listen", parseAddress)
+            ?? check(threads, "--threads", parseThreads)
+            ?? check(logLevel, "--log-level", parseLogLevel)
+    }
 }
 
 /// Reads the YAML configuration (SPEC §2) by walking Yams' node tree by hand,

@@ -42,17 +42,22 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String?
 
+    private var overrides: ConfigOverrides {
+        ConfigOverrides(
+            listen: listen, upstream: upstream, store: store,
+            asyncAfter: asyncAfter.flatMap(parseDuration), adminListen: adminListen,
+            threads: threads, logLevel: logLevel)
+    }
+
     mutating func validate() throws {
         if let asyncAfter, parseDuration(asyncAfter) == nil {
             throw ValidationError("--async-after: expected a duration like 250ms, 2s, 15m")
         }
+        if let problem = overrides.invalidFlag() { throw ValidationError(problem) }
     }
 
     func run() throws {
-        let overrides = ConfigOverrides(
-            listen: listen, upstream: upstream, store: store,
-            asyncAfter: asyncAfter.flatMap(parseDuration), adminListen: adminListen,
-            threads: threads, logLevel: logLevel)
+        let overrides = self.overrides
         let environment = processEnvironment()
         let file = config
         let configuration: Configuration

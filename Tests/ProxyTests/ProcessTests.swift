@@ -126,6 +126,24 @@ import Testing
         #expect(!child.output.contains { $0.contains("Fatal error") || $0.contains("Stack dump") })
     }
 
+    /// A bad flag value is a usage error even when the rest of the command
+    /// line would also fail (here: no upstream at all); the message names it.
+    @Test(arguments: [
+        (["serve", "--threads", "lots"], "--threads"),
+        (["serve", "--log-level", "loud"], "--log-level"),
+        (["serve", "--listen", "nowhere"], "--listen"),
+        (["serve", "--upstream", "ftp://x"], "--upstream"),
+        (["serve", "--store", "disk:"], "--store"),
+    ])
+    func badFlagValueExits64WithUsage(_ args: [String], _ flag: String) throws {
+        let child = try Child(args)
+        #expect(child.waitForExit() == 64)
+        #expect(child.waitForOutputEnd())
+        #expect(child.output.contains { $0.lowercased().contains("usage") }, "output: \(child.output)")
+        #expect(child.output.contains { $0.contains(flag) }, "output: \(child.output)")
+        #expect(!child.output.contains { $0.contains("no upstream configured") }, "output: \(child.output)")
+    }
+
     @Test func sigtermLetsTheInFlightRequestFinishThenExits0() throws {
         let (backend, backendPort) = try demoBackendProcess()
         let (serve, port, adminPort) = try serveProcess([
