@@ -152,38 +152,61 @@ public final class HTTPServerConnection: ChannelDelegate {
                         channel.flushSoon()
                     }
                 }
+                // Body bytes that came with the head are decoded before any
+                // handler exists: a framing error in them is answered here,
+                // before anything is sent upstream (SPEC §6).
+                var early: Bool?
+                if !reader.isMessageComplete && evbuffer_get_length(input) > 0 {
+                    guard let done = readBody(input) else { return }
+                    early = done
+                }
                 handler = server.service.handler(for: reader, on: self)
+                if let done = early, !deliverBody(done: done) { return }
 
             case .body:
                 if readingPaused { return }
-                let done: Bool
-                do {
-                    done = try reader.readBody(from: input, into: scratch)
-                } catch {
-                    fail(error)
-                    return
-                }
-                if reader.bodyBytesRead > server.limits.maxRequestBody {
-                    fail(.bodyTooLarge)
-                    return
-                }
-                if evbuffer_get_length(scratch) > 0 {
-                    handler?.requestBody(scratch, connection: self)
-                    evbuffer_drain(scratch, evbuffer_get_length(scratch))
-                    if isClosed || requestState != .body { continue }
-                }
-                guard done else { return }
-                requestState = .done
-                timer.cancel()
-                handler?.requestEnd(connection: self)
-                if requestState == .done && responseState == .done {
-                    finishExchange()
-                }
+                guard let done = readBody(input), deliverBody(done: done) else { return }
 
             case .done:
                 return
             }
         }
+    }
+
+    /// Decodes the body bytes in `input` into `scratch`: whether the body
+    /// is complete, or nil after a framing error or an oversized body (the
+    /// connection has answered it).
+    private func readBody(_ input: OpaquePointer) -> Bool? {
+        let done: Bool
+        do {
+            done = try reader.readBody(from: input, into: scratch)
+        } catch {
+            fail(error)
+            return nil
+        }
+        if reader.bodyBytesRead > server.limits.maxRequestBody {
+            fail(.bodyTooLarge)
+            return nil
+        }
+        return done
+    }
+
+    /// Hands decoded body bytes to the handler, then the body's end once
+    /// `done`. False when `process` must stop reading for now.
+    private func deliverBody(done: Bool) -> Bool {
+        if evbuffer_get_length(scratch) > 0 {
+            handler?.requestBody(scratch, connection: self)
+            evbuffer_drain(scratch, evbuffer_get_length(scratch))
+            if isClosed || requestState != .body { return true }
+        }
+        guard done else { return false }
+        requestState = .done
+        timer.cancel()
+        handler?.requestEnd(connection: self)
+        if requestState == .done && responseState == .done {
+            finishExchange()
+        }
+        return true
     }
 
     private func skipEmptyLines(_ input: OpaquePointer) {

@@ -76,7 +76,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             chunkedUpstream = false
             requestHasBody = false
         }
-        requestComplete = request.isMessageComplete
+        requestComplete = !requestHasBody
         RequestSerializer.write(request: request, peer: client.peer, target: route.upstream, into: head)
         start()
     }

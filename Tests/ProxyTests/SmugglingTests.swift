@@ -157,6 +157,32 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         #expect(!upstream.receivedText.contains("/smuggled"))
     }
 
+    /// A bad chunk that arrives in the same bytes as its head is found
+    /// before anything goes upstream (SPEC §6), even when a pooled
+    /// connection is ready to take the head at once.
+    @Test(arguments: badChunkSizes)
+    func badChunkSentWithTheHeadNeverReachesTheUpstream(_ size: String) throws {
+        let upstream = try RecordingUpstream(closeAfterReply: false, reply: whenRequestComplete(okReply))
+        let proxy = try TestProxy(upstreamPort: upstream.port)
+        // Warm the pool: the next request could be written at once.
+        let warm = try RawClient(port: proxy.port, timeout: 5)
+        try warm.send("GET /warm HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(try warm.readResponse().status == 200)
+        let before = upstream.received
+        let client = try RawClient(port: proxy.port, timeout: 5)
+        try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\r\nabc\r\n0\r\n\r\n")
+        let r = try client.readResponse()
+        expectJSONError(r, status: 400)
+        #expect(client.waitForClose())
+        // A wrongly forwarded head would be on the pooled connection by now;
+        // the good request after it proves the pool is still in use.
+        try warm.send("GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(try warm.readResponse().status == 200)
+        let after = String(decoding: upstream.received.dropFirst(before.count), as: UTF8.self)
+        #expect(after.hasPrefix("GET /after HTTP/1.1\r\n"), "upstream got: \(after)")
+        #expect(!upstream.receivedText.contains("/chunks"))
+    }
+
     /// Chunk data longer than its size line: the bytes within the size may be
     /// streamed on, but the request must never look complete upstream.
     @Test func chunkDataOverrunningItsSizeIsRefused() throws {
