@@ -184,8 +184,15 @@ struct Walker {
             }
             var route = Route(upstream: "")
             var upstreamNode: Node?
-            for f in try entries(item, path, ["match", "upstream", "mode", "async_after", "callback"]) {
+            for f in try entries(item, path, ["name", "match", "upstream", "mode", "async_after", "callback"]) {
                 switch f.key {
+                case "name":
+                    let name = try string(f)
+                    if name.isEmpty { throw error(f.value, "\(path).name: expected a non-empty name") }
+                    if let other = result.first(where: { $0.route.name == name }) {
+                        throw error(f.value, "\(path).name: '\(name)' is already the name of \(other.path)")
+                    }
+                    route.name = name
                 case "match": try match(f, into: &route)
                 case "upstream":
                     route.upstream = try string(f)

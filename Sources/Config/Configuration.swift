@@ -148,6 +148,8 @@ public enum RouteMode: String, Sendable, Equatable {
 
 /// `routes[]` (SPEC §2).
 public struct Route: Sendable, Equatable {
+    /// `name`: the route's label in metrics, logs and job estimates.
+    public var name: String?
     public var pathPrefix: String = "/"
     /// Upper-case method names; empty means any.
     public var methods: [String] = []
@@ -161,6 +163,9 @@ public struct Route: Sendable, Equatable {
     public init(upstream: String) {
         self.upstream = upstream
     }
+
+    /// The route's label: its `name`, or else its `path_prefix` (SPEC §2).
+    public var label: String { name ?? pathPrefix }
 }
 
 /// `routes[].callback` (SPEC §4, webhooks). Parsed now; used by the jobs layer.

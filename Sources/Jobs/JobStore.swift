@@ -60,6 +60,9 @@ public struct JobRecord: Sendable, Equatable {
     public let id: JobID
     public var status: JobStatus
     public let upstream: String
+    /// The label of the route that accepted it (`name`, or `path_prefix`):
+    /// durations are observed per route and method for estimates.
+    public let route: String
     public let method: String
     public let path: String
     /// Unix milliseconds.
@@ -81,13 +84,14 @@ public struct JobRecord: Sendable, Equatable {
     public var error: JobErrorCode?
     public var errorMessage: String?
 
-    public init(id: JobID, status: JobStatus, upstream: String, method: String, path: String,
+    public init(id: JobID, status: JobStatus, upstream: String, route: String = "", method: String, path: String,
                 createdAt: Int64, startedAt: Int64? = nil, completedAt: Int64? = nil, attempts: Int = 0,
                 resendable: Bool, credential: [UInt8]? = nil, idempotencyKey: String? = nil,
                 fingerprint: [UInt8]? = nil) {
         self.id = id
         self.status = status
         self.upstream = upstream
+        self.route = route
         self.method = method
         self.path = path
         self.createdAt = createdAt

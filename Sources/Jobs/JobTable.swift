@@ -50,7 +50,18 @@ public final class JobTable: Sendable {
         init(_ record: JobRecord) { self.record = record }
     }
 
-    /// Exponentially weighted job durations per upstream, for estimates.
+    /// What durations are observed per: a route (its label) and a method,
+    /// so a fast endpoint never speaks for a slow one (SPEC §4).
+    public struct Workload: Hashable, Sendable {
+        public var route: String
+        public var method: String
+        public init(route: String, method: String) {
+            self.route = route
+            self.method = method
+        }
+    }
+
+    /// Exponentially weighted job durations per workload, for estimates.
     struct Observed {
         var meanMillis: Double = 0
         var samples = 0
@@ -60,7 +71,7 @@ public final class JobTable: Sendable {
         var jobs = JobIDMap<Entry>()
         /// Idempotency-Key -> job; `nil` value while the job's insert is in flight.
         var keys: [String: JobID?] = [:]
-        var observed: [String: Observed] = [:]
+        var observed: [Workload: Observed] = [:]
         var nextToken = 1
         /// What the entries' kept requests hold, by `cost(of:)`.
         var cachedRequestBytes = 0
@@ -71,12 +82,12 @@ public final class JobTable: Sendable {
             cachedRequestBytes -= JobTable.cost(of: r)
         }
 
-        mutating func observe(upstream: String, millis: Int64) {
-            var o = observed[upstream] ?? Observed()
+        mutating func observe(_ workload: Workload, millis: Int64) {
+            var o = observed[workload] ?? Observed()
             let d = Double(max(0, millis))
             o.meanMillis = o.samples == 0 ? d : o.meanMillis * 0.8 + d * 0.2
             o.samples += 1
-            observed[upstream] = o
+            observed[workload] = o
         }
     }
 
@@ -287,7 +298,7 @@ public final class JobTable: Sendable {
             guard stored else { return [] }
             e.visible = record
             if record.status == .completed, let started = record.startedAt, let ended = record.completedAt {
-                s.observe(upstream: record.upstream, millis: ended - started)
+                s.observe(record.workload, millis: ended - started)
             }
             // Long polls wait for the end: only terminal states wake them.
             guard record.status.isTerminal else { return [] }
@@ -400,22 +411,31 @@ public final class JobTable: Sendable {
 
     /// When the job should end, from the upstream's recent job durations
     /// and the jobs ahead of it; nil without observations.
-    public func estimatedCompletion(of r: JobRecord, queuedAhead: Int, concurrency: Int, now: Int64) -> Int64? {
+    /// When the job should end: its workload's mean observed duration
+    /// after the start if running; if queued, after the `ahead` exchanges
+    /// before it (queued and in flight) have gone through `concurrency`
+    /// slots, a mean each. Nil while the workload has no observation.
+    public func estimatedCompletion(of r: JobRecord, ahead: Int, concurrency: Int, now: Int64) -> Int64? {
         guard !r.status.isTerminal else { return nil }
-        let observed = state.withLock { $0.observed[r.upstream] }
+        let observed = state.withLock { $0.observed[r.workload] }
         guard let observed, observed.samples > 0 else { return nil }
         let mean = Int64(observed.meanMillis.rounded())
         if r.status == .running, let started = r.startedAt {
             return max(now, started + mean)
         }
-        let rounds = Int64(queuedAhead / max(1, concurrency)) + 1
+        let rounds = Int64(max(0, ahead) / max(1, concurrency)) + 1
         return now + rounds * mean
     }
 
     /// Records a duration seen outside a job (an `auto` request answered in time).
-    public func observe(upstream: String, millis: Int64) {
-        state.withLock { $0.observe(upstream: upstream, millis: millis) }
+    public func observe(_ workload: Workload, millis: Int64) {
+        state.withLock { $0.observe(workload, millis: millis) }
     }
+}
+
+extension JobRecord {
+    /// The route and method its duration is observed under.
+    public var workload: JobTable.Workload { .init(route: route, method: method) }
 }
 
 extension JobErrorCode {

@@ -26,7 +26,7 @@ import Glibc
 /// 0600 (SQLite creates `-wal` with the database's mode; there is no `-shm`).
 public final class SQLiteStore: JobStore {
     /// `PRAGMA user_version` of the schema below.
-    static let schemaVersion = 2
+    static let schemaVersion = 3
     /// Idle read connections kept open; busier moments open more, briefly.
     static let maxIdleReaders = 4
     static let busyTimeoutMillis: Int32 = 5000
@@ -116,7 +116,7 @@ public final class SQLiteStore: JobStore {
             var records: [JobRecord] = []
             var found: [JobID: Int64] = [:]
             while try s.step() {
-                if let record = decodeRecord(s), let seq = s.int64(18) {
+                if let record = decodeRecord(s), let seq = s.int64(19) {
                     records.append(record)
                     found[record.id] = seq
                 }
@@ -238,21 +238,31 @@ private let createSchema = """
         resp_headers      BLOB,
         resp_body         BLOB,
         resp_body_path    TEXT,
-        resp_body_size    INTEGER
+        resp_body_size    INTEGER,
+        route             TEXT NOT NULL DEFAULT ''
     );
+    PRAGMA user_version = \(SQLiteStore.schemaVersion);
+    COMMIT;
+    """
+
+/// Version 2 had no route column: its jobs keep an empty label.
+private let migrateFrom2 = """
+    BEGIN IMMEDIATE;
+    ALTER TABLE jobs ADD COLUMN route TEXT NOT NULL DEFAULT '';
     PRAGMA user_version = \(SQLiteStore.schemaVersion);
     COMMIT;
     """
 
 private let recordColumns = """
     id, status, upstream, method, path, created_at, started_at, completed_at, attempts, resendable, \
-    credential, idempotency_key, fingerprint, response_status, content_type, response_size, error_code, error_message
+    credential, idempotency_key, fingerprint, response_status, content_type, response_size, error_code, error_message, \
+    route
     """
 
 private let insertSQL = """
     INSERT INTO jobs (\(recordColumns), \
     req_head, req_body, req_body_path, req_body_size, req_declares_body) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
     """
 
 /// The mutable part of a record; the rest never changes after insert.
@@ -268,7 +278,7 @@ private let setResponseSQL = """
 
 private let selectFilesSQL = "SELECT req_body_path, resp_body_path FROM jobs WHERE seq = ?1"
 private let deleteSQL = "DELETE FROM jobs WHERE seq = ?1"
-/// The record's columns, then (column 18) the rowid.
+/// The record's columns, then (column 19) the rowid.
 private let loadAllSQL = "SELECT \(recordColumns), seq FROM jobs ORDER BY seq"
 private let requestSQL = "SELECT req_head, req_body, req_body_path, req_body_size, req_declares_body FROM jobs WHERE seq = ?1"
 private let responseSQL = """
@@ -288,7 +298,7 @@ private func decodeRecord(_ s: Statement) -> JobRecord? {
         error = known
     }
     var record = JobRecord(
-        id: id, status: status, upstream: upstream, method: method, path: path,
+        id: id, status: status, upstream: upstream, route: s.text(18) ?? "", method: method, path: path,
         createdAt: createdAt, startedAt: s.int64(6), completedAt: s.int64(7), attempts: Int(attempts),
         resendable: resendable != 0, credential: s.blob(10), idempotencyKey: s.text(11), fingerprint: s.blob(12)
     )
@@ -538,9 +548,10 @@ private final class Writer {
             s.bind(record.responseSize, at: 16)
             s.bind(record.error?.rawValue, at: 17)
             s.bind(record.errorMessage, at: 18)
-            s.bind(request.head, at: 19)
-            bindBody(request.body, s, blob: 20, path: 21, size: 22)
-            s.bind(Int64(request.declaresBody ? 1 : 0), at: 23)
+            s.bind(record.route, at: 19)
+            s.bind(request.head, at: 20)
+            bindBody(request.body, s, blob: 21, path: 22, size: 23)
+            s.bind(Int64(request.declaresBody ? 1 : 0), at: 24)
             try s.run()
             if let path = request.body.filePath { toSync.insert(path) }
             inserted[record.id] = connection.lastInsertRowID
@@ -789,7 +800,7 @@ private final class Connection {
         guard let text = try queryText("PRAGMA user_version"), let version = Int(text) else {
             throw StoreError("sqlite: cannot read the schema version")
         }
-        if version > 0 && version < SQLiteStore.schemaVersion {
+        if version > 0 && version < 2 {
             throw StoreError("sqlite: schema version \(version) is from a development build of coatcheck; move the database away")
         }
         if version > SQLiteStore.schemaVersion {
@@ -797,7 +808,7 @@ private final class Connection {
         }
         if version < SQLiteStore.schemaVersion {
             do throws(StoreError) {
-                try execute(createSchema)
+                try execute(version == 0 ? createSchema : migrateFrom2)
             } catch {
                 if !isAutocommit { try? execute("ROLLBACK") }
                 throw error

@@ -222,8 +222,12 @@ extension ProxyLoop {
     func jsonContext(for record: JobRecord, base: [UInt8]) -> JobJSON.Context {
         var estimate: Int64?
         if !record.status.isTerminal, let target = config.upstream(named: record.upstream) {
-            estimate = jobs.table.estimatedCompletion(of: record, queuedAhead: target.gate.queued,
-                                                      concurrency: target.gate.maxConcurrency, now: wallClockMillis())
+            // A queued job is in the gate's queue itself: what is ahead of it
+            // is the rest of the queue and the exchanges in flight.
+            let gate = target.gate
+            let ahead = record.status == .queued ? max(0, gate.queued - 1) + gate.current : 0
+            estimate = jobs.table.estimatedCompletion(of: record, ahead: ahead,
+                                                      concurrency: gate.maxConcurrency, now: wallClockMillis())
         }
         return JobJSON.Context(base: base, jobsPath: config.jobsPath, estimate: estimate)
     }

@@ -187,7 +187,7 @@ final class JobIntake: RequestHandler {
     private var fingerprint: [UInt8]?
 
     private func record(status: JobStatus) -> JobRecord {
-        var r = JobRecord(id: id, status: status, upstream: target.name, method: method, path: path,
+        var r = JobRecord(id: id, status: status, upstream: target.name, route: route.label, method: method, path: path,
                           createdAt: createdAt, resendable: resendable, credential: credential,
                           idempotencyKey: idempotencyKey, fingerprint: fingerprint)
         if status == .running {
@@ -381,7 +381,8 @@ final class JobIntake: RequestHandler {
             phase = .done
             timer?.cancel()
             runner = nil
-            proxy.jobs.table.observe(upstream: target.name, millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
+            proxy.jobs.table.observe(.init(route: route.label, method: method),
+                                      millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
             if keyClaimed, let key = keyIndex { proxy.jobs.table.releaseClaim(key: key) }
             keyClaimed = false
             let applied: Preference? = if case .wait = preference { preference } else { nil }

@@ -29,9 +29,12 @@ public final class CompiledRoute: Sendable {
     public let mode: RouteMode
     public let asyncAfter: Duration
     public let index: Int
+    /// `name`, or `path_prefix` (SPEC §2).
+    public let label: String
 
     init(pathPrefix: [UInt8], methods: [[UInt8]], host: [UInt8]?, upstream: UpstreamTarget, mode: RouteMode,
-         asyncAfter: Duration, index: Int) {
+         asyncAfter: Duration, index: Int, label: String) {
+        self.label = label
         self.pathPrefix = pathPrefix
         self.methods = methods
         self.host = host
@@ -80,7 +83,7 @@ public final class RuntimeConfig: Sendable {
                 pathPrefix: Array(r.pathPrefix.utf8),
                 methods: r.methods.map { Array($0.uppercased().utf8) },
                 host: r.host.map { Array($0.lowercased().utf8) },
-                upstream: target, mode: r.mode, asyncAfter: r.asyncAfter, index: i))
+                upstream: target, mode: r.mode, asyncAfter: r.asyncAfter, index: i, label: r.label))
         }
         self.routes = routes
         self.jobsPath = Array(configuration.jobs.path.utf8)

@@ -182,6 +182,24 @@ func minimal(_ extra: String = "") -> String {
         #expect(parseError(yaml)?.description == "coatcheck.yaml:6:14: unknown key 'path' in routes[1].match")
     }
 
+    @Test func routeNamesAreLabelsAndMustBeUnique() throws {
+        let yaml = """
+            upstreams:
+              app: { url: "http://a" }
+            routes:
+              - name: reports
+                match: { path_prefix: "/reports" }
+                upstream: app
+              - match: { path_prefix: "/other" }
+                upstream: app
+              - name: reports
+                upstream: app
+            """
+        #expect(parseError(yaml)?.description == "coatcheck.yaml:9:11: routes[2].name: 'reports' is already the name of routes[0]")
+        let c = try ConfigLoader.parse(yaml: yaml.replacingOccurrences(of: "  - name: reports\n    upstream", with: "  - upstream"), file: "f")
+        #expect(c.routes.map(\.label) == ["reports", "/other", "/"])
+    }
+
     @Test func badDurationPointsAtTheValue() {
         let e = parseError(minimal("limits:\n  body_timeout: 10 seconds"))
         #expect(e?.line == 2)

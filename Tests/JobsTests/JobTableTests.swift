@@ -268,19 +268,39 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         let table = JobTable(store: MemoryStore())
         let queued = record()
         table.insert(queued, request: noRequest) { _ in }
-        #expect(table.estimatedCompletion(of: queued, queuedAhead: 0, concurrency: 1, now: 5_000) == nil)
+        #expect(table.estimatedCompletion(of: queued, ahead: 0, concurrency: 1, now: 5_000) == nil)
         let finished = record()
         table.insert(finished, request: noRequest) { _ in }
         table.apply(.dispatched, to: finished.id) { $0.startedAt = 1_000 }
         table.apply(.responded, to: finished.id) { $0.completedAt = 3_000 }
-        // One observation of 2 s: a queued job with 3 ahead on 2 slots waits two rounds.
-        let estimate: Int64? = table.estimatedCompletion(of: queued, queuedAhead: 3, concurrency: 2, now: 5_000)
+        // One observation of 2 s: a queued job with 3 ahead on 2 slots waits one round, then runs one.
+        let estimate: Int64? = table.estimatedCompletion(of: queued, ahead: 3, concurrency: 2, now: 5_000)
         #expect(estimate == Int64(5_000 + 2 * 2_000))
+        #expect(table.estimatedCompletion(of: queued, ahead: 0, concurrency: 2, now: 5_000) == 7_000)
         var running = queued
         running.status = .running
         running.startedAt = 4_500
-        #expect(table.estimatedCompletion(of: running, queuedAhead: 0, concurrency: 1, now: 5_000) == 6_500)
-        #expect(table.estimatedCompletion(of: table.lookup(finished.id)!, queuedAhead: 0, concurrency: 1, now: 5_000) == nil)
+        #expect(table.estimatedCompletion(of: running, ahead: 0, concurrency: 1, now: 5_000) == 6_500)
+        #expect(table.estimatedCompletion(of: table.lookup(finished.id)!, ahead: 0, concurrency: 1, now: 5_000) == nil)
+    }
+
+    /// A fast route's (or method's) durations say nothing about a slow one.
+    @Test func estimatesArePerRouteAndMethod() {
+        let table = JobTable(store: MemoryStore())
+        func job(_ route: String, _ method: String) -> JobRecord {
+            JobRecord(id: .random(), status: .queued, upstream: "app", route: route, method: method, path: "/x",
+                      createdAt: 1_000, resendable: false)
+        }
+        table.observe(.init(route: "/fast", method: "GET"), millis: 10)
+        #expect(table.estimatedCompletion(of: job("/reports", "GET"), ahead: 0, concurrency: 1, now: 0) == nil)
+        #expect(table.estimatedCompletion(of: job("/fast", "POST"), ahead: 0, concurrency: 1, now: 0) == nil)
+        #expect(table.estimatedCompletion(of: job("/fast", "GET"), ahead: 0, concurrency: 1, now: 0) == 10)
+        let report = job("/reports", "POST")
+        table.insert(report, request: noRequest) { _ in }
+        table.apply(.dispatched, to: report.id) { $0.startedAt = 2_000 }
+        table.apply(.responded, to: report.id) { $0.completedAt = 3_000 }
+        #expect(table.estimatedCompletion(of: job("/reports", "POST"), ahead: 4, concurrency: 2, now: 0) == 3_000)
+        #expect(table.estimatedCompletion(of: job("/fast", "GET"), ahead: 0, concurrency: 1, now: 0) == 10)
     }
 }
 

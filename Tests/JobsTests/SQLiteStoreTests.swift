@@ -55,7 +55,7 @@ private func writeFile(_ path: String, _ bytes: [UInt8]) {
 }
 
 private func record(_ id: JobID = .random(), status: JobStatus = .queued, key: String? = nil) -> JobRecord {
-    JobRecord(id: id, status: status, upstream: "backend", method: "POST", path: "/reports?x=1",
+    JobRecord(id: id, status: status, upstream: "backend", route: "reports", method: "POST", path: "/reports?x=1",
               createdAt: 1_764_410_400_000, resendable: key != nil,
               credential: [1, 2, 3, 0, 255], idempotencyKey: key, fingerprint: Array(repeating: 7, count: 32))
 }
@@ -447,6 +447,27 @@ private func rawExecute(_ path: String, _ sql: String) -> Bool {
         #expect(results.enumerated().allSatisfy { i, error in (i == 25 || i == 26) == (error != nil) })
         #expect(store.committedTransactions == before + 1)
         #expect(try store.loadAll().count == 51)
+    }
+
+    /// A database of the previous schema (no route column) opens, keeps its
+    /// jobs with an empty route label, and takes new jobs with theirs.
+    @Test func aVersion2DatabaseIsMigrated() throws {
+        let dir = TempDir()
+        let old = record()
+        do {
+            let store = try SQLiteStore(path: dir.db)
+            #expect(store.insertSync(old, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+            store.close()
+        }
+        #expect(rawExecute(dir.db, "ALTER TABLE jobs DROP COLUMN route; PRAGMA user_version = 2"))
+        let store = try SQLiteStore(path: dir.db)
+        defer { store.close() }
+        let loaded = try store.loadAll()
+        #expect(loaded.map(\.id) == [old.id])
+        #expect(loaded.first?.route == "")
+        let new = record()
+        #expect(store.insertSync(new, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        #expect(try store.loadAll().last == new)
     }
 
     @Test func undecodableRowsAreSkipped() throws {

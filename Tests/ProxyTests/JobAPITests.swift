@@ -51,7 +51,9 @@ extension JobTests {
             #expect(runningA.object("request")?.string("method") == "POST")
             #expect(runningA.object("request")?.string("path") == "/a")
 
-            // A completes; B runs, and now there is an observed duration to estimate from.
+            // A completes; B runs. A's POST was observed, but B is a PUT: no
+            // observation of its route and method yet, so its estimate is null
+            // (SPEC §4); a new POST's 202 has one.
             upstream.release()
             #expect(waitUntil(timeout: 3) { upstream.requestCount == 2 })
             #expect(waitForJobStatus(proxy.port, b.id, "running"))
@@ -60,12 +62,11 @@ extension JobTests {
             #expect(br.header("retry-after") != nil)
             let startedB = timestampMillis(runningB.string("started_at"))
             #expect(startedB != nil)
-            let estimate = timestampMillis(runningB.string("estimated_completion"))
-            #expect(estimate != nil, "an upstream duration was observed: the estimate should not be null: \(br.text)")
-            if let estimate, let startedB { #expect(estimate >= startedB) }
-            // A new job's 202 carries an estimate too, now.
+            #expect(runningB.isNull("estimated_completion"), "no PUT was observed yet: \(br.text)")
             let c = try createJob(proxy.port, path: "/c", body: "third")
-            #expect(timestampMillis(c.json.string("estimated_completion")) != nil, "202 estimate with observations: \(c.response.text)")
+            let estimate = timestampMillis(c.json.string("estimated_completion"))
+            #expect(estimate != nil, "a POST on this route was observed: the estimate should not be null: \(c.response.text)")
+            if let estimate, let startedB { #expect(estimate >= startedB) }
 
             // completed
             upstream.release(2)
