@@ -12,6 +12,14 @@
       "completed N failed N canceled N pending N first_created_ms T
        last_completed_ms T"  (times from the jobs' status JSON)
 
+  jobs-client.py steady URL --backlog N --rate R --seconds S [--timeout S]
+      The estimate over a steady queue: POSTs N jobs at once, then R jobs a
+      second for S seconds on one connection (so the queue stays about N
+      long when R is the upstream's limit), keeping each 202's created_at
+      and estimated_completion; then waits for every job and prints one line:
+      "jobs N estimated N median_error E p90_error E" where a job's error is
+      |estimated - completed_at| / (completed_at - created_at)
+
 Exit status 0, or 1 with a message on stderr when the server cannot be
 reached or answers something unexpected.
 """
@@ -134,6 +142,55 @@ def await_jobs(args):
     )
 
 
+def post_job(conn, target):
+    conn.request("POST", target, body=BODY, headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    payload = resp.read()
+    if resp.status != 202:
+        die(f"expected 202, got {resp.status}: {payload[:200]!r}")
+    j = json.loads(payload)
+    return j["job_id"], epoch_ms(j["created_at"]), epoch_ms(j.get("estimated_completion"))
+
+
+def final_status(conn, jobs_path, job, deadline):
+    while True:
+        wait = max(0, min(30, int(deadline - time.monotonic())))
+        conn.request("GET", f"{jobs_path}/{job}?wait={wait}")
+        resp = conn.getresponse()
+        status = json.loads(resp.read())
+        if status["status"] not in ("queued", "running") or wait == 0:
+            return status
+
+
+def steady(args):
+    host, port, target = split_url(args.url)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    jobs = [post_job(conn, target) for _ in range(args.backlog)]
+    interval = 1.0 / args.rate
+    started = time.monotonic()
+    for i in range(int(args.rate * args.seconds)):
+        pause = started + i * interval - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        jobs.append(post_job(conn, target))
+    deadline = time.monotonic() + args.timeout
+    errors = []
+    for job, created, estimate in jobs:
+        status = final_status(conn, args.jobs_path, job, deadline)
+        completed = epoch_ms(status.get("completed_at"))
+        if status["status"] != "completed":
+            die(f"job {job[:8]} ended {status['status']}")
+        if estimate is not None and completed > created:
+            errors.append(abs(estimate - completed) / (completed - created))
+    conn.close()
+    errors.sort()
+
+    def quantile(q):
+        return errors[min(len(errors) - 1, int(q * len(errors)))] if errors else float("nan")
+
+    print(f"jobs {len(jobs)} estimated {len(errors)} median_error {quantile(0.5):.3f} p90_error {quantile(0.9):.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,9 +204,18 @@ def main():
     a.add_argument("ids_file")
     a.add_argument("--timeout", type=float, default=120)
     a.add_argument("--jobs-path", default="/jobs")
+    t = commands.add_parser("steady")
+    t.add_argument("url")
+    t.add_argument("--backlog", type=int, default=40)
+    t.add_argument("--rate", type=float, default=80)
+    t.add_argument("--seconds", type=float, default=5)
+    t.add_argument("--timeout", type=float, default=120)
+    t.add_argument("--jobs-path", default="/jobs")
     args = parser.parse_args()
     if args.command == "submit":
         submit(args)
+    elif args.command == "steady":
+        steady(args)
     else:
         await_jobs(args)
 
