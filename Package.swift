@@ -39,12 +39,12 @@ let package = Package(
         // Routes, upstream pools, header rules, the sync exchange, jobs on the wire.
         .target(
             name: "Proxy",
-            dependencies: ["HTTP", "Loop", "Config", "Jobs", "CLibevent", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["HTTP", "Loop", "Config", "Store", "CLibevent", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
-        // Jobs: ids, the lifecycle, the stores (memory, SQLite) and the job table.
+        // Job ids, records, the lifecycle, the stores (memory, SQLite) and the job table.
         .target(
-            name: "Jobs",
+            name: "Store",
             dependencies: ["Loop", "CSQLite", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
@@ -56,7 +56,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Admin", "DemoBackend", "CLibevent",
+                "Loop", "HTTP", "Config", "Proxy", "Store", "Admin", "DemoBackend", "CLibevent",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -73,10 +73,10 @@ let package = Package(
 
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
-        .testTarget(name: "JobsTests", dependencies: ["Jobs", "Loop"], swiftSettings: strict),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",
-            dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "Jobs", "DemoBackend", "Admin", "CLibevent"],
+            dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "CLibevent"],
             swiftSettings: strict
         ),
     ]

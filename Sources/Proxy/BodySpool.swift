@@ -1,5 +1,5 @@
 import CLibevent
-import Jobs
+import Store
 
 #if canImport(Glibc)
 import Glibc

@@ -1,7 +1,7 @@
 import CLibevent
 import Config
 import HTTP
-import Jobs
+import Store
 import Logging
 import Loop
 

@@ -3,7 +3,7 @@ import CLibevent
 import Config
 import Dispatch
 import HTTP
-import Jobs
+import Store
 import Logging
 import Loop
 import Proxy

@@ -1,6 +1,6 @@
 import Config
 import Foundation
-import Jobs
+import Store
 import Testing
 
 @Suite struct JobSpoolRecoveryTests {

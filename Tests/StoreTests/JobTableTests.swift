@@ -1,4 +1,4 @@
-import Jobs
+import Store
 import Loop
 import Synchronization
 import Testing

@@ -1,4 +1,4 @@
-@testable import Jobs
+@testable import Store
 import Testing
 
 /// The sharded id map behaves as one dictionary: every id finds its value,

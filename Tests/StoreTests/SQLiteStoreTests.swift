@@ -1,6 +1,6 @@
 import CSQLite
 import Dispatch
-@testable import Jobs
+@testable import Store
 import Synchronization
 import Testing
 

@@ -1,4 +1,4 @@
-import Jobs
+import Store
 import Testing
 
 @Suite struct JobStateMachineTests {
