@@ -39,7 +39,14 @@ let package = Package(
         // Routes, upstream pools, header rules, the sync exchange, jobs on the wire.
         .target(
             name: "Proxy",
-            dependencies: ["HTTP", "Loop", "Config", "Store", "CLibevent", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["HTTP", "Loop", "Config", "CLibevent", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
+        // What makes a request a job: intake (the async/auto switch), dispatch,
+        // the runner, retries, the job API and its JSON. Above Proxy.
+        .target(
+            name: "Jobs",
+            dependencies: ["Proxy", "HTTP", "Loop", "Config", "Store", "CLibevent", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Job ids, records, the lifecycle, the stores (memory, SQLite) and the job table.
@@ -56,7 +63,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Loop", "HTTP", "Config", "Proxy", "Store", "Admin", "DemoBackend", "CLibevent",
+                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Store", "Admin", "DemoBackend", "CLibevent",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -76,7 +83,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",
-            dependencies: ["Server", "Proxy", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "CLibevent"],
+            dependencies: ["Server", "Proxy", "Jobs", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "CLibevent"],
             swiftSettings: strict
         ),
     ]

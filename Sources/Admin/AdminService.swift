@@ -25,7 +25,7 @@ public final class AdminService: HTTPService {
                 reply(connection, 503, "{\"status\":\"not_ready\"}")
             }
         } else {
-            connection.respondError(HTTPError(404, "not_found", "admin endpoints: /healthz /readyz"))
+            connection.respondError(.adminNotFound)
         }
         return answered
     }

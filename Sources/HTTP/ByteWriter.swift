@@ -121,6 +121,10 @@ public final class ByteWriter {
         }
     }
 
+    public func appendJSONEscaped(_ s: StaticString) {
+        appendJSONEscaped(UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+
     public func appendJSONEscaped(_ s: String) {
         var s = s
         s.withUTF8 { appendJSONEscaped($0) }

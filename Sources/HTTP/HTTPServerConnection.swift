@@ -355,12 +355,11 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// SPEC §6 JSON error: {"error":{"code":"...","message":"..."}}.
     public func respondError(_ error: HTTPError, headers: (ByteWriter) -> Void = { _ in }) {
         let body = ByteWriter(capacity: 256)
-        body.append("{\"error\":{\"code\":\"")
-        body.append(error.code)
-        body.append("\",\"message\":\"")
-        body.append(error.message)
-        body.append("\"}}")
-        respond(status: error.status, contentType: "application/json", body: body.bytes, headers: headers)
+        error.writeJSON(into: body)
+        respond(status: error.status, contentType: "application/json", body: body.bytes) { w in
+            if error.retryAfter > 0 { w.header("Retry-After", decimal: Int64(error.retryAfter)) }
+            headers(w)
+        }
     }
 
     /// Closes now: the client sees a truncated message if one was under way.

@@ -60,38 +60,6 @@ public enum HeaderKind: UInt8, Sendable {
     }
 }
 
-/// True if a field name equals `lower` (a lower-case literal), any case.
-public func headerName(_ name: UnsafeBufferPointer<UInt8>, equals lower: StaticString) -> Bool {
-    guard let p = name.baseAddress else { return lower.utf8CodeUnitCount == 0 }
-    return equalsLower(p, name.count, lower)
-}
-
-/// True if a field name equals `lower` (lower-case bytes, e.g. a configured
-/// header name), any case.
-public func headerName(_ name: UnsafeBufferPointer<UInt8>, equals lower: [UInt8]) -> Bool {
-    guard name.count == lower.count else { return false }
-    for i in 0..<name.count {
-        let c = name[i]
-        if (c >= 0x41 && c <= 0x5A ? c | 0x20 : c) != lower[i] { return false }
-    }
-    return true
-}
-
-/// Compares `n` bytes at `p`, ASCII case-insensitively, with a lower-case
-/// literal of the same length.
-@inline(__always)
-func equalsLower(_ p: UnsafePointer<UInt8>, _ n: Int, _ lower: StaticString) -> Bool {
-    guard lower.utf8CodeUnitCount == n else { return false }
-    let q = lower.utf8Start
-    for i in 0..<n {
-        let b = q[i]
-        // Fold only letters: `| 0x20` would also map '@' onto '`' and the like.
-        let a = (b >= 0x61 && b <= 0x7A) ? p[i] | 0x20 : p[i]
-        if a != b { return false }
-    }
-    return true
-}
-
 /// RFC 9110 `tchar` as a 128-bit set: "!#$%&'*+-.^_`|~", digits, letters.
 @inline(__always)
 func isTchar(_ c: UInt8) -> Bool {

@@ -390,8 +390,7 @@ public final class MessageReader {
         let hostValue = UnsafeBufferPointer(start: bytes + Int(host.valueStart), count: Int(host.valueEnd - host.valueStart))
         // A request naming another host than its Host field is refused: this
         // is a reverse proxy, never an open forward proxy.
-        guard hostValue.count == authority.count,
-              (0..<authority.count).allSatisfy({ hostValue[$0] | 0x20 == authority[$0] | 0x20 }) else {
+        guard asciiEqualsIgnoringCase(hostValue, authority) else {
             throw .badTarget
         }
         // Forward the path; "http://h?q" has none and becomes "/?q" upstream
@@ -592,7 +591,7 @@ public final class MessageReader {
         for c in fields where c.kind == .connection {
             var found = false
             forEachToken(value(c)) { token in
-                if token.count == name.count && (0..<name.count).allSatisfy({ token[$0] | 0x20 == name[$0] | 0x20 }) {
+                if asciiEqualsIgnoringCase(token, name) {
                     found = true
                 }
             }

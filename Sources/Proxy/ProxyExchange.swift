@@ -95,9 +95,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             wasQueued = true
         case .rejected:
             finish()
-            client.respondError(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full")) { w in
-                w.header("Retry-After", "1")
-            }
+            client.respondError(.upstreamQueueFull)
         }
     }
 
@@ -253,15 +251,15 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         }
         switch failure {
         case .unreachable:
-            fail(HTTPError(502, "upstream_unreachable", "upstream refused or unreachable"))
+            fail(.upstreamUnreachable)
         case .connectTimeout:
-            fail(HTTPError(504, "upstream_timeout", "upstream connect timed out"))
+            fail(.upstreamConnectTimeout)
         case .reset:
-            fail(HTTPError(502, "upstream_reset", "upstream closed the connection before responding"))
+            fail(.upstreamReset)
         case .badResponse:
             fail(.badResponse)
         case .truncated:
-            fail(HTTPError(502, "upstream_reset", "upstream response was truncated"))
+            fail(.upstreamTruncated)
         }
     }
 
@@ -269,7 +267,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         guard state != .finished else { return }
         upstream?.close()
         upstream = nil
-        fail(HTTPError(504, "upstream_timeout", "upstream did not answer within sync_timeout"))
+        fail(.syncTimeout)
     }
 
     /// Ends the exchange with an error: a JSON answer if nothing was sent

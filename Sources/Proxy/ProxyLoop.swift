@@ -1,7 +1,6 @@
 import CLibevent
 import Config
 import HTTP
-import Store
 import Logging
 import Loop
 
@@ -11,16 +10,11 @@ public final class ProxyLoop: HTTPService {
     public let loop: EventLoop
     public private(set) var config: RuntimeConfig
     public private(set) var server: HTTPServer!
-    let scratchWriter = ByteWriter(capacity: 4096)
-    let jsonWriter = ByteWriter(capacity: 1024)
-    public let jobs: JobEngine
-    let jobIDs = JobIDSource()
-    let log: Logger
-    /// Background exchanges running on this loop, by job (for DELETE).
-    var runners: [JobID: JobRunner] = [:]
-    var baseScratch: [UInt8] = []
-    /// Jobs waiting out a retry backoff on this loop.
-    var retryTimers: [JobID: Timer] = [:]
+    /// Reused for heads built on this loop (upstream requests, captures).
+    public let scratchWriter = ByteWriter(capacity: 4096)
+    /// The job layer: async and auto routes and the job endpoint go there.
+    public var jobs: (any JobService)?
+    public let log: Logger
     let maxResponseHeadBytes = 64 * 1024
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
     /// The pool found last: most loops talk to one upstream most of the time.
@@ -28,7 +22,7 @@ public final class ProxyLoop: HTTPService {
     private var poolSweeper: Timer?
     private var draining = false
     private var accessLog: AccessLog?
-    let answered = AnsweredHandler()
+    public let answered = AnsweredHandler()
     /// Finished exchanges kept for reuse: their buffers and timer are made once.
     private var exchangePool: [ProxyExchange] = []
 
@@ -36,11 +30,10 @@ public final class ProxyLoop: HTTPService {
         if exchangePool.count < 1024 { exchangePool.append(exchange) }
     }
 
-    public init(loop: EventLoop, config: RuntimeConfig, budget: ConnectionBudget, jobs: JobEngine, logger: Logger) {
+    public init(loop: EventLoop, config: RuntimeConfig, budget: ConnectionBudget, logger: Logger) {
         loop.preconditionInEventLoop()
         self.loop = loop
         self.config = config
-        self.jobs = jobs
         self.log = logger
         self.server = nil
         self.server = HTTPServer(loop: loop, service: self, limits: config.serverLimits, budget: budget)
@@ -107,8 +100,8 @@ public final class ProxyLoop: HTTPService {
 
     /// Names the job in the exchange's access log line (its first 8
     /// characters); nothing to do when access logging is off.
-    func logJob(_ id: JobID, on client: HTTPServerConnection) {
-        if accessLog != nil { client.logJob = id.logPrefix }
+    public func logJob(_ prefix: @autoclosure () -> String, on client: HTTPServerConnection) {
+        if accessLog != nil { client.logJob = prefix() }
     }
 
     public func flushLogs() { accessLog?.flush() }
@@ -116,7 +109,7 @@ public final class ProxyLoop: HTTPService {
     /// A new upstream connection, its first exchange begun for `delegate`;
     /// the caller keeps it, then calls `connect(to:)`, which may fail at once
     /// (and tell the delegate so).
-    func newUpstream(delegate: any HTTPClientDelegate, isHead: Bool) -> HTTPClientConnection {
+    public func newUpstream(delegate: any HTTPClientDelegate, isHead: Bool) -> HTTPClientConnection {
         let c = HTTPClientConnection(loop: loop, maxHeaderBytes: maxResponseHeadBytes)
         c.beginExchange(delegate: delegate, isHead: isHead)
         return c
@@ -125,7 +118,7 @@ public final class ProxyLoop: HTTPService {
     /// The pool of one of the current configuration's upstreams. A target
     /// a reload replaced has none (nor has any once draining began): the
     /// connections of exchanges that outlive it are closed, not kept.
-    func pool(for target: UpstreamTarget) -> UpstreamPool? {
+    public func pool(for target: UpstreamTarget) -> UpstreamPool? {
         if let pool = lastPool, pool.target === target { return pool }
         let key = ObjectIdentifier(target)
         if let pool = pools[key] {
@@ -141,7 +134,7 @@ public final class ProxyLoop: HTTPService {
 
     /// An exchange's connection after a whole response: kept in its pool,
     /// or closed.
-    func checkIn(_ connection: HTTPClientConnection, to target: UpstreamTarget, requestWritten: Bool) {
+    public func checkIn(_ connection: HTTPClientConnection, to target: UpstreamTarget, requestWritten: Bool) {
         if let pool = pool(for: target) {
             pool.checkIn(connection, requestWritten: requestWritten)
         } else {
@@ -154,19 +147,15 @@ public final class ProxyLoop: HTTPService {
     public func handler(for request: MessageReader, on connection: HTTPServerConnection) -> any RequestHandler {
         if config.isJobPath(request) {
             // The job path is never forwarded (SPEC §2).
-            return jobRequest(request, on: connection)
+            guard let jobs else { return refuse(.jobNotFound, on: connection) }
+            return jobs.jobEndpoint(for: request, on: connection)
         }
         guard let route = config.route(for: request) else {
-            connection.respondError(HTTPError(404, "no_route", "no route matches this request"))
-            return answered
+            return refuse(.noRoute, on: connection)
         }
         if route.mode != .sync {
-            if request.first(named: "x-callback-url") != nil {
-                connection.respondError(HTTPError(400, "callback_not_allowed", "callbacks are not enabled on this route"))
-                return answered
-            }
-            return JobIntake(proxy: self, client: connection, request: request, route: route,
-                             credential: credential(of: request), base: publicBase(for: request))
+            guard let jobs else { return refuse(.storeUnavailable, on: connection) }
+            return jobs.handler(for: request, route: route, on: connection)
         }
         let exchange = exchangePool.popLast() ?? ProxyExchange(proxy: self)
         exchange.begin(client: connection, request: request, route: route)
@@ -174,9 +163,17 @@ public final class ProxyLoop: HTTPService {
     }
 }
 
+extension ProxyLoop {
+    /// Answers `error` and returns the handler that drops the request's body.
+    public func refuse(_ error: HTTPError, on connection: HTTPServerConnection) -> any RequestHandler {
+        connection.respondError(error)
+        return answered
+    }
+}
+
 /// The handler of a request the proxy answered itself: any body is dropped.
-final class AnsweredHandler: RequestHandler {
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
-    func requestEnd(connection: HTTPServerConnection) {}
-    func connectionClosed(connection: HTTPServerConnection) {}
+public final class AnsweredHandler: RequestHandler {
+    public func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    public func requestEnd(connection: HTTPServerConnection) {}
+    public func connectionClosed(connection: HTTPServerConnection) {}
 }

@@ -138,18 +138,6 @@ public final class RuntimeConfig: Sendable {
     }
 }
 
-func hasPrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: [UInt8]) -> Bool {
-    guard bytes.count >= prefix.count else { return false }
-    for i in 0..<prefix.count where bytes[i] != prefix[i] { return false }
-    return true
-}
-
-func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    for i in 0..<b.count where a[i] != b[i] { return false }
-    return true
-}
-
 /// Host field against a lower-case route host, ignoring the port.
 func hostMatches(_ host: UnsafeBufferPointer<UInt8>, _ want: [UInt8]) -> Bool {
     var n = host.count
@@ -159,7 +147,5 @@ func hostMatches(_ host: UnsafeBufferPointer<UInt8>, _ want: [UInt8]) -> Bool {
     } else if let colon = host.firstIndex(of: UInt8(ascii: ":")) {
         n = colon
     }
-    guard n == want.count else { return false }
-    for i in 0..<n where host[i] | 0x20 != want[i] | 0x20 { return false }
-    return true
+    return headerName(UnsafeBufferPointer(rebasing: host[0..<n]), equals: want)
 }

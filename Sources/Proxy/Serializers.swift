@@ -2,10 +2,10 @@ import HTTP
 
 /// Upstream request heads, re-serialized from parsed, validated parts
 /// (SPEC §6): never the client's raw bytes.
-enum RequestSerializer {
+public enum RequestSerializer {
     /// Without `framing`, the head stops after the end-to-end fields: a job
     /// adds its own `Job-Id`, `Job-Attempt`, length and blank line per attempt.
-    static func write(request r: MessageReader, peer: [UInt8], target: UpstreamTarget, into w: ByteWriter,
+    public static func write(request r: MessageReader, peer: [UInt8], target: UpstreamTarget, into w: ByteWriter,
                       framing: Bool = true) {
         w.reset()
         w.append(r.methodName)
@@ -63,8 +63,8 @@ enum RequestSerializer {
 
 /// End-to-end response headers for the client; framing and Connection are
 /// the server connection's to write.
-enum ResponseSerializer {
-    static func writeHeaders(of r: MessageReader, into w: ByteWriter) {
+public enum ResponseSerializer {
+    public static func writeHeaders(of r: MessageReader, into w: ByteWriter) {
         for f in r.fields {
             if f.kind.isHopByHop || r.isNominatedByConnection(f) { continue }
             w.header(r.name(f), r.value(f))

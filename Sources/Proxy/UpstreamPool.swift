@@ -7,7 +7,7 @@ import Loop
 /// `sweep` closes those idle for `maxAge` sweeps (`ProxyLoop` sweeps every
 /// quarter of `limits.idle_timeout`), so a backend does not keep a worker
 /// or a thread per connection a past burst opened.
-final class UpstreamPool {
+public final class UpstreamPool {
     let loop: EventLoop
     let target: UpstreamTarget
     /// Oldest first: `take` pops the newest, `put` appends, so the sweep
@@ -30,7 +30,7 @@ final class UpstreamPool {
     }
 
     /// An idle connection, or nil when a new one must be made.
-    func take() -> HTTPClientConnection? {
+    public func take() -> HTTPClientConnection? {
         while let c = idle.popLast()?.connection {
             c.onIdleClose = nil
             if c.isOpen { return c }

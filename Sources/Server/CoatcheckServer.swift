@@ -3,6 +3,7 @@ import CLibevent
 import Config
 import Dispatch
 import HTTP
+import Jobs
 import Store
 import Logging
 import Loop
@@ -87,13 +88,17 @@ public final class CoatcheckServer: Sendable {
         }
         var port = config.listen.port
         var proxies: [LoopBound<ProxyLoop>] = []
+        var jobLoops: [LoopBound<JobLoop>] = []
         do {
             for loop in group.loops {
                 let boundPort = port
-                let bound = try loop.submitAndWait { () throws -> LoopBound<ProxyLoop> in
-                    LoopBound(ProxyLoop(loop: loop, config: runtime, budget: budget, jobs: jobs, logger: logger), loop: loop)
+                let (bound, jobLoop) = try loop.submitAndWait { () throws -> (LoopBound<ProxyLoop>, LoopBound<JobLoop>) in
+                    let proxy = ProxyLoop(loop: loop, config: runtime, budget: budget, logger: logger)
+                    let jobs = JobLoop(proxy: proxy, engine: jobs)
+                    return (LoopBound(proxy, loop: loop), LoopBound(jobs, loop: loop))
                 }
                 proxies.append(bound)
+                jobLoops.append(jobLoop)
                 port = try loop.submitAndWait {
                     // One listener per loop on the same port (SO_REUSEPORT):
                     // the kernel spreads connections, none crosses threads.
@@ -105,8 +110,8 @@ public final class CoatcheckServer: Sendable {
             throw StartupError(message: "\(error)")
         }
         for (i, record) in recovered.enumerated() {
-            let proxy = proxies[i % proxies.count]
-            proxy.loop.execute { proxy.value.dispatch(record) }
+            let jobs = jobLoops[i % jobLoops.count]
+            jobs.loop.execute { jobs.value.dispatch(record) }
         }
         let sweepLoop = group.loops[0]
         let sweeper = try? sweepLoop.submitAndWait { [self] in

@@ -1,6 +1,7 @@
 import Config
 import DemoBackend
 import Foundation
+import Jobs
 import Store
 import Proxy
 import Server

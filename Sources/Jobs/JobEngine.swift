@@ -4,6 +4,7 @@ import HTTP
 import Store
 import Logging
 import Loop
+import Proxy
 import Synchronization
 
 #if canImport(Glibc)

@@ -4,6 +4,7 @@ import HTTP
 import Store
 import Logging
 import Loop
+import Proxy
 
 #if canImport(Glibc)
 import Glibc
@@ -34,7 +35,7 @@ final class JobIntake: RequestHandler {
         case wait(Int)
     }
 
-    unowned let proxy: ProxyLoop
+    unowned let jobs: JobLoop
     private var client: HTTPServerConnection?
     let route: CompiledRoute
     let id: JobID
@@ -75,14 +76,14 @@ final class JobIntake: RequestHandler {
     private var adopted = false
 
     var target: UpstreamTarget { route.upstream }
-    private var jobsConfig: Config.Jobs { proxy.config.configuration.jobs }
+    private var jobsConfig: Config.Jobs { jobs.config.configuration.jobs }
 
-    init(proxy: ProxyLoop, client: HTTPServerConnection, request r: MessageReader, route: CompiledRoute,
+    init(jobs: JobLoop, client: HTTPServerConnection, request r: MessageReader, route: CompiledRoute,
          credential: [UInt8]?, base: [UInt8]) {
-        self.proxy = proxy
+        self.jobs = jobs
         self.client = client
         self.route = route
-        self.id = proxy.jobIDs.make()
+        self.id = jobs.jobIDs.make()
         self.method = String(decoding: r.methodName, as: UTF8.self)
         self.path = String(decoding: r.path, as: UTF8.self)
         self.isHead = r.isHead
@@ -95,8 +96,8 @@ final class JobIntake: RequestHandler {
         case .none: self.declaresBody = r.declaredContentLength != nil
         default: self.declaresBody = true
         }
-        self.preference = JobIntake.preference(of: r, maxWait: proxy.config.configuration.jobs.maxWait)
-        let w = proxy.scratchWriter
+        self.preference = JobIntake.preference(of: r, maxWait: jobs.config.configuration.jobs.maxWait)
+        let w = jobs.proxy.scratchWriter
         RequestSerializer.write(request: r, peer: client.peer, target: route.upstream, into: w, framing: false)
         self.head = Array(w.bytes)
         client.logUpstream = route.upstream.name
@@ -115,9 +116,9 @@ final class JobIntake: RequestHandler {
         var result = Preference.absent
         for f in r.fields where headerName(r.name(f), equals: "prefer") {
             forEachPreference(r.value(f)) { token in
-                if token.count == 13, token.elementsEqual("respond-async".utf8, by: { $0 | 0x20 == $1 }) {
+                if headerName(token, equals: "respond-async") {
                     result = .respondAsync
-                } else if token.count > 5, token.prefix(5).elementsEqual("wait=".utf8, by: { $0 | 0x20 == $1 }),
+                } else if token.count > 5, headerName(UnsafeBufferPointer(rebasing: token[0..<5]), equals: "wait="),
                           let n = parseSeconds(UnsafeBufferPointer(rebasing: token[5...])), result == .absent {
                     let cap = Int(maxWait.components.seconds)
                     result = .wait(min(n, cap))
@@ -135,9 +136,9 @@ final class JobIntake: RequestHandler {
             return
         }
         do {
-            try spool.append(buffer, limit: .max, spoolPath: proxy.jobs.spoolPath(id, "req"))
+            try spool.append(buffer, limit: .max, spoolPath: jobs.engine.spoolPath(id, "req"))
         } catch {
-            fail(HTTPError(500, "spool_failed", "cannot store the request body"))
+            fail(.spoolFailed)
         }
     }
 
@@ -153,26 +154,26 @@ final class JobIntake: RequestHandler {
         do {
             body = try spool.finish()
         } catch {
-            fail(HTTPError(500, "spool_failed", "cannot store the request body"))
+            fail(.spoolFailed)
             return
         }
         request = JobRequest(head: head, body: body, declaresBody: declaresBody)
         createdAt = wallClockMillis()
         if let key = keyIndex, let fingerprint {
-            switch proxy.jobs.table.claim(key: key, fingerprint: fingerprint, now: createdAt,
+            switch jobs.table.claim(key: key, fingerprint: fingerprint, now: createdAt,
                                           ttl: jobsConfig.resultTTL) {
             case .claimed:
                 keyClaimed = true
             case .existing(let record):
                 discardRequest()
                 phase = .done
-                proxy.answerAccepted(client, record, preference: nil, base: base)
+                jobs.answerAccepted(client, record, preference: nil, base: base)
                 return
             case .mismatch:
-                fail(HTTPError(422, "idempotency_key_mismatch", "this Idempotency-Key was used for a different request"))
+                fail(.idempotencyKeyMismatch)
                 return
             case .inFlight:
-                fail(HTTPError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is being accepted"))
+                fail(.idempotencyKeyInUse)
                 return
             }
         }
@@ -201,7 +202,7 @@ final class JobIntake: RequestHandler {
 
     private func acceptNow() {
         guard target.gate.tryReserve() else {
-            fail(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full"), retryAfter: true)
+            fail(.upstreamQueueFull)
             return
         }
         reservation = true
@@ -211,7 +212,7 @@ final class JobIntake: RequestHandler {
     private func commit(_ record: JobRecord) {
         guard let request else { return }
         phase = .committing
-        let bound = LoopBound(self, loop: proxy.loop)
+        let bound = LoopBound(self, loop: jobs.loop)
         // A queued job's way out of its upstream's queue (DELETE) comes with
         // its entry: the gate token it holds (auto, switched while waiting),
         // or the one it will queue with.
@@ -227,7 +228,7 @@ final class JobIntake: RequestHandler {
             }
             withdraw = { gate.withdraw(token) }
         }
-        proxy.jobs.table.insert(record, request: request, withdraw: withdraw, on: proxy.loop) { error in
+        jobs.table.insert(record, request: request, withdraw: withdraw, on: jobs.loop) { error in
             bound.value.committed(record, error: error)
         }
     }
@@ -241,7 +242,7 @@ final class JobIntake: RequestHandler {
             target.gate.unreserve()
         }
         if let error {
-            proxy.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
+            jobs.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
             if grantDuringCommit {
                 grantDuringCommit = false
                 target.gate.release()
@@ -256,7 +257,7 @@ final class JobIntake: RequestHandler {
                 }
                 return
             }
-            fail(HTTPError(503, "store_unavailable", "the job store did not accept the job"), retryAfter: true)
+            fail(.storeUnavailable)
             return
         }
         let applied: Preference? = preference == .absent ? nil : preference
@@ -265,10 +266,10 @@ final class JobIntake: RequestHandler {
             // The exchange goes on in the background (auto).
             if let outcome = outcomeDuringCommit {
                 outcomeDuringCommit = nil
-                proxy.jobFinished(id, outcome)
+                jobs.jobFinished(id, outcome)
             } else if let runner {
                 adopted = true
-                proxy.adopt(runner, for: id)
+                jobs.adopt(runner, for: id)
             }
             runner = nil
             answer202(record, applied)
@@ -276,15 +277,15 @@ final class JobIntake: RequestHandler {
             if route.mode == .async, preference != .respondAsync, case .wait(let seconds) = preference {
                 // Prefer: wait=N on an async route: the job exists; its result
                 // is relayed if it arrives within N seconds.
-                proxy.dispatch(record, token: dispatchToken)
+                jobs.dispatch(record, token: dispatchToken)
                 waitForResult(seconds: seconds)
                 return
             }
             if grantDuringCommit {
                 grantDuringCommit = false
-                proxy.slotGranted(forJob: id, target: target)
+                jobs.slotGranted(forJob: id, target: target)
             } else if route.mode == .async || preference == .respondAsync {
-                proxy.dispatch(record, token: dispatchToken)
+                jobs.dispatch(record, token: dispatchToken)
             }
             // Else switched while queued: this request's place in the queue
             // is the job's now, and its withdraw hook came with the insert.
@@ -295,14 +296,14 @@ final class JobIntake: RequestHandler {
     private func answer202(_ record: JobRecord, _ applied: Preference?) {
         phase = .done
         timer?.cancel()
-        proxy.answerAccepted(client, record, preference: applied, base: base)
+        jobs.answerAccepted(client, record, preference: applied, base: base)
     }
 
     private func waitForResult(seconds: Int) {
         phase = .waiting
-        let bound = LoopBound(self, loop: proxy.loop)
+        let bound = LoopBound(self, loop: jobs.loop)
         let id = self.id
-        waitToken = proxy.jobs.table.wait(for: id, loop: proxy.loop) { bound.value.resultReady() }
+        waitToken = jobs.table.wait(for: id, loop: jobs.loop) { bound.value.resultReady() }
         if waitToken == nil {
             resultReady()
             return
@@ -311,7 +312,7 @@ final class JobIntake: RequestHandler {
     }
 
     private func armDeadline(after delay: Duration) {
-        if timer == nil { timer = Timer(loop: proxy.loop) { [unowned self] in self.deadline() } }
+        if timer == nil { timer = Timer(loop: jobs.loop) { [unowned self] in self.deadline() } }
         timer?.schedule(after: delay)
     }
 
@@ -320,14 +321,14 @@ final class JobIntake: RequestHandler {
         phase = .done
         timer?.cancel()
         waitToken = nil
-        guard let record = proxy.jobs.table.lookup(id) else {
-            client?.respondError(HTTPError(404, "not_found", "no such job"))
+        guard let record = jobs.table.lookup(id) else {
+            client?.respondError(.jobNotFound)
             return
         }
         if record.status.isTerminal {
-            proxy.answerResult(client, record, preference: preference, base: base)
+            jobs.answerResult(client, record, preference: preference, base: base)
         } else {
-            proxy.answerAccepted(client, record, preference: preference, base: base)
+            jobs.answerAccepted(client, record, preference: preference, base: base)
         }
     }
 
@@ -338,15 +339,15 @@ final class JobIntake: RequestHandler {
         if case .wait(let n) = preference { seconds = .seconds(n) } else { seconds = route.asyncAfter }
         armDeadline(after: seconds)
         phase = .slot
-        let bound = LoopBound(self, loop: proxy.loop)
+        let bound = LoopBound(self, loop: jobs.loop)
         gateToken = target.gate.makeToken()
-        switch target.gate.acquire(.init(loop: proxy.loop, token: gateToken) { bound.value.slotGranted() }) {
+        switch target.gate.acquire(.init(loop: jobs.loop, token: gateToken) { bound.value.slotGranted() }) {
         case .acquired:
             slotGranted()
         case .queued:
             break
         case .rejected:
-            fail(HTTPError(503, "upstream_queue_full", "upstream is at max_concurrency and its queue is full"), retryAfter: true)
+            fail(.upstreamQueueFull)
         }
     }
 
@@ -354,8 +355,8 @@ final class JobIntake: RequestHandler {
         switch phase {
         case .slot:
             guard let request else { target.gate.release(); return }
-            let bound = LoopBound(self, loop: proxy.loop)
-            let r = JobRunner(proxy: proxy, id: id, target: target, request: request, attempt: 1, isHead: isHead,
+            let bound = LoopBound(self, loop: jobs.loop)
+            let r = JobRunner(jobs: jobs, id: id, target: target, request: request, attempt: 1, isHead: isHead,
                               resendable: resendable, maxBody: jobsConfig.maxResultBody) { outcome in
                 bound.value.exchangeEnded(outcome)
             }
@@ -366,9 +367,9 @@ final class JobIntake: RequestHandler {
             r.start()
         case .committing:
             grantDuringCommit = true
-        case .done where proxy.jobs.table.lookup(id) != nil:
+        case .done where jobs.table.lookup(id) != nil:
             // Committed as queued while waiting: now an ordinary job.
-            proxy.slotGranted(forJob: id, target: target)
+            jobs.slotGranted(forJob: id, target: target)
         default:
             target.gate.release()
         }
@@ -381,24 +382,24 @@ final class JobIntake: RequestHandler {
             phase = .done
             timer?.cancel()
             runner = nil
-            proxy.jobs.table.observe(.init(route: route.label, method: method),
+            jobs.table.observe(.init(route: route.label, method: method),
                                       millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
-            if keyClaimed, let key = keyIndex { proxy.jobs.table.releaseClaim(key: key) }
+            if keyClaimed, let key = keyIndex { jobs.table.releaseClaim(key: key) }
             keyClaimed = false
             let applied: Preference? = if case .wait = preference { preference } else { nil }
             switch outcome {
             case .response(let response, _, _):
-                proxy.relay(response, id: nil, to: client, preference: applied)
+                jobs.relay(response, id: nil, to: client, preference: applied)
                 removeSpoolFile(response.body.filePath)
             case .failure(let code, _, _):
-                client?.respondError(httpError(code))
+                client?.respondError(code.httpError)
             }
             discardRequest()
         case .committing:
             runner = nil
             outcomeDuringCommit = outcome
         case .done where adopted:
-            proxy.jobFinished(id, outcome)
+            jobs.jobFinished(id, outcome)
         default:
             break
         }
@@ -419,13 +420,9 @@ final class JobIntake: RequestHandler {
 
     // MARK: Endings
 
-    private func fail(_ error: HTTPError, retryAfter: Bool = false) {
+    private func fail(_ error: HTTPError) {
         abandon()
-        if retryAfter {
-            client?.respondError(error) { w in w.header("Retry-After", "1") }
-        } else {
-            client?.respondError(error)
-        }
+        client?.respondError(error)
     }
 
     /// No job will exist: the exchange, the key and the bodies are let go.
@@ -442,7 +439,7 @@ final class JobIntake: RequestHandler {
         }
         runner?.abort()
         runner = nil
-        if keyClaimed, let key = keyIndex { proxy.jobs.table.releaseClaim(key: key) }
+        if keyClaimed, let key = keyIndex { jobs.table.releaseClaim(key: key) }
         keyClaimed = false
         spool.discard()
         discardRequest()
@@ -462,7 +459,7 @@ final class JobIntake: RequestHandler {
         case .waiting:
             phase = .done
             timer?.cancel()
-            if let token = waitToken { proxy.jobs.table.stopWaiting(id, token: token) }
+            if let token = waitToken { jobs.table.stopWaiting(id, token: token) }
         case .committing, .done:
             break  // the job stands
         }
@@ -496,14 +493,16 @@ func parseSeconds(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
     return digits > 0 ? n : nil
 }
 
-/// An `auto` exchange that failed before the switch, answered as in sync.
-func httpError(_ code: JobErrorCode) -> HTTPError {
-    switch code {
-    case .upstreamUnreachable: return HTTPError(502, "upstream_unreachable", "upstream refused or unreachable")
-    case .upstreamTimeout: return HTTPError(504, "upstream_timeout", "upstream did not answer in time")
-    case .upstreamReset: return HTTPError(502, "upstream_reset", "upstream closed the connection before the response was complete")
-    case .upstreamBadResponse: return .badResponse
-    case .responseTooLarge: return HTTPError(502, "response_too_large", "upstream response exceeds jobs.max_result_body")
-    case .interrupted: return HTTPError(502, "interrupted", "the exchange was interrupted")
+extension JobErrorCode {
+    /// An `auto` exchange that failed before the switch, answered as in sync.
+    var httpError: HTTPError {
+        switch self {
+        case .upstreamUnreachable: return .upstreamUnreachable
+        case .upstreamTimeout: return .upstreamTimeout
+        case .upstreamReset: return .upstreamReset
+        case .upstreamBadResponse: return .badResponse
+        case .responseTooLarge: return .responseTooLarge
+        case .interrupted: return .interrupted
+        }
     }
 }

@@ -4,11 +4,12 @@ import HTTP
 import Store
 import Logging
 import Loop
+import Proxy
 
 /// Background jobs on one loop: queued at their upstream's gate (FIFO with
 /// sync requests, so `max_concurrency` counts both), marked `running`
 /// durably before a byte goes upstream, and ended with their outcome.
-extension ProxyLoop {
+extension JobLoop {
     /// Queues a committed job for a slot. Accepted jobs are never refused:
     /// they may wait beyond `max_queued`. `token` names a gate token whose
     /// withdraw hook the job's entry already has (set at its insert).
@@ -28,7 +29,7 @@ extension ProxyLoop {
         case .queued:
             // A DELETE takes it out of the queue; a grant racing that is
             // released by `slotGranted`, which finds the job canceled.
-            if preset == nil { jobs.table.setWithdraw(id) { gate.withdraw(token) } }
+            if preset == nil { table.setWithdraw(id) { gate.withdraw(token) } }
         case .rejected:
             break
         }
@@ -37,55 +38,55 @@ extension ProxyLoop {
     /// A slot for a queued job: mark it running (durably, so a crash from
     /// here on counts as "was running"), then send.
     func slotGranted(forJob id: JobID, target: UpstreamTarget) {
-        if jobs.isStopping {
+        if engine.isStopping {
             // Draining: the job stays queued for the next start.
             target.gate.release()
             return
         }
         let now = wallClockMillis()
         let bound = LoopBound(self, loop: loop)
-        jobs.startBegan()
-        let marked = jobs.table.apply(.dispatched, to: id, fill: { r in
+        engine.startBegan()
+        let marked = table.apply(.dispatched, to: id, fill: { r in
             if r.startedAt == nil { r.startedAt = now }  // the first attempt's start
             r.attempts += 1
         }, done: { error in
             bound.loop.execute { bound.value.startJob(id, target: target, error: error) }
         })
         if marked == nil {
-            jobs.startEnded()
+            engine.startEnded()
             target.gate.release()  // canceled or gone meanwhile
         }
     }
 
     private func startJob(_ id: JobID, target: UpstreamTarget, error: StoreError?) {
         // From here the job runs (and counts as running) or ends.
-        defer { jobs.startEnded() }
+        defer { engine.startEnded() }
         if let error {
             // The running mark did not reach the store, so the job is still
             // queued there: give the slot back and try again shortly.
             log.error("job start not stored", metadata: ["job": "\(id)", "error": "\(error)"])
             target.gate.release()
-            if let record = jobs.table.lookup(id), record.status == .queued { later(.seconds(1)) { $0.dispatch(record) } }
+            if let record = table.lookup(id), record.status == .queued { later(.seconds(1)) { $0.dispatch(record) } }
             return
         }
-        guard let record = jobs.table.lookup(id), record.status == .running else {
+        guard let record = table.lookup(id), record.status == .running else {
             target.gate.release()
             return
         }
-        var request = jobs.table.takeRequest(id)
-        if request == nil { request = try? jobs.store.request(of: id) }
+        var request = table.takeRequest(id)
+        if request == nil { request = try? store.request(of: id) }
         guard let request else {
             target.gate.release()
             jobFinished(id, .failure(.interrupted, "the stored request could not be read", .no))
             return
         }
         let bound = LoopBound(self, loop: loop)
-        let runner = JobRunner(proxy: self, id: id, target: target, request: request, attempt: record.attempts,
+        let runner = JobRunner(jobs: self, id: id, target: target, request: request, attempt: record.attempts,
                                isHead: record.method == "HEAD", resendable: record.resendable,
                                maxBody: config.configuration.jobs.maxResultBody) { outcome in
             bound.value.jobFinished(id, outcome)
         }
-        guard jobs.table.setAbort(id, loop: loop, { bound.value.abortJob(id) }) else {
+        guard table.setAbort(id, loop: loop, { bound.value.abortJob(id) }) else {
             target.gate.release()  // canceled before it started
             return
         }
@@ -96,7 +97,7 @@ extension ProxyLoop {
     /// An `auto` exchange that became a job keeps running as the job's.
     func adopt(_ runner: JobRunner, for id: JobID) {
         let bound = LoopBound(self, loop: loop)
-        if jobs.table.setAbort(id, loop: loop, { bound.value.abortJob(id) }) {
+        if table.setAbort(id, loop: loop, { bound.value.abortJob(id) }) {
             runners[id] = runner
         } else {
             runner.abort()
@@ -119,7 +120,7 @@ extension ProxyLoop {
             case .failure(let c, _, _): code = c
             case .response: code = .upstreamBadResponse
             }
-            guard let queued = jobs.table.apply(.attemptFailed(code, retry: true), to: id) else { return }
+            guard let queued = table.apply(.attemptFailed(code, retry: true), to: id) else { return }
             let bound = LoopBound(self, loop: loop)
             let timer = Timer(loop: loop) { bound.value.retryDue(queued) }
             retryTimers[id] = timer
@@ -137,7 +138,7 @@ extension ProxyLoop {
         }
         switch outcome {
         case .response(let response, let contentType, _):
-            let stored = jobs.table.apply(.responded, to: id, response: response, fill: { r in
+            let stored = table.apply(.responded, to: id, response: response, fill: { r in
                 r.completedAt = now
                 r.responseStatus = response.status
                 r.contentType = contentType
@@ -145,7 +146,7 @@ extension ProxyLoop {
             }, done: storeFailed)
             if stored == nil { removeSpoolFile(response.body.filePath) }
         case .failure(let code, let message, _):
-            jobs.table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
+            table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
                 r.completedAt = now
                 r.errorMessage = message
             }, done: storeFailed)
@@ -153,7 +154,7 @@ extension ProxyLoop {
     }
 
     /// Runs `work` on this loop after `delay` (store retries).
-    func later(_ delay: Duration, _ work: @escaping (ProxyLoop) -> Void) {
+    func later(_ delay: Duration, _ work: @escaping (JobLoop) -> Void) {
         var timer: Timer?
         timer = Timer(loop: loop) { [unowned self] in
             work(self)
@@ -167,9 +168,9 @@ extension ProxyLoop {
     /// 502/503/504 are retried; a request that reached the upstream only if
     /// it is safe to send twice; and only while `retry.attempts` allows.
     private func retryDelay(_ id: JobID, _ outcome: JobRunner.Outcome) -> Duration? {
-        guard let record = jobs.table.lookup(id), record.status == .running,
+        guard let record = table.lookup(id), record.status == .running,
               let policy = config.upstream(named: record.upstream)?.config.retry,
-              record.attempts < policy.attempts, !jobs.isStopping else { return nil }
+              record.attempts < policy.attempts, !engine.isStopping else { return nil }
         var hinted: Int?
         switch outcome {
         case .response(let response, _, let retryAfter):
@@ -192,15 +193,15 @@ extension ProxyLoop {
 
     private func retryDue(_ record: JobRecord) {
         retryTimers[record.id] = nil
-        guard !jobs.isStopping else { return }  // stays queued for the next start
+        guard !engine.isStopping else { return }  // stays queued for the next start
         dispatch(record)
     }
 
     /// A queued job that can never start (its upstream was removed).
     private func failUnstarted(_ id: JobID, _ code: JobErrorCode, _ message: String) {
         let now = wallClockMillis()
-        jobs.table.apply(.dispatched, to: id, fill: { $0.startedAt = now })
-        jobs.table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
+        table.apply(.dispatched, to: id, fill: { $0.startedAt = now })
+        table.apply(.attemptFailed(code, retry: false), to: id, fill: { r in
             r.completedAt = now
             r.errorMessage = message
         })
@@ -226,7 +227,7 @@ extension ProxyLoop {
             // is the rest of the queue and the exchanges in flight.
             let gate = target.gate
             let ahead = record.status == .queued ? max(0, gate.queued - 1) + gate.current : 0
-            estimate = jobs.table.estimatedCompletion(of: record, ahead: ahead,
+            estimate = table.estimatedCompletion(of: record, ahead: ahead,
                                                       concurrency: gate.maxConcurrency, now: wallClockMillis())
         }
         return JobJSON.Context(base: base, jobsPath: config.jobsPath, estimate: estimate)
@@ -283,12 +284,12 @@ extension ProxyLoop {
         case .completed:
             let response: JobResponse?
             do {
-                response = try jobs.store.response(of: record.id)
+                response = try store.response(of: record.id)
             } catch {
                 response = nil
             }
             guard let response else {
-                client?.respondError(HTTPError(500, "store_error", "the stored result could not be read"))
+                client?.respondError(.storeReadFailed)
                 return
             }
             relay(response, id: record.id, to: client, preference: preference)
@@ -309,7 +310,7 @@ extension ProxyLoop {
         let body = evbuffer_new()!
         defer { evbuffer_free(body) }
         if !bodyless && !addStoredBody(response.body, to: body) {
-            client.respondError(HTTPError(500, "store_error", "the stored result body is missing"))
+            client.respondError(.storeReadFailed)
             return
         }
         if let id { logJob(id, on: client) }

@@ -4,11 +4,12 @@ import HTTP
 import Store
 import Logging
 import Loop
+import Proxy
 
 /// `{jobs.path}/{id}` and `{jobs.path}/{id}/result` (SPEC §4): status,
 /// result replay, cancel and delete, long polls. Unknown, expired, deleted
 /// and other credentials' jobs all get the same 404.
-extension ProxyLoop {
+extension JobLoop {
     struct JobTarget {
         var id: JobID
         var result: Bool
@@ -16,10 +17,9 @@ extension ProxyLoop {
         var wait: Int?
     }
 
-    func jobRequest(_ r: MessageReader, on client: HTTPServerConnection) -> any RequestHandler {
+    public func jobEndpoint(for r: MessageReader, on client: HTTPServerConnection) -> any RequestHandler {
         guard let t = parseJobTarget(r.path), let record = visibleJob(t.id, for: r) else {
-            client.respondError(HTTPError(404, "not_found", "no such job"))
-            return answered
+            return proxy.refuse(.jobNotFound, on: client)
         }
         logJob(record.id, on: client)
         let base = publicBase(for: r)
@@ -27,22 +27,22 @@ extension ProxyLoop {
         let isGet = bytesEqual(method, Self.get) || r.isHead
         if isGet {
             if let seconds = t.wait, seconds > 0, !record.status.isTerminal {
-                return JobPoll(proxy: self, client: client, id: record.id, result: t.result, base: base, seconds: seconds)
+                return JobPoll(jobs: self, client: client, id: record.id, result: t.result, base: base, seconds: seconds)
             }
             if t.result {
                 answerResult(client, record, preference: nil, base: base)
             } else {
                 answerStatus(client, record, status: 200, base: base)
             }
-            return answered
+            return proxy.answered
         }
         if bytesEqual(method, Self.delete) && !t.result {
-            return JobDelete(proxy: self, client: client, record: record, base: base)
+            return JobDelete(jobs: self, client: client, record: record, base: base)
         }
-        client.respondError(HTTPError(405, "method_not_allowed", "method not allowed on this job resource")) { h in
+        client.respondError(.jobMethodNotAllowed) { h in
             h.header("Allow", t.result ? "GET, HEAD" : "GET, HEAD, DELETE")
         }
-        return answered
+        return proxy.answered
     }
 
     static let get: [UInt8] = Array("GET".utf8)
@@ -51,7 +51,7 @@ extension ProxyLoop {
     /// The job if this request may see it: it exists, has not outlived
     /// `result_ttl`, and carries the credential it was bound to.
     func visibleJob(_ id: JobID, for r: MessageReader) -> JobRecord? {
-        guard let record = jobs.table.lookup(id),
+        guard let record = table.lookup(id),
               !record.isExpired(now: wallClockMillis(), ttlMillis: config.configuration.jobs.resultTTL.nanoseconds / 1_000_000)
         else { return nil }
         guard record.credential == credential(of: r) else { return nil }
@@ -113,7 +113,7 @@ func forEachQueryParameter(_ query: UnsafeBufferPointer<UInt8>,
 /// A long poll: held until the job ends (woken by the table from whichever
 /// loop ended it) or the wait runs out, then answered as a plain GET.
 final class JobPoll: RequestHandler {
-    unowned let proxy: ProxyLoop
+    unowned let jobs: JobLoop
     private var client: HTTPServerConnection?
     private let id: JobID
     private let result: Bool
@@ -122,15 +122,15 @@ final class JobPoll: RequestHandler {
     private var timer: Timer!
     private var answered = false
 
-    init(proxy: ProxyLoop, client: HTTPServerConnection, id: JobID, result: Bool, base: [UInt8], seconds: Int) {
-        self.proxy = proxy
+    init(jobs: JobLoop, client: HTTPServerConnection, id: JobID, result: Bool, base: [UInt8], seconds: Int) {
+        self.jobs = jobs
         self.client = client
         self.id = id
         self.result = result
         self.base = base
-        timer = Timer(loop: proxy.loop) { [unowned self] in self.answer() }
-        let bound = LoopBound(self, loop: proxy.loop)
-        token = proxy.jobs.table.wait(for: id, loop: proxy.loop) { bound.value.answer() }
+        timer = Timer(loop: jobs.loop) { [unowned self] in self.answer() }
+        let bound = LoopBound(self, loop: jobs.loop)
+        token = jobs.table.wait(for: id, loop: jobs.loop) { bound.value.answer() }
         if token == nil {
             answer()
         } else {
@@ -142,16 +142,16 @@ final class JobPoll: RequestHandler {
         guard !answered else { return }
         answered = true
         timer.cancel()
-        if let token { proxy.jobs.table.stopWaiting(id, token: token) }
+        if let token { jobs.table.stopWaiting(id, token: token) }
         token = nil
-        guard let record = proxy.jobs.table.lookup(id) else {
-            client?.respondError(HTTPError(404, "not_found", "no such job"))
+        guard let record = jobs.table.lookup(id) else {
+            client?.respondError(.jobNotFound)
             return
         }
         if result {
-            proxy.answerResult(client, record, preference: nil, base: base)
+            jobs.answerResult(client, record, preference: nil, base: base)
         } else {
-            proxy.answerStatus(client, record, status: 200, base: base)
+            jobs.answerStatus(client, record, status: 200, base: base)
         }
     }
 
@@ -161,7 +161,7 @@ final class JobPoll: RequestHandler {
     func connectionClosed(connection: HTTPServerConnection) {
         answered = true
         timer.cancel()
-        if let token { proxy.jobs.table.stopWaiting(id, token: token) }
+        if let token { jobs.table.stopWaiting(id, token: token) }
         token = nil
     }
 
@@ -179,30 +179,30 @@ final class JobDelete: RequestHandler {
     /// even if a second DELETE removed the job meanwhile).
     private var canceled: JobRecord?
 
-    init(proxy: ProxyLoop, client: HTTPServerConnection, record: JobRecord, base: [UInt8]) {
+    init(jobs: JobLoop, client: HTTPServerConnection, record: JobRecord, base: [UInt8]) {
         self.client = client
-        let bound = LoopBound(self, loop: proxy.loop)
-        let proxyBound = LoopBound(proxy, loop: proxy.loop)
+        let bound = LoopBound(self, loop: jobs.loop)
+        let jobsBound = LoopBound(jobs, loop: jobs.loop)
         let id = record.id
         if !record.status.isTerminal {
-            canceled = proxy.jobs.table.cancel(id) { error in
+            canceled = jobs.table.cancel(id) { error in
                 bound.loop.execute {
                     let delete = bound.value
                     guard error == nil, let r = delete.canceled else {
-                        delete.client?.respondError(HTTPError(503, "store_unavailable", "the job store did not answer"))
+                        delete.client?.respondError(.storeUnavailable)
                         return
                     }
-                    proxyBound.value.answerStatus(delete.client, r, status: 200, base: base)
+                    jobsBound.value.answerStatus(delete.client, r, status: 200, base: base)
                 }
             }
             if canceled != nil { return }
         }
         // Terminal (or it became terminal just now): delete it.
-        proxy.jobs.table.remove([id]) { error in
+        jobs.table.remove([id]) { error in
             bound.loop.execute {
                 guard let client = bound.value.client else { return }
                 if error != nil {
-                    client.respondError(HTTPError(503, "store_unavailable", "the job store did not answer"))
+                    client.respondError(.storeUnavailable)
                 } else {
                     client.startResponse(status: 204, framing: .none(contentLength: nil)) { _ in }
                     client.endResponse()

@@ -4,6 +4,7 @@ import HTTP
 import Store
 import Logging
 import Loop
+import Proxy
 
 /// One upstream exchange on behalf of a job, or of an `auto` request that
 /// may become one: sends the stored request with `Job-Id` and
@@ -33,7 +34,7 @@ final class JobRunner: HTTPClientDelegate {
         case sentNoResponse
     }
 
-    unowned let proxy: ProxyLoop
+    unowned let jobs: JobLoop
     let id: JobID
     let target: UpstreamTarget
     let request: JobRequest
@@ -56,9 +57,9 @@ final class JobRunner: HTTPClientDelegate {
     /// The request went out whole (the connection may then be pooled).
     private var requestWritten = false
 
-    init(proxy: ProxyLoop, id: JobID, target: UpstreamTarget, request: JobRequest, attempt: Int,
+    init(jobs: JobLoop, id: JobID, target: UpstreamTarget, request: JobRequest, attempt: Int,
          isHead: Bool, resendable: Bool, maxBody: Int64, finished: @escaping (Outcome) -> Void) {
-        self.proxy = proxy
+        self.jobs = jobs
         self.id = id
         self.target = target
         self.request = request
@@ -67,15 +68,15 @@ final class JobRunner: HTTPClientDelegate {
         self.resendable = resendable
         self.maxBody = maxBody
         self.finished = finished
-        timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
+        timer = Timer(loop: jobs.loop) { [unowned self] in self.timedOut() }
     }
 
     /// Starts the exchange; the caller has acquired an upstream slot for it.
     func start() {
         guard state == .idle else { return }
-        proxy.jobs.exchangeStarted()
+        jobs.engine.exchangeStarted()
         timer.schedule(after: target.config.timeout)
-        if let pooled = proxy.pool(for: target)?.take() {
+        if let pooled = jobs.proxy.pool(for: target)?.take() {
             state = .exchanging
             upstream = pooled
             pooled.beginExchange(delegate: self, isHead: isHead)
@@ -98,7 +99,7 @@ final class JobRunner: HTTPClientDelegate {
 
     private func connectFresh() {
         state = .connecting
-        let c = proxy.newUpstream(delegate: self, isHead: isHead)
+        let c = jobs.proxy.newUpstream(delegate: self, isHead: isHead)
         upstream = c
         c.connect(to: target.address, timeout: target.config.connectTimeout)
     }
@@ -113,7 +114,7 @@ final class JobRunner: HTTPClientDelegate {
             return
         }
         state = .exchanging
-        let w = proxy.scratchWriter
+        let w = jobs.proxy.scratchWriter
         w.reset()
         w.append(request.head)
         w.append("Job-Id: ")
@@ -145,7 +146,7 @@ final class JobRunner: HTTPClientDelegate {
         }
         status = response.status
         reason = Array(response.reason)
-        let w = proxy.scratchWriter
+        let w = jobs.proxy.scratchWriter
         w.reset()
         ResponseSerializer.writeHeaders(of: response, into: w)
         headers = Array(w.bytes)
@@ -155,7 +156,7 @@ final class JobRunner: HTTPClientDelegate {
 
     func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {
         do {
-            try capture.append(buffer, limit: maxBody, spoolPath: proxy.jobs.spoolPath(id, "res"))
+            try capture.append(buffer, limit: maxBody, spoolPath: jobs.engine.spoolPath(id, "res"))
         } catch .tooLarge {
             fail(.responseTooLarge, "upstream response exceeds jobs.max_result_body (\(maxBody) bytes)")
         } catch {
@@ -164,7 +165,7 @@ final class JobRunner: HTTPClientDelegate {
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        proxy.checkIn(connection, to: target, requestWritten: requestWritten)
+        jobs.proxy.checkIn(connection, to: target, requestWritten: requestWritten)
         upstream = nil
         let body: StoredBody
         do {
@@ -221,6 +222,6 @@ final class JobRunner: HTTPClientDelegate {
         state = .ended
         timer.cancel()
         target.gate.release()
-        if started { proxy.jobs.exchangeEnded() }
+        if started { jobs.engine.exchangeEnded() }
     }
 }

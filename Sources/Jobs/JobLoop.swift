@@ -1,0 +1,51 @@
+import Config
+import HTTP
+import Logging
+import Loop
+import Proxy
+import Store
+
+/// The jobs of one event loop: what the proxy on that loop hands over
+/// (`JobService`: async and auto routes, the job endpoint), the background
+/// exchanges running here, and the retries waiting here. Shared state (the
+/// table, the store, drain counts) is the `JobEngine`'s.
+public final class JobLoop: JobService {
+    /// The proxy on the same loop; it holds this object (`ProxyLoop.jobs`).
+    public unowned let proxy: ProxyLoop
+    public let engine: JobEngine
+    let loop: EventLoop
+    let jobIDs = JobIDSource()
+    let jsonWriter = ByteWriter(capacity: 1024)
+    /// Background exchanges running on this loop, by job (for DELETE).
+    var runners: [JobID: JobRunner] = [:]
+    /// Jobs waiting out a retry backoff on this loop.
+    var retryTimers: [JobID: Timer] = [:]
+    var baseScratch: [UInt8] = []
+
+    /// Registers itself with `proxy`; call on its loop.
+    public init(proxy: ProxyLoop, engine: JobEngine) {
+        self.proxy = proxy
+        self.engine = engine
+        self.loop = proxy.loop
+        proxy.jobs = self
+    }
+
+    var config: RuntimeConfig { proxy.config }
+    var log: Logger { proxy.log }
+    var table: JobTable { engine.table }
+    var store: any JobStore { engine.table.store }
+
+    /// Names the job in the exchange's access log line (its first 8 characters).
+    func logJob(_ id: JobID, on client: HTTPServerConnection) {
+        proxy.logJob(id.logPrefix, on: client)
+    }
+
+    public func handler(for request: MessageReader, route: CompiledRoute,
+                        on connection: HTTPServerConnection) -> any RequestHandler {
+        if request.first(named: "x-callback-url") != nil {
+            return proxy.refuse(.callbackNotAllowed, on: connection)
+        }
+        return JobIntake(jobs: self, client: connection, request: request, route: route,
+                         credential: credential(of: request), base: publicBase(for: request))
+    }
+}
