@@ -1,4 +1,5 @@
 import CLibevent
+import Loop
 
 #if canImport(Glibc)
 import Glibc
@@ -10,9 +11,10 @@ import Glibc
 public final class ByteWriter {
     public private(set) var base: UnsafeMutablePointer<UInt8>
     public private(set) var count = 0
-    /// `appendTimestamp`'s last second and its `YYYY-MM-DDTHH:MM:SS.` bytes.
+    /// `appendTimestamp`'s last second, formatted (its first 20 bytes,
+    /// `YYYY-MM-DDTHH:MM:SS.`, are reused within the second).
     private var cachedSecond = Int64.min
-    private var cachedPrefix = [UInt8](repeating: 0, count: 20)
+    private var cachedPrefix = [UInt8](repeating: 0, count: timestampLength)
     private var capacity: Int
 
     public init(capacity: Int = 4096) {
@@ -182,43 +184,16 @@ func hexDigit(_ v: UInt8) -> UInt8 {
 }
 
 extension ByteWriter {
-    /// `2026-11-29T10:00:00.000Z` (UTC), written as bytes: the timestamp
-    /// format of the job JSON. The date and time of the last second written
-    /// are kept, so most calls only add the milliseconds.
+    /// `formatTimestamp`'s bytes (the timestamp of the job JSON and the
+    /// logs). The date and time of the last second written are kept, so most
+    /// calls only add the milliseconds.
     public func appendTimestamp(millis: Int64) {
         let second = millis / 1000
         if second != cachedSecond {
             cachedSecond = second
-            var t = time_t(second)
-            var parts = tm()
-            gmtime_r(&t, &parts)
-            var p = 0
-            func digits(_ v: Int, _ n: Int) {
-                var v = v
-                for i in stride(from: n - 1, through: 0, by: -1) {
-                    cachedPrefix[p + i] = UInt8(0x30 + v % 10)
-                    v /= 10
-                }
-                p += n
-            }
-            func sep(_ c: UInt8) {
-                cachedPrefix[p] = c
-                p += 1
-            }
-            digits(Int(parts.tm_year) + 1900, 4)
-            sep(UInt8(ascii: "-"))
-            digits(Int(parts.tm_mon) + 1, 2)
-            sep(UInt8(ascii: "-"))
-            digits(Int(parts.tm_mday), 2)
-            sep(UInt8(ascii: "T"))
-            digits(Int(parts.tm_hour), 2)
-            sep(UInt8(ascii: ":"))
-            digits(Int(parts.tm_min), 2)
-            sep(UInt8(ascii: ":"))
-            digits(Int(parts.tm_sec), 2)
-            sep(UInt8(ascii: "."))
+            cachedPrefix.withUnsafeMutableBufferPointer { formatTimestamp(millis: second * 1000, into: $0.baseAddress!) }
         }
-        append(cachedPrefix)
+        cachedPrefix.withUnsafeBufferPointer { append(UnsafeBufferPointer(rebasing: $0[0..<20])) }
         let ms = Int(millis % 1000)
         append(byte: UInt8(0x30 + ms / 100))
         append(byte: UInt8(0x30 + (ms / 10) % 10))

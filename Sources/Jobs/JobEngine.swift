@@ -23,7 +23,7 @@ public final class JobEngine: Sendable {
     public init(store: any JobStore, dir: String) throws(StoreError) {
         self.table = JobTable(store: store)
         self.dir = dir
-        try makeDirectory(dir)
+        try makeDirectories(dir)
     }
 
     public var store: any JobStore { table.store }
@@ -109,16 +109,6 @@ extension ByteWriter {
         append("Job-Id: ")
         append(jobID: id)
         append("\r\n")
-    }
-}
-
-func makeDirectory(_ path: String) throws(StoreError) {
-    var prefix = path.hasPrefix("/") ? "" : "."
-    for part in path.split(separator: "/") {
-        prefix += "/" + part
-        if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-            throw StoreError("cannot create \(path): \(String(cString: strerror(errno)))")
-        }
     }
 }
 

@@ -33,16 +33,47 @@ extension Duration {
     }
 }
 
-/// `2026-11-29T10:00:00.000Z`: the one timestamp format of logs and JSON.
-public func iso8601UTC(millis: Int64) -> String {
+/// `2026-11-29T10:00:00.000Z`: the one timestamp format of logs and JSON,
+/// `timestampLength` bytes written at `p`.
+public func formatTimestamp(millis: Int64, into p: UnsafeMutablePointer<UInt8>) {
     var t = time_t(millis / 1000)
     var parts = tm()
     gmtime_r(&t, &parts)
-    func pad(_ v: Int, _ n: Int) -> String {
-        let s = String(v)
-        return String(repeating: "0", count: max(0, n - s.count)) + s
+    var i = 0
+    func digits(_ v: Int, _ n: Int) {
+        var v = v
+        for k in stride(from: n - 1, through: 0, by: -1) {
+            p[i + k] = UInt8(0x30 + v % 10)
+            v /= 10
+        }
+        i += n
     }
-    return pad(Int(parts.tm_year) + 1900, 4) + "-" + pad(Int(parts.tm_mon) + 1, 2) + "-" + pad(Int(parts.tm_mday), 2)
-        + "T" + pad(Int(parts.tm_hour), 2) + ":" + pad(Int(parts.tm_min), 2) + ":" + pad(Int(parts.tm_sec), 2)
-        + "." + pad(Int(millis % 1000), 3) + "Z"
+    func separator(_ c: Unicode.Scalar) {
+        p[i] = UInt8(ascii: c)
+        i += 1
+    }
+    digits(Int(parts.tm_year) + 1900, 4)
+    separator("-")
+    digits(Int(parts.tm_mon) + 1, 2)
+    separator("-")
+    digits(Int(parts.tm_mday), 2)
+    separator("T")
+    digits(Int(parts.tm_hour), 2)
+    separator(":")
+    digits(Int(parts.tm_min), 2)
+    separator(":")
+    digits(Int(parts.tm_sec), 2)
+    separator(".")
+    digits(Int(millis % 1000), 3)
+    separator("Z")
+}
+
+public let timestampLength = 24
+
+/// `formatTimestamp` as a String.
+public func iso8601UTC(millis: Int64) -> String {
+    String(unsafeUninitializedCapacity: timestampLength) { buffer in
+        formatTimestamp(millis: millis, into: buffer.baseAddress!)
+        return timestampLength
+    }
 }

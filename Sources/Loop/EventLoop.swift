@@ -155,14 +155,12 @@ public final class EventLoopGroup: Sendable {
     /// Starts loops `first...` on new threads.
     public func start(from first: Int = 0) {
         for loop in loops[first...] {
-            let box = Unmanaged.passRetained(ThreadStart(loop: loop)).toOpaque()
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { arg in
-                let start = Unmanaged<ThreadStart>.fromOpaque(arg!).takeRetainedValue()
-                start.loop.run()
-                return nil
-            }, box)
-            precondition(rc == 0, "pthread_create failed: \(rc)")
+            let thread: pthread_t
+            do {
+                thread = try startThread { loop.run() }
+            } catch {
+                preconditionFailure("cannot start an event loop thread: \(error)")
+            }
             threads.withLock { $0.append(thread) }
         }
     }
@@ -201,11 +199,6 @@ private let deferredWakeupsKey: pthread_key_t = {
     precondition(rc == 0, "pthread_key_create failed: \(rc)")
     return key
 }()
-
-private final class ThreadStart {
-    let loop: EventLoop
-    init(loop: EventLoop) { self.loop = loop }
-}
 
 extension EventLoop {
     /// Runs `work` on this loop and waits for its result. For setup and

@@ -11,8 +11,6 @@ import Glibc
 final class AccessLog {
     private let writer = ByteWriter(capacity: 64 * 1024)
     private var flushTimer: Timer!
-    private var cachedSecond: Int64 = -1
-    private var secondPrefix = [UInt8]()
     private static let stdoutLock = Mutex<Void>(())
     /// `jobs.path`: a job endpoint's id is logged cut short.
     var jobsPath: [UInt8] = []
@@ -27,7 +25,7 @@ final class AccessLog {
         let now = wallClockMillis()
         let w = writer
         w.append("{\"ts\":\"")
-        appendTimestamp(now)
+        writer.appendTimestamp(millis: now)
         w.append("\",\"method\":\"")
         w.append(c.reader.methodName)
         w.append("\",\"path\":\"")
@@ -93,20 +91,5 @@ final class AccessLog {
             }
         }
         writer.reset()
-    }
-
-    /// ISO 8601 UTC with milliseconds; the part up to the second is cached.
-    private func appendTimestamp(_ millis: Int64) {
-        let second = millis / 1000
-        if second != cachedSecond {
-            cachedSecond = second
-            secondPrefix = Array(iso8601UTC(millis: second * 1000).utf8.dropLast(4))
-        }
-        writer.append(secondPrefix)
-        let ms = millis % 1000
-        writer.append(byte: UInt8(0x30 + ms / 100))
-        writer.append(byte: UInt8(0x30 + (ms / 10) % 10))
-        writer.append(byte: UInt8(0x30 + ms % 10))
-        writer.append(byte: UInt8(ascii: "Z"))
     }
 }

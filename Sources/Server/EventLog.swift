@@ -1,3 +1,4 @@
+import HTTP
 import Logging
 import Loop
 import Synchronization
@@ -26,14 +27,25 @@ public struct JSONLineLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = "{\"ts\":\"\(isoNow())\",\"level\":\"\(event.level)\",\"logger\":\"\(label)\",\"msg\":\(jsonString(event.message.description))"
+        let w = ByteWriter(capacity: 256)
+        w.append("{\"ts\":\"")
+        w.appendTimestamp(millis: wallClockMillis())
+        w.append("\",\"level\":")
+        w.appendJSONString(event.level.rawValue)
+        w.append(",\"logger\":")
+        w.appendJSONString(label)
+        w.append(",\"msg\":")
+        w.appendJSONString(event.message.description)
         var all = metadata
         if let extra = event.metadata { all.merge(extra) { $1 } }
         for (k, v) in all.sorted(by: { $0.key < $1.key }) {
-            line += ",\(jsonString(k)):\(jsonString(v.description))"
+            w.append(byte: UInt8(ascii: ","))
+            w.appendJSONString(k)
+            w.append(byte: UInt8(ascii: ":"))
+            w.appendJSONString(v.description)
         }
-        line += "}\n"
-        var bytes = Array(line.utf8)
+        w.append("}\n")
+        var bytes = Array(w.bytes)
         JSONLineLogHandler.lock.withLock { _ in
             // write(2) straight to fd 2: no stdio buffer to share between threads.
             var offset = 0
@@ -46,29 +58,3 @@ public struct JSONLineLogHandler: LogHandler {
         bytes.removeAll()
     }
 }
-
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 {
-                out += "\\u00" + String(u.value, radix: 16).leftPad(2)
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
-}
-
-extension String {
-    func leftPad(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
-}
-
-func isoNow() -> String { iso8601UTC(millis: wallClockMillis()) }

@@ -1,0 +1,32 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a thread could not be started: pthread_create's error number.
+public struct ThreadStartError: Error, Sendable, CustomStringConvertible {
+    public let code: Int32
+    public var description: String { String(cString: strerror(code)) }
+}
+
+/// What a new thread runs, carried through pthread_create's context pointer.
+private final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// Runs `body` on a new thread (`pthread_create`); the thread holds what
+/// `body` captures until it returns. The one way this project starts a
+/// thread: event loops, the SQLite writer and checkpointer.
+public func startThread(_ body: @escaping () -> Void) throws(ThreadStartError) -> pthread_t {
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { arg in
+        Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().run()
+        return nil
+    }, box)
+    guard rc == 0 else {
+        Unmanaged<ThreadBody>.fromOpaque(box).release()
+        throw ThreadStartError(code: rc)
+    }
+    return thread
+}

@@ -1,0 +1,17 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `mkdir -p`: each missing directory of `path` is made 0700 (it holds
+/// requests, responses, the database). Existing ones are left as they are.
+public func makeDirectories(_ path: String) throws(StoreError) {
+    var current = path.hasPrefix("/") ? "" : "."
+    for component in path.split(separator: "/") {
+        current += "/" + component
+        if mkdir(current, 0o700) == 0 {
+            chmod(current, 0o700)  // whatever the umask
+        } else if errno != EEXIST {
+            throw StoreError("cannot create directory \(current): \(String(cString: strerror(errno)))")
+        }
+    }
+}
