@@ -80,6 +80,7 @@ let package = Package(
 
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs", "Store", "Config", "HTTP", "Loop"], swiftSettings: strict),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",

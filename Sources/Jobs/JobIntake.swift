@@ -480,19 +480,6 @@ func forEachPreference(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBuffe
     }
 }
 
-/// Whole seconds: `10`; a fraction is rounded down (`1.5` is 1).
-func parseSeconds(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
-    var n = 0
-    var digits = 0
-    for c in bytes {
-        if c == UInt8(ascii: ".") { break }
-        guard c >= 0x30 && c <= 0x39, digits < 9 else { return nil }
-        n = n * 10 + Int(c - 0x30)
-        digits += 1
-    }
-    return digits > 0 ? n : nil
-}
-
 extension JobErrorCode {
     /// An `auto` exchange that failed before the switch, answered as in sync.
     var httpError: HTTPError {

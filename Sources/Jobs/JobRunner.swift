@@ -151,7 +151,7 @@ final class JobRunner: HTTPClientDelegate {
         ResponseSerializer.writeHeaders(of: response, into: w)
         headers = Array(w.bytes)
         contentType = response.first(.contentType).map { String(decoding: response.value($0), as: UTF8.self) }
-        retryAfter = response.first(named: "retry-after").flatMap { parseSeconds(response.value($0)) }
+        retryAfter = response.first(named: "retry-after").flatMap { retryAfterSeconds(response.value($0), nowMillis: wallClockMillis()) }
     }
 
     func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {

@@ -35,9 +35,10 @@ extension JobTests {
             }
         }
 
-        func proxy(_ port: Int, attempts: Int, backoff: Duration = .milliseconds(20)) throws -> TestProxy {
+        func proxy(_ port: Int, attempts: Int, backoff: Duration = .milliseconds(20),
+                   maxBackoff: Duration = .seconds(5)) throws -> TestProxy {
             try jobProxy(upstreamPort: port) { c in
-                c.upstreams[0].retry = RetryPolicy(attempts: attempts, backoff: backoff, maxBackoff: .seconds(5))
+                c.upstreams[0].retry = RetryPolicy(attempts: attempts, backoff: backoff, maxBackoff: maxBackoff)
             }
         }
 
@@ -90,6 +91,20 @@ extension JobTests {
             #expect(times.count == 2)
             if times.count == 2 {
                 #expect(times[1].timeIntervalSince(times[0]) >= 0.9, "Retry-After: 1 asks for a second")
+            }
+        }
+
+        /// The upstream's Retry-After wins over `max_backoff` (SPEC §4): the
+        /// elapsed time between the tries is what this test checks.
+        @Test func retryAfterLongerThanMaxBackoffIsHonoured() throws {
+            let script = try Script([503, 200], retryAfter: 2)
+            let p = try proxy(script.upstream.port, attempts: 2, backoff: .milliseconds(10), maxBackoff: .seconds(1))
+            let job = try createJob(p.port, method: "PUT", body: "x")
+            #expect(try awaitTerminal(p.port, job.id).object("response")?.int("status") == 200)
+            let times = script.times.withLock { $0 }
+            #expect(times.count == 2)
+            if times.count == 2 {
+                #expect(times[1].timeIntervalSince(times[0]) >= 1.9, "Retry-After: 2 asks for two seconds, max_backoff: 1s notwithstanding")
             }
         }
     }

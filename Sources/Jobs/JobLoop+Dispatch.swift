@@ -163,32 +163,12 @@ extension JobLoop {
         timer?.schedule(after: delay)
     }
 
-    /// The wait before another attempt, or nil when this outcome stands:
-    /// only unreachable upstreams, resets before any response byte, and
-    /// 502/503/504 are retried; a request that reached the upstream only if
-    /// it is safe to send twice; and only while `retry.attempts` allows.
+    /// The wait before another attempt, or nil when this outcome stands
+    /// (`UpstreamRetry`), while the job is still running and no drain began.
     private func retryDelay(_ id: JobID, _ outcome: JobRunner.Outcome) -> Duration? {
         guard let record = table.lookup(id), record.status == .running,
-              let policy = config.upstream(named: record.upstream)?.config.retry,
-              record.attempts < policy.attempts, !engine.isStopping else { return nil }
-        var hinted: Int?
-        switch outcome {
-        case .response(let response, _, let retryAfter):
-            guard [502, 503, 504].contains(response.status), record.resendable else { return nil }
-            hinted = retryAfter
-        case .failure(_, _, .unsent):
-            break
-        case .failure(_, _, .sentNoResponse):
-            guard record.resendable else { return nil }
-        case .failure(_, _, .no):
-            return nil
-        }
-        // backoff, 2x backoff, 4x ... up to max_backoff; a Retry-After wins
-        // when it asks for longer.
-        var delay = policy.backoff
-        for _ in 1..<record.attempts where delay < policy.maxBackoff { delay *= 2 }
-        if let hinted { delay = max(delay, .seconds(hinted)) }
-        return min(delay, policy.maxBackoff)
+              let policy = config.upstream(named: record.upstream)?.config.retry, !engine.isStopping else { return nil }
+        return UpstreamRetry.delay(after: outcome, attempts: record.attempts, resendable: record.resendable, policy: policy)
     }
 
     private func retryDue(_ record: JobRecord) {
@@ -205,137 +185,5 @@ extension JobLoop {
             r.completedAt = now
             r.errorMessage = message
         })
-    }
-
-    // MARK: Answers
-
-    /// `http://host` from the request, or `public_url`.
-    func publicBase(for r: MessageReader) -> [UInt8] {
-        if let base = config.publicBase { return base }
-        // Reused: unless a deferred answer still holds the last one, this
-        // allocates nothing.
-        baseScratch.removeAll(keepingCapacity: true)
-        baseScratch.append(contentsOf: "http://".utf8)
-        if let host = r.hostValue { baseScratch.append(contentsOf: host) }
-        return baseScratch
-    }
-
-    func jsonContext(for record: JobRecord, base: [UInt8]) -> JobJSON.Context {
-        var estimate: Int64?
-        if !record.status.isTerminal, let target = config.upstream(named: record.upstream) {
-            // A queued job is in the gate's queue itself: what is ahead of it
-            // is the rest of the queue and the exchanges in flight.
-            let gate = target.gate
-            let ahead = record.status == .queued ? max(0, gate.queued - 1) + gate.current : 0
-            estimate = table.estimatedCompletion(of: record, ahead: ahead,
-                                                      concurrency: gate.maxConcurrency, now: wallClockMillis())
-        }
-        return JobJSON.Context(base: base, jobsPath: config.jobsPath, estimate: estimate)
-    }
-
-    /// The suggested first poll: the estimate if there is one, else 2 s.
-    func retryAfter(_ context: JobJSON.Context) -> Int64 {
-        guard let estimate = context.estimate else { return 2 }
-        let seconds = (estimate - wallClockMillis() + 999) / 1000
-        return min(max(seconds, 1), 60)
-    }
-
-    /// 202 Accepted for a job (SPEC §4).
-    func answerAccepted(_ client: HTTPServerConnection?, _ record: JobRecord, preference: JobIntake.Preference?, base: [UInt8]) {
-        guard let client else { return }
-        let context = jsonContext(for: record, base: base)
-        let w = jsonWriter
-        w.reset()
-        JobJSON.writeAccepted(record, context, into: w)
-        logJob(record.id, on: client)
-        client.respond(status: 202, contentType: "application/json", body: w.bytes) { h in
-            h.append("Location: ")
-            h.append(config.jobsPath)
-            h.append(byte: UInt8(ascii: "/"))
-            h.append(jobID: record.id)
-            h.append("\r\n")
-            h.header("Retry-After", decimal: retryAfter(context))
-            h.header("Cache-Control", "no-store")
-            h.header(jobID: record.id)
-            writePreferenceApplied(preference, h)
-        }
-    }
-
-    /// The status JSON with the given code (200 status, 202/502/504/409 result).
-    func answerStatus(_ client: HTTPServerConnection?, _ record: JobRecord, status: Int, base: [UInt8],
-                      preference: JobIntake.Preference? = nil) {
-        guard let client else { return }
-        let context = jsonContext(for: record, base: base)
-        let w = jsonWriter
-        w.reset()
-        JobJSON.writeStatus(record, context, into: w)
-        logJob(record.id, on: client)
-        client.respond(status: status, contentType: "application/json", body: w.bytes) { h in
-            h.header("Cache-Control", "no-store")
-            if !record.status.isTerminal { h.header("Retry-After", decimal: retryAfter(context)) }
-            writePreferenceApplied(preference, h)
-        }
-    }
-
-    /// What `GET {jobs.path}/{id}/result` answers for the job as it is now.
-    func answerResult(_ client: HTTPServerConnection?, _ record: JobRecord, preference: JobIntake.Preference?,
-                      base: [UInt8]) {
-        switch record.status {
-        case .completed:
-            let response: JobResponse?
-            do {
-                response = try store.response(of: record.id)
-            } catch {
-                response = nil
-            }
-            guard let response else {
-                client?.respondError(.storeReadFailed)
-                return
-            }
-            relay(response, id: record.id, to: client, preference: preference)
-        case .failed:
-            answerStatus(client, record, status: record.error?.resultStatus ?? 502, base: base, preference: preference)
-        case .canceled:
-            answerStatus(client, record, status: 409, base: base, preference: preference)
-        case .queued, .running:
-            answerStatus(client, record, status: 202, base: base, preference: preference)
-        }
-    }
-
-    /// A captured response, replayed: its status, reason, end-to-end
-    /// headers and body bytes, plus `Job-Id` when it is a job's.
-    func relay(_ response: JobResponse, id: JobID?, to client: HTTPServerConnection?, preference: JobIntake.Preference?) {
-        guard let client else { return }
-        let bodyless = response.status < 200 || response.status == 204 || response.status == 304
-        let body = evbuffer_new()!
-        defer { evbuffer_free(body) }
-        if !bodyless && !addStoredBody(response.body, to: body) {
-            client.respondError(.storeReadFailed)
-            return
-        }
-        if let id { logJob(id, on: client) }
-        let framing: ResponseFraming = bodyless ? .none(contentLength: nil) : .contentLength(response.body.size)
-        response.reason.withUnsafeBufferPointer { reason in
-            client.startResponse(status: response.status, reason: reason, framing: framing) { h in
-                h.append(response.headers)
-                if let id { h.header(jobID: id) }
-                writePreferenceApplied(preference, h)
-            }
-        }
-        client.writeBody(body)
-        client.endResponse()
-    }
-}
-
-private func writePreferenceApplied(_ preference: JobIntake.Preference?, _ h: ByteWriter) {
-    switch preference {
-    case .respondAsync:
-        h.header("Preference-Applied", "respond-async")
-    case .wait(let n):
-        h.append("Preference-Applied: wait=")
-        h.append(decimal: Int64(n))
-        h.append("\r\n")
-    case .absent, .none:
-        break
     }
 }
