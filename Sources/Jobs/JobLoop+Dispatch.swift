@@ -22,7 +22,7 @@ extension JobLoop {
         let id = record.id
         let gate = target.gate
         let token = preset ?? gate.makeToken()
-        let waiter = ConcurrencyGate.Waiter(loop: loop, token: token) { bound.value.slotGranted(forJob: id, target: target) }
+        let waiter = GateWaiter(loop: loop, token: token) { bound.value.slotGranted(forJob: id, target: target) }
         switch gate.acquire(waiter, force: true) {
         case .acquired:
             slotGranted(forJob: id, target: target)

@@ -1,28 +1,66 @@
 import Loop
 import Synchronization
 
-/// `max_concurrency` and `max_queued` for one upstream, across every loop.
+/// Waits for a slot at a gate; granted on its own loop.
+public struct GateWaiter: Sendable {
+    public let loop: EventLoop
+    /// Names the waiter for `withdraw`; 0 when it will never withdraw.
+    public let token: UInt64
+    public let grant: @Sendable () -> Void
+
+    public init(loop: EventLoop, token: UInt64 = 0, grant: @escaping @Sendable () -> Void) {
+        self.loop = loop
+        self.token = token
+        self.grant = grant
+    }
+}
+
+public enum GateOutcome: Equatable, Sendable { case acquired, queued, rejected }
+
+/// `max_concurrency` and `max_queued` for one upstream (SPEC §5): slots,
+/// a FIFO of waiters for them, and places reserved for jobs being
+/// committed. In-process for the SQLite and memory stores
+/// (`LocalConcurrencyGate`); a networked store brings one whose slots it
+/// shares between replicas.
+public protocol ConcurrencyGate: AnyObject, Sendable {
+    /// A token for a waiter that may withdraw.
+    func makeToken() -> UInt64
+    /// Takes a waiter out of the queue; false if it was already granted
+    /// (its grant is on its way and must be released as usual).
+    @discardableResult func withdraw(_ token: UInt64) -> Bool
+    /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
+    /// `force` queues beyond `max_queued`: for jobs already accepted.
+    func acquire(_ waiter: @autoclosure () -> GateWaiter, force: Bool) -> GateOutcome
+    /// Gives a slot back; the oldest waiter, if any, gets it.
+    func release()
+    /// Holds a place for a job about to be committed, if there is room.
+    func tryReserve() -> Bool
+    func unreserve()
+    /// New limits from now on (SIGHUP); slots already held stay held.
+    func update(limit: Int, maxQueued: Int)
+    /// Slots held now.
+    var current: Int { get }
+    /// Waiters queued now.
+    var queued: Int { get }
+    var maxConcurrency: Int { get }
+    /// The most slots ever held at once.
+    var peak: Int { get }
+}
+
+extension ConcurrencyGate {
+    public func acquire(_ waiter: @autoclosure () -> GateWaiter) -> GateOutcome {
+        acquire(waiter(), force: false)
+    }
+}
+
+/// The in-process gate, shared by every loop of this process.
 ///
 /// The common case (a free slot, nobody waiting) is one compare-and-swap; the
 /// lock is taken only to queue or to hand a freed slot to a waiter. A waiter
 /// is granted its slot on its own loop through `EventLoop.execute`.
-public final class ConcurrencyGate: Sendable {
-    public struct Waiter: Sendable {
-        public let loop: EventLoop
-        /// Names the waiter for `withdraw`; 0 when it will never withdraw.
-        public let token: UInt64
-        public let grant: @Sendable () -> Void
-
-        public init(loop: EventLoop, token: UInt64 = 0, grant: @escaping @Sendable () -> Void) {
-            self.loop = loop
-            self.token = token
-            self.grant = grant
-        }
-    }
-
+public final class LocalConcurrencyGate: ConcurrencyGate {
     private let tokens = Atomic<UInt64>(1)
 
-    /// A token for a waiter that may withdraw.
     public func makeToken() -> UInt64 {
         tokens.wrappingAdd(1, ordering: .relaxed).oldValue
     }
@@ -39,8 +77,6 @@ public final class ConcurrencyGate: Sendable {
             return true
         }
     }
-
-    public enum Outcome: Equatable, Sendable { case acquired, queued, rejected }
 
     private let inFlight = Atomic<Int>(0)
     private let waiting = Atomic<Int>(0)
@@ -93,12 +129,12 @@ public final class ConcurrencyGate: Sendable {
     /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
     /// `force` queues beyond `max_queued`: for jobs already accepted, which
     /// must never be dropped.
-    public func acquire(_ waiter: @autoclosure () -> Waiter, force: Bool = false) -> Outcome {
+    public func acquire(_ waiter: @autoclosure () -> GateWaiter, force: Bool) -> GateOutcome {
         if waiting.load(ordering: .sequentiallyConsistent) == 0 && tryIncrement() {
             return .acquired
         }
-        var granted: [Waiter] = []
-        let outcome: Outcome = queue.withLock { q in
+        var granted: [GateWaiter] = []
+        let outcome: GateOutcome = queue.withLock { q in
             if q.isEmpty && tryIncrement() { return .acquired }
             if !force && q.count >= maxQueued.load(ordering: .relaxed) { return .rejected }
             q.append(waiter())
@@ -121,12 +157,12 @@ public final class ConcurrencyGate: Sendable {
     }
 
     private func drain() {
-        var granted: [Waiter] = []
+        var granted: [GateWaiter] = []
         queue.withLock { q in grantWhilePossible(&q, into: &granted) }
         for w in granted { w.loop.execute(w.grant) }
     }
 
-    private func grantWhilePossible(_ q: inout WaiterQueue, into granted: inout [Waiter]) {
+    private func grantWhilePossible(_ q: inout WaiterQueue, into granted: inout [GateWaiter]) {
         while !q.isEmpty && tryIncrement() {
             granted.append(q.removeFirst())
             waiting.wrappingSubtract(1, ordering: .sequentiallyConsistent)
@@ -153,13 +189,13 @@ public final class ConcurrencyGate: Sendable {
 
 /// FIFO of waiters: an array with a moving head, compacted as it drains.
 struct WaiterQueue {
-    private var items: [ConcurrencyGate.Waiter] = []
+    private var items: [GateWaiter] = []
     private var head = 0
 
     var isEmpty: Bool { head == items.count }
     var count: Int { items.count - head }
 
-    mutating func append(_ w: ConcurrencyGate.Waiter) { items.append(w) }
+    mutating func append(_ w: GateWaiter) { items.append(w) }
 
     /// Removes the waiter with `token` (a linear scan: withdrawals are rare).
     mutating func remove(token: UInt64) -> Bool {
@@ -168,7 +204,7 @@ struct WaiterQueue {
         return true
     }
 
-    mutating func removeFirst() -> ConcurrencyGate.Waiter {
+    mutating func removeFirst() -> GateWaiter {
         let w = items[head]
         head += 1
         if head > 64 && head * 2 > items.count {

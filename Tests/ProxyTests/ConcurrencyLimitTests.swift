@@ -77,7 +77,7 @@ import Testing
 /// committed may hold, and what the queue then takes.
 @Suite struct ConcurrencyGateReservationTests {
     @Test func reservationsCountAgainstConcurrencyPlusQueue() {
-        let gate = ConcurrencyGate(limit: 1, maxQueued: 2)
+        let gate = LocalConcurrencyGate(limit: 1, maxQueued: 2)
         #expect(gate.tryReserve())
         #expect(gate.tryReserve())
         #expect(gate.tryReserve())
@@ -90,8 +90,8 @@ import Testing
         let group = EventLoopGroup(count: 1)
         group.start()
         defer { group.shutdown() }
-        let gate = ConcurrencyGate(limit: 1, maxQueued: 2)
-        let waiter = ConcurrencyGate.Waiter(loop: group.loops[0], grant: {})
+        let gate = LocalConcurrencyGate(limit: 1, maxQueued: 2)
+        let waiter = GateWaiter(loop: group.loops[0], grant: {})
         #expect(gate.acquire(waiter) == .acquired)
         #expect(gate.acquire(waiter) == .queued)
         #expect(gate.tryReserve())
@@ -108,10 +108,10 @@ import Testing
         let group = EventLoopGroup(count: 1)
         group.start()
         defer { group.shutdown() }
-        let gate = ConcurrencyGate(limit: 1, maxQueued: 1)
+        let gate = LocalConcurrencyGate(limit: 1, maxQueued: 1)
         let granted = Box<[Int]>([])
-        func waiter(_ n: Int, token: UInt64 = 0) -> ConcurrencyGate.Waiter {
-            ConcurrencyGate.Waiter(loop: group.loops[0], token: token) { granted.withLock { $0.append(n) } }
+        func waiter(_ n: Int, token: UInt64 = 0) -> GateWaiter {
+            GateWaiter(loop: group.loops[0], token: token) { granted.withLock { $0.append(n) } }
         }
         #expect(gate.acquire(waiter(1)) == .acquired)
         let token = gate.makeToken()

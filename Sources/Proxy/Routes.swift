@@ -1,0 +1,67 @@
+import Config
+import HTTP
+import Loop
+
+/// A route with its match data as bytes, so matching allocates nothing; a
+/// class, so handing one to an exchange is a single retain.
+public final class CompiledRoute: Sendable {
+    public let pathPrefix: [UInt8]
+    public let methods: [[UInt8]]
+    public let host: [UInt8]?
+    public let upstream: UpstreamTarget
+    public let mode: RouteMode
+    public let asyncAfter: Duration
+    public let index: Int
+    /// `name`, or `path_prefix` (SPEC §2).
+    public let label: String
+
+    init(pathPrefix: [UInt8], methods: [[UInt8]], host: [UInt8]?, upstream: UpstreamTarget, mode: RouteMode,
+         asyncAfter: Duration, index: Int, label: String) {
+        self.label = label
+        self.pathPrefix = pathPrefix
+        self.methods = methods
+        self.host = host
+        self.upstream = upstream
+        self.mode = mode
+        self.asyncAfter = asyncAfter
+        self.index = index
+    }
+}
+
+/// Routing (SPEC §2): the first route whose prefix, methods and host match.
+extension RuntimeConfig {
+    /// The first route matching the request, or nil (SPEC §2: in order).
+    public func route(for request: MessageReader) -> CompiledRoute? {
+        let path = request.path
+        let method = request.methodName
+        let host = request.hostValue
+        for route in routes {
+            if !hasPrefix(path, route.pathPrefix) { continue }
+            if !route.methods.isEmpty && !route.methods.contains(where: { bytesEqual(method, $0) }) { continue }
+            if let want = route.host {
+                guard let host, hostMatches(host, want) else { continue }
+            }
+            return route
+        }
+        return nil
+    }
+
+    /// True when the path is the job endpoint or below it.
+    public func isJobPath(_ request: MessageReader) -> Bool {
+        let path = request.path
+        guard hasPrefix(path, jobsPath) else { return false }
+        return path.count == jobsPath.count || path[jobsPath.count] == UInt8(ascii: "/") || path[jobsPath.count] == UInt8(ascii: "?")
+    }
+}
+
+/// Host field against a lower-case route host, ignoring the port.
+func hostMatches(_ host: UnsafeBufferPointer<UInt8>, _ want: [UInt8]) -> Bool {
+    var n = host.count
+    if host.first == UInt8(ascii: "[") {
+        // IP-literal: the name ends at "]".
+        n = (host.firstIndex(of: UInt8(ascii: "]")) ?? n - 1) + 1
+    } else if let colon = host.firstIndex(of: UInt8(ascii: ":")) {
+        n = colon
+    }
+    return headerName(UnsafeBufferPointer(rebasing: host[0..<n]), equals: want)
+}

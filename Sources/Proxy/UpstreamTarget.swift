@@ -1,0 +1,20 @@
+import Config
+import HTTP
+import Loop
+
+/// An upstream as the data path uses it: resolved address and its gate.
+public final class UpstreamTarget: Sendable {
+    public let name: String
+    public let config: Upstream
+    public let address: ResolvedAddress
+    public let pathPrefix: [UInt8]
+    public let gate: any ConcurrencyGate
+
+    init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate) {
+        self.name = config.name
+        self.config = config
+        self.address = address
+        self.gate = gate
+        self.pathPrefix = Array(config.url.pathPrefix.utf8)
+    }
+}
