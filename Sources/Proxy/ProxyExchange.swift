@@ -5,29 +5,21 @@ import Loop
 
 /// One proxied request in `sync` mode: client request -> upstream -> client.
 ///
-/// States: `waitingForSlot` (queued at the upstream's gate) -> `connecting`
-/// (a new upstream connection is being made) -> `exchanging` (request being
-/// written, response awaited) -> `relaying` (response head sent to the
-/// client, body streaming) -> `finished`. Every failure path ends in
-/// `finished` with the slot released exactly once.
+/// The upstream side (slot, connection, the stale-connection retry, the
+/// response's end or failure) is `UpstreamExchange`, shared with job runs;
+/// this class streams the client's body to it (pending until a connection
+/// is ready, with backpressure both ways) and relays the response.
 ///
-/// Exchanges are reused per loop (`ProxyLoop.makeExchange`): the buffers and
-/// the timer are made once, `begin` resets the per-request state, and the
-/// connection's `detached` call hands a finished exchange back.
+/// Exchanges are reused per loop (`ProxyLoop.recycle`): the buffers, the
+/// timer and the upstream core are made once, `begin` resets the
+/// per-request state, and the connection's `detached` call hands a finished
+/// exchange back.
 final class ProxyExchange: RequestHandler, HTTPClientDelegate {
-    enum State { case waitingForSlot, connecting, exchanging, relaying, finished }
-
     unowned let proxy: ProxyLoop
     private(set) var client: HTTPServerConnection!
-    private var route: CompiledRoute!
-    var target: UpstreamTarget { route.upstream }
+    private var upstream: UpstreamExchange!
+    var target: UpstreamTarget { upstream.target }
 
-    private var state = State.finished
-    private var upstream: HTTPClientConnection?
-    private var holdsSlot = false
-    /// Queued at the gate at some point: a grant may still arrive, so this
-    /// exchange is not reused.
-    private(set) var wasQueued = false
     private var timer: Timer!
     /// The serialized upstream request head, kept for one retry on a stale
     /// keep-alive connection.
@@ -36,13 +28,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     private let pending: OpaquePointer
     private var chunkedUpstream = false
     private var requestHasBody = false
-    private var requestComplete = false
-    private var retried = false
-    /// The head went out: body bytes now go straight to the upstream.
-    private var headSent = false
     private var isHead = false
-    /// Safe to send twice (RFC 9110 §9.2.2): the only requests retried.
-    private var isIdempotent = false
 
     init(proxy: ProxyLoop) {
         self.proxy = proxy
@@ -56,14 +42,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     func begin(client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
         self.client = client
-        self.route = route
-        state = .waitingForSlot
-        upstream = nil
-        holdsSlot = false
-        retried = false
-        headSent = false
         isHead = request.isHead
-        isIdempotent = request.isIdempotent
         evbuffer_drain(pending, evbuffer_get_length(pending))
         switch request.framing {
         case .chunked:
@@ -76,80 +55,91 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             chunkedUpstream = false
             requestHasBody = false
         }
-        requestComplete = !requestHasBody
+        // A request whose body was streamed cannot be sent again.
+        let resendable = !requestHasBody && request.isIdempotent
+        if let upstream {
+            upstream.reset(target: route.upstream, resendable: resendable)
+        } else {
+            upstream = UpstreamExchange(target: route.upstream, resendable: resendable)
+        }
+        upstream.requestComplete = !requestHasBody
         RequestSerializer.write(request: request, peer: client.peer, target: route.upstream, into: head)
-        start()
+        client.logUpstream = route.upstream.name
+        timer.schedule(after: route.upstream.config.syncTimeout)
+        perform(.begin(holdingSlot: false))
     }
 
-    private func start() {
-        client.logUpstream = target.name
-        timer.schedule(after: target.config.syncTimeout)
-        // The waiter (and its closure) is built only if the request must queue.
-        switch target.gate.acquire(.init(loop: proxy.loop, grant: { [bound = LoopBound(self, loop: proxy.loop)] in
-            bound.value.slotGranted()
-        })) {
-        case .acquired:
-            holdsSlot = true
-            connect()
-        case .queued:
-            wasQueued = true
-        case .rejected:
-            finish()
+    /// Feeds the upstream core and does this side of its action.
+    private func perform(_ event: UpstreamExchangeMachine.Event) {
+        switch upstream.handle(event, proxy: proxy, delegate: self, isHead: isHead) {
+        case .acquireSlot:
+            // The waiter (and its closure) is built only if the request must queue.
+            let outcome = target.gate.acquire(GateWaiter(loop: proxy.loop) { [bound = LoopBound(self, loop: proxy.loop)] in
+                bound.value.perform(.slotAcquired)
+            })
+            switch outcome {
+            case .acquired: perform(.slotAcquired)
+            case .queued: break
+            case .rejected: perform(.slotRefused)
+            }
+        case .send:
+            sendRequest()
+        case .deliverHead, .none, .connect, .reconnect, .releaseSlot:
+            break
+        case .complete:
+            timer.cancel()
+            client.endResponse()
+        case .refuse:
+            timer.cancel()
             client.respondError(.upstreamQueueFull)
+        case .fail(let failure, _):
+            timer.cancel()
+            // A JSON answer if nothing was sent yet, else the client
+            // connection is closed so it sees the truncation.
+            if client.hasResponseStarted {
+                client.abort()
+            } else {
+                client.respondError(Self.error(failure))
+            }
+        case .abandon:
+            timer.cancel()
+        }
+    }
+
+    static func error(_ failure: UpstreamFailure) -> HTTPError {
+        switch failure {
+        case .connection(.unreachable): return .upstreamUnreachable
+        case .connection(.connectTimeout): return .upstreamConnectTimeout
+        case .connection(.reset): return .upstreamReset
+        case .connection(.badResponse), .badResponseHead: return .badResponse
+        case .connection(.truncated): return .upstreamTruncated
+        case .timedOut: return .syncTimeout
         }
     }
 
     /// The client connection let go of this exchange.
     func detached(from connection: HTTPServerConnection) {
         client = nil
-        if state == .finished && !wasQueued {
+        // A grant still on its way would reach a reused exchange: keep this one out.
+        if upstream.machine.state == .finished(grantPending: false) {
             proxy.recycle(self)
         }
     }
 
-    private func slotGranted() {
-        holdsSlot = true
-        guard state == .waitingForSlot else {
-            releaseSlot()
-            return
-        }
-        connect()
-    }
-
-    private func connect() {
-        if let pooled = proxy.pool(for: target)?.take() {
-            upstream = pooled
-            pooled.beginExchange(delegate: self, isHead: isHead)
-            sendRequest()
-            return
-        }
-        freshConnection()
-    }
-
-    private func freshConnection() {
-        state = .connecting
-        headSent = false
-        let c = proxy.newUpstream(delegate: self, isHead: isHead)
-        upstream = c
-        c.connect(to: target.address, timeout: target.config.connectTimeout)
-    }
-
     func clientConnected(_ connection: HTTPClientConnection) {
-        sendRequest()
+        perform(.connected)
     }
 
     private func sendRequest() {
-        guard let upstream, let out = upstream.output else { return }
-        state = .exchanging
-        headSent = true
+        guard let connection = upstream.connection, let out = connection.output else { return }
         evbuffer_add(out, head.base, head.count)
         if evbuffer_get_length(pending) > 0 {
             evbuffer_add_buffer(out, pending)
         }
-        if requestComplete && chunkedUpstream {
+        if upstream.requestComplete && chunkedUpstream {
             evbuffer_add(out, "0\r\n\r\n", 5)
         }
-        upstream.writeNow()
+        connection.writeNow()
         client.resumeReadingBody()
     }
 
@@ -157,42 +147,36 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
         let n = evbuffer_get_length(buffer)
-        let out: OpaquePointer
-        if headSent, let o = upstream?.output {
-            out = o
-        } else {
-            out = pending
-        }
+        let sending = upstream.machine.requestSent ? upstream.connection : nil
+        let out = sending?.output ?? pending
         if chunkedUpstream { CLibevent_evbuffer_add_chunk_header(out, n) }
         evbuffer_add_buffer(out, buffer)
         if chunkedUpstream { evbuffer_add(out, "\r\n", 2) }
-        if out != pending { upstream?.flushSoon() }
         // Backpressure: stop reading the client while the upstream lags.
         if out == pending {
             if evbuffer_get_length(pending) > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
-        } else if upstream?.isOutputCongested == true {
-            client.pauseReadingBody()
+        } else if let sending {
+            sending.flushSoon()
+            if sending.isOutputCongested { client.pauseReadingBody() }
         }
     }
 
     func requestEnd(connection: HTTPServerConnection) {
-        requestComplete = true
+        upstream.requestComplete = true
         guard requestHasBody, chunkedUpstream else { return }
-        if headSent, let out = upstream?.output {
+        if upstream.machine.requestSent, let c = upstream.connection, let out = c.output {
             evbuffer_add(out, "0\r\n\r\n", 5)
-            upstream?.flushSoon()
+            c.flushSoon()
         }
     }
 
     func outputDrained(connection: HTTPServerConnection) {
-        upstream?.resumeReading()
+        upstream.connection?.resumeReading()
     }
 
     func connectionClosed(connection: HTTPServerConnection) {
         // The client is gone: the upstream exchange is abandoned mid-way.
-        upstream?.close()
-        upstream = nil
-        finish()
+        perform(.abandon)
     }
 
     func clientOutputDrained(_ connection: HTTPClientConnection) {
@@ -215,12 +199,12 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             // An HTTP/1.1 response without framing cannot be told apart from
             // a truncated one: refuse it. HTTP/1.0 servers may close-delimit.
             guard response.versionMinor == 0 else {
-                fail(.badResponse)
+                perform(.failed(.badResponseHead))
                 return
             }
             framing = .streamed
         }
-        state = .relaying
+        guard upstream.handle(.responseHead, proxy: proxy, delegate: self, isHead: isHead) == .deliverHead else { return }
         client.startResponse(status: response.status, reason: response.reason, framing: framing) { w in
             ResponseSerializer.writeHeaders(of: response, into: w)
         }
@@ -234,67 +218,14 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        proxy.checkIn(connection, to: target, requestWritten: requestComplete)
-        upstream = nil
-        finish()
-        client.endResponse()
+        perform(.responseEnd)
     }
 
     func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
-        upstream = nil
-        // A reused keep-alive connection may have been closed by the upstream
-        // just as we sent: retry once on a new one if nothing can be lost.
-        if failure == .reset && connection.completedExchanges > 0 && !retried && !requestHasBody && isIdempotent {
-            retried = true
-            freshConnection()
-            return
-        }
-        switch failure {
-        case .unreachable:
-            fail(.upstreamUnreachable)
-        case .connectTimeout:
-            fail(.upstreamConnectTimeout)
-        case .reset:
-            fail(.upstreamReset)
-        case .badResponse:
-            fail(.badResponse)
-        case .truncated:
-            fail(.upstreamTruncated)
-        }
+        perform(.failed(.connection(failure)))
     }
 
     private func timedOut() {
-        guard state != .finished else { return }
-        upstream?.close()
-        upstream = nil
-        fail(.syncTimeout)
-    }
-
-    /// Ends the exchange with an error: a JSON answer if nothing was sent
-    /// yet, else the client connection is closed so it sees the truncation.
-    private func fail(_ error: HTTPError) {
-        upstream?.close()
-        upstream = nil
-        let started = client.hasResponseStarted
-        finish()
-        if started {
-            client.abort()
-        } else {
-            client.respondError(error)
-        }
-    }
-
-    private func finish() {
-        guard state != .finished else { return }
-        state = .finished
-        timer.cancel()
-        releaseSlot()
-    }
-
-    private func releaseSlot() {
-        if holdsSlot {
-            holdsSlot = false
-            target.gate.release()
-        }
+        perform(.failed(.timedOut))
     }
 }

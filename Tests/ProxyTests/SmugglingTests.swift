@@ -119,7 +119,9 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// The control: the same harness sees a valid request arrive, so "nothing
     /// reached the upstream" above is not an artefact of the setup.
     @Test func validRequestsOfTheSameShapeAreForwarded() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+        // The upstream closes after each reply, and says so: a connection it
+        // is about to close must not be pooled (a POST on one would fail).
+        let upstream = try RecordingUpstream(reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r1 = try request(proxy.port, "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
         #expect(r1.status == 200)

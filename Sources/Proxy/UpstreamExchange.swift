@@ -1,0 +1,245 @@
+import Config
+import HTTP
+import Loop
+
+/// Why an upstream exchange produced no whole response.
+public enum UpstreamFailure: Sendable, Equatable {
+    /// The connection failed (`ClientFailure` says how).
+    case connection(ClientFailure)
+    /// The exchange's own deadline passed (`sync_timeout`, or a job's `timeout`).
+    case timedOut
+    /// The response head arrived but cannot be relayed or kept (an HTTP/1.1
+    /// response without framing).
+    case badResponseHead
+
+    /// The request cannot have reached the upstream: safe to send again.
+    public var requestUnsent: Bool {
+        self == .connection(.unreachable) || self == .connection(.connectTimeout)
+    }
+}
+
+/// The upstream side of one exchange, the same for a proxied request and a
+/// job's attempt: a slot at the upstream's gate, a pooled or new
+/// connection, the request sent, the response head and its end; and one
+/// more try on a new connection when a pooled one turns out to have been
+/// closed by the upstream just as it was reused (nginx's rule: only for a
+/// request that is safe to send twice). A value: events return the action
+/// to perform; `UpstreamExchange` and its owner perform it.
+public struct UpstreamExchangeMachine: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        /// Not begun.
+        case idle
+        /// Queued at the gate for a slot (sync requests; a job's caller
+        /// takes its slot before it begins).
+        case waitingForSlot
+        /// A slot is held; a connection is being found or made. `retry`:
+        /// this one replaces a pooled connection that was found closed.
+        case connecting(retry: Bool)
+        /// The request is going out; the response head is awaited. `pooled`:
+        /// on a reused connection, where a reset may only mean it was stale.
+        case exchanging(pooled: Bool, retry: Bool)
+        /// The response head arrived; the body is being received.
+        case receiving
+        /// Over. `grantPending`: it ended while queued, so a slot may still
+        /// be granted to it, and must then be given back at once.
+        case finished(grantPending: Bool)
+    }
+
+    public enum Event: Sendable, Equatable {
+        /// Start; `holdingSlot` when the caller already holds the slot.
+        case begin(holdingSlot: Bool)
+        /// The gate gave a slot (at once, or later to the queued waiter).
+        case slotAcquired
+        /// The gate's queue is full.
+        case slotRefused
+        /// `connect` found an idle pooled connection.
+        case pooledConnection
+        /// A new connection is established.
+        case connected
+        case responseHead
+        case responseEnd
+        case failed(UpstreamFailure)
+        /// The owner gives up: its client left, or its job was canceled.
+        case abandon
+    }
+
+    public enum Action: Sendable, Equatable {
+        case none
+        /// Ask the gate for a slot.
+        case acquireSlot
+        /// Take a pooled connection (then `pooledConnection`) or make one.
+        case connect
+        /// Make a new connection (the pooled one is already closed).
+        case reconnect
+        /// Write the request.
+        case send
+        /// Hand the response head to the owner.
+        case deliverHead
+        /// A whole response: keep the connection, give the slot back, end.
+        case complete
+        /// Close the connection, give the slot back if held, report `failure`.
+        case fail(UpstreamFailure, releaseSlot: Bool)
+        /// The gate refused: nothing to give back; the owner answers 503.
+        case refuse
+        /// Close the connection, give the slot back if held; nothing is reported.
+        case abandon(releaseSlot: Bool)
+        /// A late grant: give the slot back.
+        case releaseSlot
+    }
+
+    public private(set) var state = State.idle
+    /// Safe to send twice: the one condition of the stale-connection retry.
+    public var resendable: Bool
+
+    public init(resendable: Bool) {
+        self.resendable = resendable
+    }
+
+    /// The request went (or is going) out on a connection.
+    public var requestSent: Bool {
+        switch state {
+        case .exchanging, .receiving: return true
+        default: return false
+        }
+    }
+
+    public var isFinished: Bool {
+        if case .finished = state { return true }
+        return false
+    }
+
+    /// Holds a slot of the gate.
+    private var holdsSlot: Bool {
+        switch state {
+        case .connecting, .exchanging, .receiving: return true
+        default: return false
+        }
+    }
+
+    public mutating func handle(_ event: Event) -> Action {
+        switch (state, event) {
+        case (.idle, .begin(let holding)):
+            if holding {
+                state = .connecting(retry: false)
+                return .connect
+            }
+            state = .waitingForSlot
+            return .acquireSlot
+
+        case (.waitingForSlot, .slotAcquired):
+            state = .connecting(retry: false)
+            return .connect
+        case (.waitingForSlot, .slotRefused):
+            state = .finished(grantPending: false)
+            return .refuse
+        case (.waitingForSlot, .failed(let failure)):
+            // The deadline passed in the queue: the grant is still to come.
+            state = .finished(grantPending: true)
+            return .fail(failure, releaseSlot: false)
+        case (.waitingForSlot, .abandon):
+            state = .finished(grantPending: true)
+            return .abandon(releaseSlot: false)
+        case (.finished(grantPending: true), .slotAcquired):
+            state = .finished(grantPending: false)
+            return .releaseSlot
+
+        case (.connecting(let retry), .pooledConnection):
+            state = .exchanging(pooled: true, retry: retry)
+            return .send
+        case (.connecting(let retry), .connected):
+            state = .exchanging(pooled: false, retry: retry)
+            return .send
+        case (.exchanging(pooled: true, retry: false), .failed(.connection(.reset))) where resendable:
+            state = .connecting(retry: true)
+            return .reconnect
+        case (.exchanging, .responseHead):
+            state = .receiving
+            return .deliverHead
+        case (.receiving, .responseEnd):
+            state = .finished(grantPending: false)
+            return .complete
+
+        case (_, .failed(let failure)) where holdsSlot:
+            state = .finished(grantPending: false)
+            return .fail(failure, releaseSlot: true)
+        case (_, .abandon) where holdsSlot:
+            state = .finished(grantPending: false)
+            return .abandon(releaseSlot: true)
+
+        default:
+            // Late or out-of-order events (a timer after the last byte, a
+            // callback after an abandon) change nothing.
+            return .none
+        }
+    }
+}
+
+/// The connection side of `UpstreamExchangeMachine`'s actions, shared by
+/// the sync exchange (`ProxyExchange`) and the job runner: the owner is
+/// the connection's delegate, feeds the machine through `handle`, and does
+/// what the returned action leaves to it (send, deliver, report). A class:
+/// a connection may fail inside `connect`, calling back into `handle`.
+public final class UpstreamExchange {
+    public private(set) var machine: UpstreamExchangeMachine
+    public private(set) var target: UpstreamTarget
+    /// The connection of the current try, while there is one.
+    public private(set) var connection: HTTPClientConnection?
+    /// The whole request went out: a completed exchange's connection may be
+    /// pooled. The sync exchange clears it while the client's body streams.
+    public var requestComplete = true
+
+    public init(target: UpstreamTarget, resendable: Bool) {
+        self.target = target
+        self.machine = UpstreamExchangeMachine(resendable: resendable)
+    }
+
+    /// Starts over for another request (exchanges are reused per loop).
+    public func reset(target: UpstreamTarget, resendable: Bool) {
+        self.target = target
+        machine = UpstreamExchangeMachine(resendable: resendable)
+        connection = nil
+        requestComplete = true
+    }
+
+    /// Feeds `event`, performs the connection and slot side of the action,
+    /// and returns the action for the owner. `.connect` comes back as `.send`
+    /// when a pooled connection was taken, or as `.none` while a new one is
+    /// being made (`connected` follows, or a failure).
+    public func handle(_ event: UpstreamExchangeMachine.Event, proxy: ProxyLoop,
+                       delegate: any HTTPClientDelegate, isHead: Bool) -> UpstreamExchangeMachine.Action {
+        let action = machine.handle(event)
+        switch action {
+        case .connect:
+            if let pooled = proxy.pool(for: target)?.take() {
+                connection = pooled
+                pooled.beginExchange(delegate: delegate, isHead: isHead)
+                return machine.handle(.pooledConnection)
+            }
+            connectFresh(proxy: proxy, delegate: delegate, isHead: isHead)
+            return .none
+        case .reconnect:
+            connectFresh(proxy: proxy, delegate: delegate, isHead: isHead)
+            return .none
+        case .complete:
+            if let c = connection { proxy.checkIn(c, to: target, requestWritten: requestComplete) }
+            connection = nil
+            target.gate.release()
+        case .fail(_, let release), .abandon(let release):
+            connection?.close()
+            connection = nil
+            if release { target.gate.release() }
+        case .releaseSlot:
+            target.gate.release()
+        case .none, .acquireSlot, .send, .deliverHead, .refuse:
+            break
+        }
+        return action
+    }
+
+    private func connectFresh(proxy: ProxyLoop, delegate: any HTTPClientDelegate, isHead: Bool) {
+        let c = proxy.newUpstream(delegate: delegate, isHead: isHead)
+        // Stored first: `connect` may fail at once, through the delegate.
+        connection = c
+        c.connect(to: target.address, timeout: target.config.connectTimeout)
+    }
+}
