@@ -38,12 +38,13 @@ final class Connection {
         return sqlite3_get_autocommit(db) != 0
     }
 
-    /// Rows changed by the last INSERT, UPDATE or DELETE.
+    /// The rowid of the last INSERT.
     var lastInsertRowID: Int64 {
         guard let db else { return 0 }
         return sqlite3_last_insert_rowid(db)
     }
 
+    /// Rows changed by the last INSERT, UPDATE or DELETE.
     var changes: Int {
         guard let db else { return 0 }
         return Int(sqlite3_changes(db))
@@ -62,7 +63,6 @@ final class Connection {
         return statement
     }
 
-    /// Runs SQL text without results (schema, pragmas).
     /// sqlite3_wal_hook: called after each commit with the WAL's frame count.
     func setWALHook(_ context: UnsafeMutableRawPointer,
                     _ hook: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafePointer<CChar>?, Int32) -> Int32) {
@@ -70,6 +70,7 @@ final class Connection {
         _ = sqlite3_wal_hook(db, hook, context)
     }
 
+    /// Runs SQL text without results (schema, pragmas).
     func execute(_ sql: String) throws(StoreError) {
         guard let db else { throw StoreError("sqlite: connection closed") }
         var error: UnsafeMutablePointer<CChar>?
