@@ -26,9 +26,10 @@ final class Checkpointer: @unchecked Sendable {
         thread.withLock { $0 = t }
     }
 
-    /// Installs the WAL hook on the writer's connection.
+    /// Installs the WAL hook on the writer's connection, which then owns
+    /// this checkpointer: closing the connection stops it.
     func watch(_ writer: Connection) {
-        writer.setWALHook(Unmanaged.passUnretained(self).toOpaque()) { ctx, _, _, frames in
+        writer.setWALHook(self) { ctx, _, _, frames in
             if frames >= Checkpointer.threshold {
                 Unmanaged<Checkpointer>.fromOpaque(ctx!).takeUnretainedValue().request()
             }

@@ -5,6 +5,14 @@ import CSQLite
 final class Connection {
     private var db: OpaquePointer?
     private var statements: [Statement] = []
+    /// The checkpointer whose WAL hook is on this connection (the writer's).
+    /// The hook holds it unretained, and the writer may still commit after
+    /// the store is gone (a store closed from a `done` callback leaves its
+    /// writer to finish the queue alone), so the connection owns it: `close`
+    /// stops and joins it first, and lets go of it only once the handle is
+    /// closed. Neither the hook nor the checkpoint thread outlives the
+    /// connection.
+    private var checkpointer: Checkpointer?
 
     /// "unix-excl": the process holds the database's POSIX locks for as
     /// long as it has it open, and the WAL index lives in heap memory, not
@@ -63,11 +71,13 @@ final class Connection {
         return statement
     }
 
-    /// sqlite3_wal_hook: called after each commit with the WAL's frame count.
-    func setWALHook(_ context: UnsafeMutableRawPointer,
+    /// sqlite3_wal_hook: called after each commit with the WAL's frame count,
+    /// with `checkpointer` as its context; the connection keeps it (above).
+    func setWALHook(_ checkpointer: Checkpointer,
                     _ hook: @convention(c) (UnsafeMutableRawPointer?, OpaquePointer?, UnsafePointer<CChar>?, Int32) -> Int32) {
         guard let db else { return }
-        _ = sqlite3_wal_hook(db, hook, context)
+        self.checkpointer = checkpointer
+        _ = sqlite3_wal_hook(db, hook, Unmanaged.passUnretained(checkpointer).toOpaque())
     }
 
     /// Runs SQL text without results (schema, pragmas).
@@ -115,13 +125,16 @@ final class Connection {
         }
     }
 
-    /// Finalizes the statements, then closes. Idempotent.
+    /// Stops the checkpointer (if any), finalizes the statements, then
+    /// closes. Idempotent.
     func close() {
+        checkpointer?.stop()
         for statement in statements { statement.finalize() }
         statements = []
         if let db {
             sqlite3_close_v2(db)
             self.db = nil
         }
+        checkpointer = nil
     }
 }

@@ -38,7 +38,6 @@ public final class SQLiteStore: JobStore {
     /// insert, and the commits are what the 202s wait for.
     private let rows: RowMap
     private let writerThread: Mutex<pthread_t?>
-    private let checkpointer: Checkpointer
     /// Held open with an exclusive flock(2) for the store's life: a second
     /// process on the same database would dispatch the same jobs.
     private let lock: Mutex<Int32>
@@ -54,23 +53,18 @@ public final class SQLiteStore: JobStore {
         }
         self.lock = Mutex(lockFD)
         var started = false
-        var startedCheckpointer: Checkpointer?
         defer {
-            if !started {
-                startedCheckpointer?.stop()
-                _ = Glibc.close(lockFD)
-            }
+            if !started { _ = Glibc.close(lockFD) }
         }
 
         let connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
         try connection.configureForWriting()
         // Checkpoints (copying the WAL into the database, and its fsync) run
         // on a thread of their own, so commits, which 202s wait for, never
-        // stall behind one.
+        // stall behind one. The writer's connection owns it from here, so
+        // it stops when that connection closes (also when this init fails).
         let checkpointer = try Checkpointer(path: path)
-        startedCheckpointer = checkpointer
         checkpointer.watch(connection)
-        self.checkpointer = checkpointer
         let queue = WriteQueue()
         let rows = RowMap()
         let writer = try Writer(connection: connection, queue: queue, rows: rows)
@@ -175,9 +169,10 @@ public final class SQLiteStore: JobStore {
     // MARK: Lifecycle
 
     /// Closes the idle readers, lets the writer commit what is queued, stops
-    /// it and closes its connection. Idempotent; writes submitted afterwards
-    /// fail at once. Called from a `done` callback (the writer thread), the
-    /// writer finishes on its own after the current batch.
+    /// it and closes its connection (which stops the checkpointer).
+    /// Idempotent; writes submitted afterwards fail at once. Called from a
+    /// `done` callback (the writer thread), the writer finishes on its own
+    /// after the current batch.
     public func close() {
         readers.close()
         queue.stop()
@@ -192,7 +187,6 @@ public final class SQLiteStore: JobStore {
         } else {
             pthread_join(thread, nil)
         }
-        checkpointer.stop()
         lock.withLock { fd in
             if fd >= 0 { _ = Glibc.close(fd) }
             fd = -1
