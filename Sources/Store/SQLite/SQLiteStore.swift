@@ -195,4 +195,9 @@ public final class SQLiteStore: JobStore {
 
     /// Transactions the writer committed so far (tests check the grouping).
     var committedTransactions: Int { queue.commits.load(ordering: .relaxed) }
+
+    /// Tests: the writer's next COMMIT fails, its transaction still open,
+    /// so the writer must roll it back. Arm it between batches (the writer
+    /// idle, or held in a `done` callback).
+    func failNextCommit() { queue.failNextCommit.store(true, ordering: .relaxed) }
 }

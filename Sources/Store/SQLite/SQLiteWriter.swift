@@ -33,6 +33,10 @@ final class WriteQueue: Sendable {
     let commits = Atomic<Int>(0)
     /// Set while BEGIN or COMMIT fail (a full disk, I/O errors).
     let commitFailing = Atomic<Bool>(false)
+    /// Tests only (`SQLiteStore.failNextCommit`): the writer's next COMMIT
+    /// fails before it runs, its transaction still open, as a COMMIT that
+    /// cannot write the WAL does. Cleared when it fires.
+    let failNextCommit = Atomic<Bool>(false)
 
     /// False once the store is closing: the caller answers `done` itself.
     func enqueue(_ write: PendingWrite) -> Bool {
@@ -149,6 +153,11 @@ final class Writer {
             }
             do throws(StoreError) {
                 try syncSpoolFiles()
+                // One relaxed load a transaction when unarmed.
+                if queue.failNextCommit.load(ordering: .relaxed) {
+                    queue.failNextCommit.store(false, ordering: .relaxed)
+                    throw StoreError("sqlite: injected commit failure")
+                }
                 try commit.run()
                 queue.commits.add(1, ordering: .relaxed)
                 queue.commitFailing.store(false, ordering: .relaxed)
