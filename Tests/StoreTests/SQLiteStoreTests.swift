@@ -143,6 +143,22 @@ private func rawExecute(_ path: String, _ sql: String) -> Bool {
     return sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK
 }
 
+/// Submits what `submit` submits as one batch: the writer is held in the
+/// `done` callback of a job it has just committed (returned) meanwhile.
+private func inOneBatch(_ store: SQLiteStore, _ submit: () -> Void) -> JobRecord {
+    let entered = DispatchSemaphore(value: 0)
+    let gate = DispatchSemaphore(value: 0)
+    let holder = record()
+    store.insert(holder, request: JobRequest(head: head, body: .empty, declaresBody: false)) { _ in
+        entered.signal()
+        gate.wait()
+    }
+    #expect(entered.wait(timeout: .now() + 5) == .success)
+    submit()
+    gate.signal()
+    return holder
+}
+
 @Suite struct SQLiteStoreTests {
     @Test func roundTripWithInlineBodies() throws {
         let dir = TempDir()
@@ -485,5 +501,218 @@ private func rawExecute(_ path: String, _ sql: String) -> Bool {
         let store = try SQLiteStore(path: dir.db)
         defer { store.close() }
         #expect(try store.loadAll() == [good])
+    }
+
+    // MARK: Failed writes
+
+    /// A batch whose COMMIT fails: every write in it gets an error, none of
+    /// it is applied (inserts, an update, a delete), and the job -> row map
+    /// forgets it too: a later job that takes a rolled-back rowid is not
+    /// found under a failed job's id.
+    @Test func aFailedCommitFailsEveryWriteOfItsBatch() throws {
+        let dir = TempDir()
+        let kept = record(), gone = record()
+        let request = JobRequest(head: head, body: .inline([1, 2, 3]), declaresBody: true)
+        let store = try SQLiteStore(path: dir.db)
+        #expect(store.insertSync(kept, request) == nil)
+        #expect(store.insertSync(gone, request) == nil)
+
+        var started = kept
+        started.status = .running
+        started.startedAt = 1_764_410_401_000
+        started.attempts = 1
+        let fresh = (0..<5).map { _ in record() }
+        let c = Callbacks()
+        var before = 0
+        let holder = inOneBatch(store) {
+            before = store.committedTransactions
+            store.failNextCommit()
+            for job in fresh { store.insert(job, request: request, done: c.done) }
+            store.update(started, response: nil, done: c.done)
+            store.delete([gone.id], done: c.done)
+        }
+        let results = c.wait(7)
+        #expect(results.count == 7)
+        #expect(results.allSatisfy { $0?.message.contains("injected commit failure") == true })
+        #expect(store.committedTransactions == before)
+        #expect(!store.isHealthy())
+        let durable = [kept, gone, holder]
+        #expect(try store.loadAll() == durable)
+        #expect(try store.request(of: gone.id) == request)
+        #expect(try store.request(of: fresh[0].id) == nil)
+
+        // The store goes on; its next job takes the first failed job's rowid.
+        let next = record()
+        let nextRequest = JobRequest(head: head, body: .inline([4, 5, 6]), declaresBody: true)
+        #expect(store.insertSync(next, nextRequest) == nil)
+        #expect(store.isHealthy())
+        #expect(try store.request(of: fresh[0].id) == nil)
+        #expect(try store.request(of: next.id) == nextRequest)
+        store.close()
+
+        let reopened = try SQLiteStore(path: dir.db)
+        defer { reopened.close() }
+        #expect(try reopened.loadAll() == durable + [next])
+        #expect(try reopened.request(of: fresh[0].id) == nil)
+    }
+
+    /// After a failed commit the same writes, submitted again, commit as one
+    /// batch and survive a reopen: nothing of the failed batch is left to
+    /// refuse them (an id "that exists") or to stand in for their rows.
+    @Test func theBatchAfterAFailedCommitCommitsAndSurvivesReopen() throws {
+        let dir = TempDir()
+        let kept = record(), gone = record()
+        let store = try SQLiteStore(path: dir.db)
+        #expect(store.insertSync(kept, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        #expect(store.insertSync(gone, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+
+        var started = kept
+        started.status = .running
+        started.startedAt = 1_764_410_401_000
+        started.attempts = 1
+        let fresh = (0..<5).map { _ in record() }
+        let requests = fresh.indices.map { JobRequest(head: head, body: .inline(Array("\($0)".utf8)), declaresBody: true) }
+        func submitAll(_ c: Callbacks) {
+            for (job, request) in zip(fresh, requests) { store.insert(job, request: request, done: c.done) }
+            store.update(started, response: nil, done: c.done)
+            store.delete([gone.id], done: c.done)
+        }
+
+        let failed = Callbacks()
+        let firstHolder = inOneBatch(store) {
+            store.failNextCommit()
+            submitAll(failed)
+        }
+        let failures = failed.wait(7)
+        #expect(failures.count == 7 && failures.allSatisfy { $0 != nil })
+
+        let retried = Callbacks()
+        var before = 0
+        let secondHolder = inOneBatch(store) {
+            before = store.committedTransactions
+            submitAll(retried)
+        }
+        let results = retried.wait(7)
+        #expect(results.count == 7 && results.allSatisfy { $0 == nil })
+        #expect(store.committedTransactions == before + 1)
+        #expect(store.isHealthy())
+        let expected = [started, firstHolder, secondHolder] + fresh
+        #expect(try store.loadAll() == expected)
+        for (job, request) in zip(fresh, requests) {
+            #expect(try store.request(of: job.id) == request)
+        }
+        store.close()
+
+        let reopened = try SQLiteStore(path: dir.db)
+        defer { reopened.close() }
+        #expect(try reopened.loadAll() == expected)
+        for (job, request) in zip(fresh, requests) {
+            #expect(try reopened.request(of: job.id) == request)
+        }
+        #expect(try reopened.request(of: gone.id) == nil)
+    }
+
+    /// An update whose second statement fails (its response, after its
+    /// state was written) rolls its transaction back: it and the write
+    /// before it in that transaction fail, the job keeps its previous
+    /// durable state, and the rest of the batch commits in a new one.
+    @Test func aFailedUpdateKeepsThePreviousDurableState() throws {
+        let dir = TempDir()
+        let request = JobRequest(head: head, body: .empty, declaresBody: false)
+        var job = record(), other = record()
+        do {
+            let store = try SQLiteStore(path: dir.db)
+            #expect(store.insertSync(job, request) == nil)
+            job.status = .running
+            job.startedAt = 1_764_410_401_000
+            job.attempts = 1
+            #expect(store.updateSync(job, nil) == nil)
+            #expect(store.insertSync(other, request) == nil)
+            store.close()
+        }
+        // Behind the store's back: a response with status 599 cannot be stored.
+        #expect(rawExecute(dir.db, """
+            CREATE TRIGGER refuse_599 BEFORE UPDATE OF resp_status ON jobs WHEN NEW.resp_status = 599
+            BEGIN SELECT RAISE(ABORT, 'injected: response refused'); END
+            """))
+
+        let store = try SQLiteStore(path: dir.db)
+        #expect(try store.loadAll() == [job, other])  // as at startup: the store learns its rows
+        var completed = job
+        completed.status = .completed
+        completed.completedAt = 1_764_410_402_000
+        completed.responseStatus = 599
+        let response = JobResponse(status: 599, reason: Array("Refused".utf8), headers: [], body: .inline([1]))
+        let earlier = record()
+        other.status = .running
+        other.attempts = 1
+        let c = Callbacks()
+        let holder = inOneBatch(store) {
+            store.insert(earlier, request: request, done: c.done)
+            store.update(completed, response: response, done: c.done)
+            store.update(other, response: nil, done: c.done)
+        }
+        let results = c.wait(3)
+        #expect(results.count == 3)
+        #expect(results.first??.message.contains("rolled back") == true)
+        #expect(results.dropFirst().first??.message.contains("injected: response refused") == true)
+        #expect(results.last == .some(nil))
+        #expect(store.isHealthy())
+        let durable = [job, other, holder]
+        #expect(try store.loadAll() == durable)
+        #expect(try store.response(of: job.id) == nil)
+        #expect(try store.request(of: earlier.id) == nil)
+        store.close()
+
+        let reopened = try SQLiteStore(path: dir.db)
+        defer { reopened.close() }
+        #expect(try reopened.loadAll() == durable)
+        #expect(try reopened.response(of: job.id) == nil)
+    }
+
+    /// A failing INSERT mid-batch: the inserts before it in its transaction
+    /// are rolled back and fail, those after it commit in a new one, and
+    /// the rolled-back jobs leave nothing behind (they can be inserted
+    /// again; their rowids, taken by later jobs, are not theirs).
+    @Test func aFailedInsertRollsBackTheInsertsBeforeIt() throws {
+        let dir = TempDir()
+        try SQLiteStore(path: dir.db).close()
+        // Behind the store's back: a job with this idempotency key cannot be stored.
+        #expect(rawExecute(dir.db, """
+            CREATE TRIGGER refuse_key BEFORE INSERT ON jobs WHEN NEW.idempotency_key = 'refuse'
+            BEGIN SELECT RAISE(ABORT, 'injected: insert refused'); END
+            """))
+
+        let store = try SQLiteStore(path: dir.db)
+        let jobs = (0..<4).map { _ in record() }
+        let requests = jobs.indices.map { JobRequest(head: head, body: .inline(Array("\($0)".utf8)), declaresBody: true) }
+        let c = Callbacks()
+        let holder = inOneBatch(store) {
+            store.insert(jobs[0], request: requests[0], done: c.done)
+            store.insert(jobs[1], request: requests[1], done: c.done)
+            store.insert(record(key: "refuse"), request: requests[0], done: c.done)
+            store.insert(jobs[2], request: requests[2], done: c.done)
+            store.insert(jobs[3], request: requests[3], done: c.done)
+        }
+        let results = c.wait(5)
+        #expect(results.count == 5)
+        #expect(results.prefix(2).allSatisfy { $0?.message.contains("rolled back") == true })
+        #expect(results.dropFirst(2).first??.message.contains("injected: insert refused") == true)
+        #expect(results.suffix(2).allSatisfy { $0 == nil })
+        #expect(store.isHealthy())
+        #expect(try store.loadAll() == [holder, jobs[2], jobs[3]])
+        #expect(try store.request(of: jobs[0].id) == nil)
+        #expect(try store.request(of: jobs[2].id) == requests[2])
+
+        #expect(store.insertSync(jobs[0], requests[0]) == nil)
+        #expect(store.insertSync(jobs[1], requests[1]) == nil)
+        store.close()
+
+        let reopened = try SQLiteStore(path: dir.db)
+        defer { reopened.close() }
+        #expect(try reopened.loadAll() == [holder, jobs[2], jobs[3], jobs[0], jobs[1]])
+        for (job, request) in zip(jobs, requests) {
+            #expect(try reopened.request(of: job.id) == request)
+        }
     }
 }

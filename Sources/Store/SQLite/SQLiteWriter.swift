@@ -1,0 +1,314 @@
+import Loop
+import Synchronization
+
+enum WriteOp: Sendable {
+    case insert(JobRecord, JobRequest)
+    case update(JobRecord, JobResponse?)
+    case delete([JobID])
+}
+
+/// A class: the queue and the writer pass one reference around instead of
+/// copying a record, a request and a closure at every step.
+final class PendingWrite: Sendable {
+    let op: WriteOp
+    let done: @Sendable (StoreError?) -> Void
+
+    init(op: WriteOp, done: @escaping @Sendable (StoreError?) -> Void) {
+        self.op = op
+        self.done = done
+    }
+}
+
+/// The hand-off between submitting threads and the writer thread. The
+/// semaphore is posted when the queue turns non-empty (and on stop); the
+/// writer takes the whole queue after each wake-up, so no write is missed.
+final class WriteQueue: Sendable {
+    struct State {
+        var pending: [PendingWrite] = []
+        var stopping = false
+    }
+
+    private let state = Mutex(State())
+    private let wakeup = Semaphore()
+    let commits = Atomic<Int>(0)
+    /// Set while BEGIN or COMMIT fail (a full disk, I/O errors).
+    let commitFailing = Atomic<Bool>(false)
+    /// Tests only (`SQLiteStore.failNextCommit`): the writer's next COMMIT
+    /// fails before it runs, its transaction still open, as a COMMIT that
+    /// cannot write the WAL does. Cleared when it fires.
+    let failNextCommit = Atomic<Bool>(false)
+
+    /// False once the store is closing: the caller answers `done` itself.
+    func enqueue(_ write: PendingWrite) -> Bool {
+        let (accepted, wake) = state.withLock { s -> (Bool, Bool) in
+            if s.stopping { return (false, false) }
+            s.pending.append(write)
+            return (true, s.pending.count == 1)
+        }
+        if wake { wakeup.signal() }
+        return accepted
+    }
+
+    func stop() {
+        let wake = state.withLock { s -> Bool in
+            if s.stopping { return false }
+            s.stopping = true
+            return true
+        }
+        if wake { wakeup.signal() }
+    }
+
+    /// Blocks until there is work or a stop; returns everything queued.
+    func next() -> (writes: [PendingWrite], stop: Bool) {
+        wakeup.wait()
+        return state.withLock { s in
+            let writes = s.pending
+            s.pending = []
+            return (writes, s.stopping)
+        }
+    }
+}
+
+/// The writer thread's state: its connection and prepared statements. Made
+/// on the opening thread, then used by the writer thread only.
+final class Writer {
+    let connection: Connection
+    let queue: WriteQueue
+    let begin, commit, rollback: Statement
+    let insert, updateState, setResponse, selectFiles, deleteRow: Statement
+    let rows: RowMap
+    /// This batch's inserts and deletes, applied to `rows` once committed.
+    private var inserted: [JobID: Int64] = [:]
+    private var deleted: Set<JobID> = []
+    /// Spool files this transaction's rows name: synced (with their
+    /// directories) before COMMIT, so no durable row names a lost file.
+    private var toSync: Set<String> = []
+
+    init(connection: Connection, queue: WriteQueue, rows: RowMap) throws(StoreError) {
+        self.connection = connection
+        self.queue = queue
+        self.rows = rows
+        begin = try connection.prepare("BEGIN IMMEDIATE")
+        commit = try connection.prepare("COMMIT")
+        rollback = try connection.prepare("ROLLBACK")
+        insert = try connection.prepare(insertSQL)
+        updateState = try connection.prepare(updateStateSQL)
+        setResponse = try connection.prepare(setResponseSQL)
+        selectFiles = try connection.prepare(selectFilesSQL)
+        deleteRow = try connection.prepare(deleteSQL)
+    }
+
+    func run() {
+        while true {
+            let (writes, stop) = queue.next()
+            if !writes.isEmpty { process(writes) }
+            if stop { break }
+        }
+        connection.close()
+    }
+
+    /// One transaction for the whole batch (a new one only if SQLite rolled
+    /// the first back on its own, e.g. on a full disk); after COMMIT the
+    /// spool files of committed deletes are unlinked, then the callbacks run
+    /// in submission order.
+    private func process(_ writes: [PendingWrite]) {
+        // Emptied, not replaced: a steady load reuses the same storage.
+        inserted.removeAll(keepingCapacity: true)
+        deleted.removeAll(keepingCapacity: true)
+        toSync = []
+        var results = [StoreError?](repeating: nil, count: writes.count)
+        var files = [[String]](repeating: [], count: writes.count)
+        var i = 0
+        while i < writes.count {
+            let first = i
+            do throws(StoreError) {
+                try begin.run()
+            } catch {
+                queue.commitFailing.store(true, ordering: .relaxed)
+                for j in i..<writes.count { results[j] = error }
+                break
+            }
+            var lost: StoreError?
+            while i < writes.count {
+                let (outcome, transactionLost) = applyOne(writes[i].op)
+                switch outcome {
+                case .success(let paths): files[i] = paths
+                case .failure(let error): results[i] = error
+                }
+                i += 1
+                if transactionLost, case .failure(let error) = outcome {
+                    lost = error
+                    break
+                }
+            }
+            if let lost {
+                queue.commitFailing.store(true, ordering: .relaxed)
+                if !connection.isAutocommit { try? rollback.run() }
+                for j in first..<(i - 1) where results[j] == nil {
+                    results[j] = StoreError("sqlite: transaction rolled back: \(lost.message)")
+                }
+                // Their row changes went with the transaction.
+                for j in first..<i { forgetRows(of: writes[j].op) }
+                continue
+            }
+            do throws(StoreError) {
+                try syncSpoolFiles()
+                // One relaxed load a transaction when unarmed.
+                if queue.failNextCommit.load(ordering: .relaxed) {
+                    queue.failNextCommit.store(false, ordering: .relaxed)
+                    throw StoreError("sqlite: injected commit failure")
+                }
+                try commit.run()
+                queue.commits.add(1, ordering: .relaxed)
+                queue.commitFailing.store(false, ordering: .relaxed)
+            } catch {
+                queue.commitFailing.store(true, ordering: .relaxed)
+                if !connection.isAutocommit { try? rollback.run() }
+                for j in first..<i where results[j] == nil { results[j] = error }
+                for j in first..<i { forgetRows(of: writes[j].op) }
+            }
+        }
+        // What is left of this batch's row changes was committed (those of
+        // failed writes were forgotten with their transaction).
+        rows.apply(inserted: inserted, deleted: deleted)
+        for (paths, result) in zip(files, results) where result == nil {
+            for path in paths { removeSpoolFile(path) }
+        }
+        // Many callbacks hand work to the same loops: wake each loop once.
+        EventLoop.deferringWakeups {
+            for i in writes.indices {
+                writes[i].done(results[i])
+            }
+        }
+    }
+
+    /// Applies one write. A write refused before any statement runs (an
+    /// id that exists, a job that does not) fails alone; any other failure
+    /// is an I/O-class error that loses the transaction.
+    private func applyOne(_ op: WriteOp) -> (Result<[String], StoreError>, transactionLost: Bool) {
+        do throws(StoreError) {
+            switch try apply(op) {
+            case .applied(let paths): return (.success(paths), false)
+            case .refused(let refusal): return (.failure(refusal), false)
+            }
+        } catch {
+            return (.failure(error), true)
+        }
+    }
+
+    private enum Applied {
+        /// With the spool files to unlink once committed.
+        case applied([String])
+        /// Checked before any statement ran: the transaction is unharmed.
+        case refused(StoreError)
+    }
+
+    private func apply(_ op: WriteOp) throws(StoreError) -> Applied {
+        switch op {
+        case .insert(let record, let request):
+            guard seq(of: record.id) == nil else { return .refused(StoreError("sqlite: job \(record.id) exists")) }
+            let s = insert
+            s.bind(record.id, at: 1)
+            s.bind(record.status.rawValue, at: 2)
+            s.bind(record.upstream, at: 3)
+            s.bind(record.method, at: 4)
+            s.bind(record.path, at: 5)
+            s.bind(record.createdAt, at: 6)
+            s.bind(record.startedAt, at: 7)
+            s.bind(record.completedAt, at: 8)
+            s.bind(Int64(record.attempts), at: 9)
+            s.bind(Int64(record.resendable ? 1 : 0), at: 10)
+            s.bind(record.credential, at: 11)
+            s.bind(record.idempotencyKey, at: 12)
+            s.bind(record.fingerprint, at: 13)
+            s.bind(record.responseStatus.map { Int64($0) }, at: 14)
+            s.bind(record.contentType, at: 15)
+            s.bind(record.responseSize, at: 16)
+            s.bind(record.error?.rawValue, at: 17)
+            s.bind(record.errorMessage, at: 18)
+            s.bind(record.route, at: 19)
+            s.bind(request.head, at: 20)
+            bindBody(request.body, s, blob: 21, path: 22, size: 23)
+            s.bind(Int64(request.declaresBody ? 1 : 0), at: 24)
+            try s.run()
+            if let path = request.body.filePath { toSync.insert(path) }
+            inserted[record.id] = connection.lastInsertRowID
+            return .applied([])
+
+        case .update(let record, let response):
+            guard let seq = seq(of: record.id) else { return .refused(StoreError("sqlite: no such job")) }
+            let s = updateState
+            s.bind(seq, at: 1)
+            s.bind(record.status.rawValue, at: 2)
+            s.bind(record.startedAt, at: 3)
+            s.bind(record.completedAt, at: 4)
+            s.bind(Int64(record.attempts), at: 5)
+            s.bind(record.responseStatus.map { Int64($0) }, at: 6)
+            s.bind(record.contentType, at: 7)
+            s.bind(record.responseSize, at: 8)
+            s.bind(record.error?.rawValue, at: 9)
+            s.bind(record.errorMessage, at: 10)
+            try s.run()
+            guard connection.changes > 0 else { throw StoreError("sqlite: no such job") }
+            if let response {
+                let r = setResponse
+                r.bind(seq, at: 1)
+                r.bind(Int64(response.status), at: 2)
+                r.bind(response.reason, at: 3)
+                r.bind(response.headers, at: 4)
+                bindBody(response.body, r, blob: 5, path: 6, size: 7)
+                try r.run()
+                if let path = response.body.filePath { toSync.insert(path) }
+            }
+            return .applied([])
+
+        case .delete(let ids):
+            var paths: [String] = []
+            for id in ids {
+                guard let seq = seq(of: id) else { continue }
+                let s = selectFiles
+                s.bind(seq, at: 1)
+                do {
+                    defer { s.reset() }
+                    while try s.step() {
+                        if let path = s.text(0) { paths.append(path) }
+                        if let path = s.text(1) { paths.append(path) }
+                    }
+                }
+                deleteRow.bind(seq, at: 1)
+                try deleteRow.run()
+                deleted.insert(id)
+            }
+            return .applied(paths)
+        }
+    }
+
+    private func syncSpoolFiles() throws(StoreError) {
+        guard !toSync.isEmpty else { return }
+        var directories: Set<String> = []
+        for path in toSync {
+            try fsyncPath(path)
+            if let slash = path.lastIndex(of: "/") {
+                directories.insert(slash == path.startIndex ? "/" : String(path[..<slash]))
+            } else {
+                directories.insert(".")
+            }
+        }
+        for directory in directories { try fsyncPath(directory) }
+        toSync = []
+    }
+
+    private func forgetRows(of op: WriteOp) {
+        switch op {
+        case .insert(let record, _): inserted[record.id] = nil
+        case .delete(let ids): for id in ids { deleted.remove(id) }
+        case .update: break
+        }
+    }
+
+    /// The job's row, counting this batch's inserts and deletes so far.
+    private func seq(of id: JobID) -> Int64? {
+        if deleted.contains(id) { return nil }
+        return inserted[id] ?? rows[id]
+    }
+}
