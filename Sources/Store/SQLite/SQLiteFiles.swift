@@ -4,18 +4,13 @@ import Glibc
 
 func errnoText() -> String { String(cString: strerror(errno)) }
 
-/// `mkdir -p` of the database's directory; directories it makes are 0700.
+/// `mkdir -p` of the database's directory (`makeDirectories`).
 func createParentDirectories(of path: String) throws(StoreError) {
-    var components = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-    components.removeLast()
-    var current = path.hasPrefix("/") ? "" : "."
-    for component in components where !component.isEmpty {
-        current += "/" + component
-        if mkdir(current, 0o700) == 0 {
-            chmod(current, 0o700)
-        } else if errno != EEXIST {
-            throw StoreError("sqlite: cannot create directory \(current): \(errnoText())")
-        }
+    guard let slash = path.lastIndex(of: "/") else { return }
+    do {
+        try makeDirectories(String(path[..<slash]))
+    } catch {
+        throw StoreError("sqlite: \(error.message)")
     }
 }
 

@@ -1,27 +1,16 @@
+import Loop
+
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// What a new thread runs, carried through pthread_create's context pointer.
-private final class ThreadStart {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
-}
-
-/// Runs `body` on a new thread; the thread holds what `body` captures
-/// until it returns.
+/// Starts one of the store's threads (`Loop.startThread`), naming it in the error.
 func startThread(_ name: String, _ body: @escaping () -> Void) throws(StoreError) -> pthread_t {
-    let box = Unmanaged.passRetained(ThreadStart(body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { arg in
-        Unmanaged<ThreadStart>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box)
-    guard rc == 0 else {
-        Unmanaged<ThreadStart>.fromOpaque(box).release()
-        throw StoreError("sqlite: cannot start the \(name) thread: \(String(cString: strerror(rc)))")
+    do {
+        return try Loop.startThread(body)
+    } catch {
+        throw StoreError("sqlite: cannot start the \(name) thread: \(error)")
     }
-    return thread
 }
 
 /// A counting semaphore for the threads' wake-ups.
