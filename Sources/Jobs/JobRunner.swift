@@ -11,12 +11,11 @@ import Proxy
 /// `Job-Attempt`, and captures the whole response (spooled, bounded by
 /// `max_result_body`) within the upstream's `timeout`.
 ///
-/// States: `idle` -> `connecting` -> `exchanging` -> `ended`. The runner
-/// holds its upstream slot from `start` and gives it back exactly once, when
-/// it ends; `finished` is called once, unless `abort` came first.
+/// The upstream side is `UpstreamExchange`, shared with sync proxying. The
+/// runner holds its upstream slot from `start` (its caller took it) and the
+/// core gives it back exactly once; `finished` is called once, unless
+/// `abort` came first.
 final class JobRunner: HTTPClientDelegate {
-    enum State { case idle, connecting, exchanging, ended }
-
     enum Outcome {
         /// A whole response; `retryAfter` is its Retry-After in seconds.
         case response(JobResponse, contentType: String?, retryAfter: Int?)
@@ -34,28 +33,41 @@ final class JobRunner: HTTPClientDelegate {
         case sentNoResponse
     }
 
+    /// The response head as kept for the job.
+    struct CapturedHead {
+        var status: Int
+        var reason: [UInt8]
+        /// End-to-end header lines.
+        var headers: [UInt8]
+        var contentType: String?
+        /// Retry-After, in seconds from when it arrived.
+        var retryAfter: Int?
+    }
+
+    enum Phase {
+        /// Made; `start` not called yet.
+        case idle
+        /// The exchange is under way; no response head yet.
+        case exchanging
+        /// The head is kept; the body is being spooled.
+        case capturing(CapturedHead)
+        /// Over: `finished` was called, or the run was aborted.
+        case ended
+    }
+
     unowned let jobs: JobLoop
     let id: JobID
     let target: UpstreamTarget
     let request: JobRequest
     let attempt: Int
     private let isHead: Bool
-    private let resendable: Bool
     private let maxBody: Int64
     private var finished: ((Outcome) -> Void)?
 
-    private(set) var state = State.idle
-    private var upstream: HTTPClientConnection?
+    private(set) var phase = Phase.idle
+    private let upstream: UpstreamExchange
     private let capture = BodySpool()
     private var timer: Timer!
-    private var retried = false
-    private var status = 0
-    private var reason: [UInt8] = []
-    private var headers: [UInt8] = []
-    private var contentType: String?
-    private var retryAfter: Int?
-    /// The request went out whole (the connection may then be pooled).
-    private var requestWritten = false
 
     init(jobs: JobLoop, id: JobID, target: UpstreamTarget, request: JobRequest, attempt: Int,
          isHead: Bool, resendable: Bool, maxBody: Int64, finished: @escaping (Outcome) -> Void) {
@@ -65,55 +77,106 @@ final class JobRunner: HTTPClientDelegate {
         self.request = request
         self.attempt = attempt
         self.isHead = isHead
-        self.resendable = resendable
         self.maxBody = maxBody
         self.finished = finished
-        timer = Timer(loop: jobs.loop) { [unowned self] in self.timedOut() }
+        self.upstream = UpstreamExchange(target: target, resendable: resendable)
+        timer = Timer(loop: jobs.loop) { [unowned self] in self.perform(.failed(.timedOut)) }
     }
 
     /// Starts the exchange; the caller has acquired an upstream slot for it.
     func start() {
-        guard state == .idle else { return }
+        guard case .idle = phase else { return }
+        phase = .exchanging
         jobs.engine.exchangeStarted()
         timer.schedule(after: target.config.timeout)
-        if let pooled = jobs.proxy.pool(for: target)?.take() {
-            state = .exchanging
-            upstream = pooled
-            pooled.beginExchange(delegate: self, isHead: isHead)
-            send()
-        } else {
-            connectFresh()
-        }
+        perform(.begin(holdingSlot: true))
     }
 
     /// Stops at once (DELETE of a running job, or the client of an `auto`
     /// request left): the upstream sees the connection close.
     func abort() {
-        guard state != .ended && state != .idle else { return }
-        upstream?.close()
-        upstream = nil
-        capture.discard()
-        finished = nil
-        end()
+        switch phase {
+        case .exchanging, .capturing:
+            finished = nil
+            perform(.abandon)
+        case .idle, .ended:
+            break
+        }
     }
 
-    private func connectFresh() {
-        state = .connecting
-        let c = jobs.proxy.newUpstream(delegate: self, isHead: isHead)
-        upstream = c
-        c.connect(to: target.address, timeout: target.config.connectTimeout)
+    /// Feeds the upstream core and does this side of its action.
+    private func perform(_ event: UpstreamExchangeMachine.Event) {
+        switch upstream.handle(event, proxy: jobs.proxy, delegate: self, isHead: isHead) {
+        case .send:
+            send()
+        case .complete:
+            complete()
+        case .fail(let failure, _):
+            let (code, message, retry) = Self.describe(failure)
+            end(.failure(code, message, retry))
+        case .abandon:
+            end(nil)
+        case .none, .acquireSlot, .connect, .reconnect, .deliverHead, .refuse, .releaseSlot:
+            break
+        }
+    }
+
+    /// A failure as the job records it, and whether it may be retried.
+    static func describe(_ failure: UpstreamFailure) -> (JobErrorCode, String, Retry) {
+        switch failure {
+        case .connection(.unreachable): return (.upstreamUnreachable, "upstream refused or unreachable", .unsent)
+        case .connection(.connectTimeout): return (.upstreamTimeout, "upstream connect timed out", .unsent)
+        case .connection(.reset): return (.upstreamReset, "upstream closed the connection before responding", .sentNoResponse)
+        case .connection(.badResponse): return (.upstreamBadResponse, "upstream sent a malformed response", .no)
+        case .connection(.truncated): return (.upstreamReset, "upstream response was truncated", .no)
+        case .badResponseHead:
+            return (.upstreamBadResponse, "HTTP/1.1 response without Content-Length or chunked framing", .no)
+        case .timedOut: return (.upstreamTimeout, "upstream did not answer within its timeout", .no)
+        }
+    }
+
+    /// Ends the run: the slot is already given back; `outcome` is reported
+    /// (nil: aborted, or a local failure reported by the caller).
+    private func end(_ outcome: Outcome?) {
+        guard !isEnded else { return }
+        phase = .ended
+        timer.cancel()
+        jobs.engine.exchangeEnded()
+        if outcome == nil || isFailure(outcome) { capture.discard() }
+        let done = finished
+        finished = nil
+        if let outcome { done?(outcome) }
+    }
+
+    private var isEnded: Bool {
+        if case .ended = phase { return true }
+        return false
+    }
+
+    private func isFailure(_ outcome: Outcome?) -> Bool {
+        if case .failure = outcome { return true }
+        return false
+    }
+
+    /// A failure found on this side (the stored request, the spool): the
+    /// exchange is abandoned and the failure reported.
+    private func failLocally(_ code: JobErrorCode, _ message: String, _ retry: Retry = .no) {
+        guard !isEnded else { return }
+        let done = finished
+        finished = nil
+        perform(.abandon)
+        done?(.failure(code, message, retry))
     }
 
     func clientConnected(_ connection: HTTPClientConnection) {
-        send()
+        perform(.connected)
     }
 
     private func send() {
-        guard let upstream, let out = upstream.output else {
-            fail(.upstreamReset, "upstream connection closed before the request was sent", .unsent)
+        guard let connection = upstream.connection, let out = connection.output else {
+            failLocally(.upstreamReset, "upstream connection closed before the request was sent", .unsent)
             return
         }
-        state = .exchanging
         let w = jobs.proxy.scratchWriter
         w.reset()
         w.append(request.head)
@@ -128,11 +191,10 @@ final class JobRunner: HTTPClientDelegate {
         w.append("\r\n")
         w.flush(to: out)
         guard addStoredBody(request.body, to: out) else {
-            fail(.upstreamBadResponse, "the stored request body is missing")
+            failLocally(.upstreamBadResponse, "the stored request body is missing")
             return
         }
-        requestWritten = true
-        upstream.writeNow()
+        connection.writeNow()
     }
 
     func clientOutputDrained(_ connection: HTTPClientConnection) {}
@@ -141,87 +203,49 @@ final class JobRunner: HTTPClientDelegate {
 
     func clientResponseHead(_ connection: HTTPClientConnection, response: MessageReader) {
         if response.framing == .untilClose && response.versionMinor != 0 {
-            fail(.upstreamBadResponse, "HTTP/1.1 response without Content-Length or chunked framing")
+            perform(.failed(.badResponseHead))
             return
         }
-        status = response.status
-        reason = Array(response.reason)
+        guard upstream.handle(.responseHead, proxy: jobs.proxy, delegate: self, isHead: isHead) == .deliverHead else { return }
         let w = jobs.proxy.scratchWriter
         w.reset()
         ResponseSerializer.writeHeaders(of: response, into: w)
-        headers = Array(w.bytes)
-        contentType = response.first(.contentType).map { String(decoding: response.value($0), as: UTF8.self) }
-        retryAfter = response.first(named: "retry-after").flatMap { retryAfterSeconds(response.value($0), nowMillis: wallClockMillis()) }
+        phase = .capturing(CapturedHead(
+            status: response.status, reason: Array(response.reason), headers: Array(w.bytes),
+            contentType: response.first(.contentType).map { String(decoding: response.value($0), as: UTF8.self) },
+            retryAfter: response.first(named: "retry-after").flatMap {
+                retryAfterSeconds(response.value($0), nowMillis: wallClockMillis())
+            }))
     }
 
     func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {
         do {
             try capture.append(buffer, limit: maxBody, spoolPath: jobs.engine.spoolPath(id, "res"))
         } catch .tooLarge {
-            fail(.responseTooLarge, "upstream response exceeds jobs.max_result_body (\(maxBody) bytes)")
+            failLocally(.responseTooLarge, "upstream response exceeds jobs.max_result_body (\(maxBody) bytes)")
         } catch {
-            fail(.upstreamBadResponse, "cannot spool the response: \(error)")
+            failLocally(.upstreamBadResponse, "cannot spool the response: \(error)")
         }
     }
 
     func clientResponseEnd(_ connection: HTTPClientConnection) {
-        jobs.proxy.checkIn(connection, to: target, requestWritten: requestWritten)
-        upstream = nil
+        perform(.responseEnd)
+    }
+
+    func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
+        perform(.failed(.connection(failure)))
+    }
+
+    private func complete() {
+        guard case .capturing(let head) = phase else { return }
         let body: StoredBody
         do {
             body = try capture.finish()
         } catch {
-            fail(.upstreamBadResponse, "cannot spool the response: \(error)")
+            end(.failure(.upstreamBadResponse, "cannot spool the response: \(error)", .no))
             return
         }
-        let response = JobResponse(status: status, reason: reason, headers: headers, body: body)
-        let done = finished
-        finished = nil
-        end()
-        done?(.response(response, contentType: contentType, retryAfter: retryAfter))
-    }
-
-    func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
-        upstream = nil
-        // A pooled connection the upstream closed as we reused it: one more
-        // try on a new connection, if the request is safe to send twice.
-        if failure == .reset && connection.completedExchanges > 0 && !retried && resendable {
-            retried = true
-            capture.discard()
-            connectFresh()
-            return
-        }
-        switch failure {
-        case .unreachable: fail(.upstreamUnreachable, "upstream refused or unreachable", .unsent)
-        case .connectTimeout: fail(.upstreamTimeout, "upstream connect timed out", .unsent)
-        case .reset: fail(.upstreamReset, "upstream closed the connection before responding", .sentNoResponse)
-        case .badResponse: fail(.upstreamBadResponse, "upstream sent a malformed response")
-        case .truncated: fail(.upstreamReset, "upstream response was truncated")
-        }
-    }
-
-    private func timedOut() {
-        guard state != .ended else { return }
-        fail(.upstreamTimeout, "upstream did not answer within its timeout")
-    }
-
-    private func fail(_ code: JobErrorCode, _ message: String, _ retry: Retry = .no) {
-        guard state != .ended else { return }
-        upstream?.close()
-        upstream = nil
-        capture.discard()
-        let done = finished
-        finished = nil
-        end()
-        done?(.failure(code, message, retry))
-    }
-
-    private func end() {
-        guard state != .ended else { return }
-        let started = state != .idle
-        state = .ended
-        timer.cancel()
-        target.gate.release()
-        if started { jobs.engine.exchangeEnded() }
+        let response = JobResponse(status: head.status, reason: head.reason, headers: head.headers, body: body)
+        end(.response(response, contentType: head.contentType, retryAfter: head.retryAfter))
     }
 }
