@@ -30,12 +30,19 @@ public func headerName(_ name: UnsafeBufferPointer<UInt8>, equals lower: [UInt8]
 }
 
 /// Compares `n` bytes at `p`, ASCII case-insensitively, with a lower-case
-/// literal of the same length.
+/// literal of the same length. The fold is chosen by the literal's byte
+/// (a letter there: fold the input byte; anything else: compare exactly),
+/// the same rule as `asciiLower`, but constant-folded where the literal is
+/// known at compile time (header names on every request).
 @inline(__always)
 func equalsLower(_ p: UnsafePointer<UInt8>, _ n: Int, _ lower: StaticString) -> Bool {
     guard lower.utf8CodeUnitCount == n else { return false }
     let q = lower.utf8Start
-    for i in 0..<n where asciiLower(p[i]) != q[i] { return false }
+    for i in 0..<n {
+        let b = q[i]
+        let a = (b >= 0x61 && b <= 0x7A) ? p[i] | 0x20 : p[i]
+        if a != b { return false }
+    }
     return true
 }
 

@@ -618,6 +618,7 @@ public func forEachToken(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBuf
 }
 
 /// 1*DIGIT, at most 18 of them (no sign, no spaces, no commas).
+@inline(__always)
 func parseDecimal(_ value: UnsafeBufferPointer<UInt8>) -> Int64? {
     guard !value.isEmpty, value.count <= 18 else { return nil }
     var n: Int64 = 0
@@ -629,6 +630,7 @@ func parseDecimal(_ value: UnsafeBufferPointer<UInt8>) -> Int64? {
 }
 
 /// RFC 3986 authority without userinfo: reg-name / IPv4 / [IP-literal], optional :port.
+@inline(__always)
 func isValidAuthority(_ value: UnsafeBufferPointer<UInt8>) -> Bool {
     guard !value.isEmpty else { return false }
     for c in value {

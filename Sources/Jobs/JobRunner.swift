@@ -65,7 +65,7 @@ final class JobRunner: HTTPClientDelegate {
     private var finished: ((Outcome) -> Void)?
 
     private(set) var phase = Phase.idle
-    private let upstream: UpstreamExchange
+    private var upstream: UpstreamExchange!
     private let capture = BodySpool()
     private var timer: Timer!
 
@@ -79,7 +79,7 @@ final class JobRunner: HTTPClientDelegate {
         self.isHead = isHead
         self.maxBody = maxBody
         self.finished = finished
-        self.upstream = UpstreamExchange(target: target, resendable: resendable)
+        upstream = UpstreamExchange(owner: self, proxy: jobs.proxy, target: target, resendable: resendable, isHead: isHead)
         timer = Timer(loop: jobs.loop) { [unowned self] in self.perform(.failed(.timedOut)) }
     }
 
@@ -89,7 +89,7 @@ final class JobRunner: HTTPClientDelegate {
         phase = .exchanging
         jobs.engine.exchangeStarted()
         timer.schedule(after: target.config.timeout)
-        perform(.begin(holdingSlot: true))
+        perform(.begin(.acquired))
     }
 
     /// Stops at once (DELETE of a running job, or the client of an `auto`
@@ -106,7 +106,7 @@ final class JobRunner: HTTPClientDelegate {
 
     /// Feeds the upstream core and does this side of its action.
     private func perform(_ event: UpstreamExchangeMachine.Event) {
-        switch upstream.handle(event, proxy: jobs.proxy, delegate: self, isHead: isHead) {
+        switch upstream.handle(event) {
         case .send:
             send()
         case .complete:
@@ -116,7 +116,7 @@ final class JobRunner: HTTPClientDelegate {
             end(.failure(code, message, retry))
         case .abandon:
             end(nil)
-        case .none, .acquireSlot, .connect, .reconnect, .deliverHead, .refuse, .releaseSlot:
+        case .none, .connect, .reconnect, .deliverHead, .refuse, .releaseSlot:
             break
         }
     }
@@ -206,7 +206,7 @@ final class JobRunner: HTTPClientDelegate {
             perform(.failed(.badResponseHead))
             return
         }
-        guard upstream.handle(.responseHead, proxy: jobs.proxy, delegate: self, isHead: isHead) == .deliverHead else { return }
+        guard upstream.handle(.responseHead) == .deliverHead else { return }
         let w = jobs.proxy.scratchWriter
         w.reset()
         ResponseSerializer.writeHeaders(of: response, into: w)

@@ -58,30 +58,24 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         // A request whose body was streamed cannot be sent again.
         let resendable = !requestHasBody && request.isIdempotent
         if let upstream {
-            upstream.reset(target: route.upstream, resendable: resendable)
+            upstream.reset(target: route.upstream, resendable: resendable, isHead: isHead)
         } else {
-            upstream = UpstreamExchange(target: route.upstream, resendable: resendable)
+            upstream = UpstreamExchange(owner: self, proxy: proxy, target: route.upstream, resendable: resendable,
+                                        isHead: isHead)
         }
         upstream.requestComplete = !requestHasBody
         RequestSerializer.write(request: request, peer: client.peer, target: route.upstream, into: head)
         client.logUpstream = route.upstream.name
         timer.schedule(after: route.upstream.config.syncTimeout)
-        perform(.begin(holdingSlot: false))
+        // The waiter (and its closure) is built only if the request must queue.
+        perform(.begin(target.gate.acquire(GateWaiter(loop: proxy.loop) { [bound = LoopBound(self, loop: proxy.loop)] in
+            bound.value.perform(.slotAcquired)
+        }, force: false)))
     }
 
     /// Feeds the upstream core and does this side of its action.
     private func perform(_ event: UpstreamExchangeMachine.Event) {
-        switch upstream.handle(event, proxy: proxy, delegate: self, isHead: isHead) {
-        case .acquireSlot:
-            // The waiter (and its closure) is built only if the request must queue.
-            let outcome = target.gate.acquire(GateWaiter(loop: proxy.loop) { [bound = LoopBound(self, loop: proxy.loop)] in
-                bound.value.perform(.slotAcquired)
-            })
-            switch outcome {
-            case .acquired: perform(.slotAcquired)
-            case .queued: break
-            case .rejected: perform(.slotRefused)
-            }
+        switch upstream.handle(event) {
         case .send:
             sendRequest()
         case .deliverHead, .none, .connect, .reconnect, .releaseSlot:
@@ -204,7 +198,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             }
             framing = .streamed
         }
-        guard upstream.handle(.responseHead, proxy: proxy, delegate: self, isHead: isHead) == .deliverHead else { return }
+        guard upstream.handle(.responseHead) == .deliverHead else { return }
         client.startResponse(status: response.status, reason: response.reason, framing: framing) { w in
             ResponseSerializer.writeHeaders(of: response, into: w)
         }

@@ -29,8 +29,7 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
     public enum State: Sendable, Equatable {
         /// Not begun.
         case idle
-        /// Queued at the gate for a slot (sync requests; a job's caller
-        /// takes its slot before it begins).
+        /// Queued at the gate for a slot.
         case waitingForSlot
         /// A slot is held; a connection is being found or made. `retry`:
         /// this one replaces a pooled connection that was found closed.
@@ -46,12 +45,11 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
     }
 
     public enum Event: Sendable, Equatable {
-        /// Start; `holdingSlot` when the caller already holds the slot.
-        case begin(holdingSlot: Bool)
-        /// The gate gave a slot (at once, or later to the queued waiter).
+        /// Start, with what the gate said when the owner asked for a slot
+        /// (a job's caller asks before the run begins).
+        case begin(GateOutcome)
+        /// The gate granted the slot the queued exchange waited for.
         case slotAcquired
-        /// The gate's queue is full.
-        case slotRefused
         /// `connect` found an idle pooled connection.
         case pooledConnection
         /// A new connection is established.
@@ -65,8 +63,6 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
 
     public enum Action: Sendable, Equatable {
         case none
-        /// Ask the gate for a slot.
-        case acquireSlot
         /// Take a pooled connection (then `pooledConnection`) or make one.
         case connect
         /// Make a new connection (the pooled one is already closed).
@@ -118,18 +114,13 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
 
     public mutating func handle(_ event: Event) -> Action {
         switch (state, event) {
-        case (.idle, .begin(let holding)):
-            if holding {
-                state = .connecting(retry: false)
-                return .connect
-            }
-            state = .waitingForSlot
-            return .acquireSlot
-
-        case (.waitingForSlot, .slotAcquired):
+        case (.idle, .begin(.acquired)), (.waitingForSlot, .slotAcquired):
             state = .connecting(retry: false)
             return .connect
-        case (.waitingForSlot, .slotRefused):
+        case (.idle, .begin(.queued)):
+            state = .waitingForSlot
+            return .none
+        case (.idle, .begin(.rejected)):
             state = .finished(grantPending: false)
             return .refuse
         case (.waitingForSlot, .failed(let failure)):
@@ -187,15 +178,25 @@ public final class UpstreamExchange {
     /// The whole request went out: a completed exchange's connection may be
     /// pooled. The sync exchange clears it while the client's body streams.
     public var requestComplete = true
+    /// The owner, which holds this object and is its connections' delegate,
+    /// and the proxy of its loop. Both outlive it: not counted (this is on
+    /// the path of every proxied request).
+    private unowned(unsafe) let owner: any HTTPClientDelegate
+    private unowned(unsafe) let proxy: ProxyLoop
+    private var isHead = false
 
-    public init(target: UpstreamTarget, resendable: Bool) {
+    public init(owner: any HTTPClientDelegate, proxy: ProxyLoop, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
+        self.owner = owner
+        self.proxy = proxy
         self.target = target
+        self.isHead = isHead
         self.machine = UpstreamExchangeMachine(resendable: resendable)
     }
 
     /// Starts over for another request (exchanges are reused per loop).
-    public func reset(target: UpstreamTarget, resendable: Bool) {
+    public func reset(target: UpstreamTarget, resendable: Bool, isHead: Bool) {
         self.target = target
+        self.isHead = isHead
         machine = UpstreamExchangeMachine(resendable: resendable)
         connection = nil
         requestComplete = true
@@ -205,20 +206,19 @@ public final class UpstreamExchange {
     /// and returns the action for the owner. `.connect` comes back as `.send`
     /// when a pooled connection was taken, or as `.none` while a new one is
     /// being made (`connected` follows, or a failure).
-    public func handle(_ event: UpstreamExchangeMachine.Event, proxy: ProxyLoop,
-                       delegate: any HTTPClientDelegate, isHead: Bool) -> UpstreamExchangeMachine.Action {
+    public func handle(_ event: UpstreamExchangeMachine.Event) -> UpstreamExchangeMachine.Action {
         let action = machine.handle(event)
         switch action {
         case .connect:
             if let pooled = proxy.pool(for: target)?.take() {
                 connection = pooled
-                pooled.beginExchange(delegate: delegate, isHead: isHead)
+                pooled.beginExchange(delegate: owner, isHead: isHead)
                 return machine.handle(.pooledConnection)
             }
-            connectFresh(proxy: proxy, delegate: delegate, isHead: isHead)
+            connectFresh()
             return .none
         case .reconnect:
-            connectFresh(proxy: proxy, delegate: delegate, isHead: isHead)
+            connectFresh()
             return .none
         case .complete:
             if let c = connection { proxy.checkIn(c, to: target, requestWritten: requestComplete) }
@@ -230,14 +230,14 @@ public final class UpstreamExchange {
             if release { target.gate.release() }
         case .releaseSlot:
             target.gate.release()
-        case .none, .acquireSlot, .send, .deliverHead, .refuse:
+        case .none, .send, .deliverHead, .refuse:
             break
         }
         return action
     }
 
-    private func connectFresh(proxy: ProxyLoop, delegate: any HTTPClientDelegate, isHead: Bool) {
-        let c = proxy.newUpstream(delegate: delegate, isHead: isHead)
+    private func connectFresh() {
+        let c = proxy.newUpstream(delegate: owner, isHead: isHead)
         // Stored first: `connect` may fail at once, through the delegate.
         connection = c
         c.connect(to: target.address, timeout: target.config.connectTimeout)
