@@ -22,12 +22,10 @@ import Glibc
 ///   with the exchange under way, `queued` if still waiting for a slot) and
 ///   answered 202 while the same exchange goes on. Nothing is sent twice.
 ///
-/// Phases: `body` -> `slot` (auto: waiting at the gate) -> `exchanging`
-/// (auto) -> `committing` (the store is making the job durable) ->
-/// `waiting` (async + wait: for the result) -> `done`.
+/// The decisions, and the races between the store, the gate, the
+/// exchange and the client, are `IntakeMachine`'s; this class holds the
+/// request, the spool, the runner and the timer, and performs the actions.
 final class JobIntake: RequestHandler {
-    enum Phase { case body, slot, exchanging, committing, waiting, done }
-
     enum Preference: Equatable {
         case absent
         case respondAsync
@@ -35,11 +33,13 @@ final class JobIntake: RequestHandler {
         case wait(Int)
     }
 
+    typealias Machine = IntakeMachine<JobRunner.Outcome>
+
     unowned let jobs: JobLoop
     private var client: HTTPServerConnection?
     let route: CompiledRoute
     let id: JobID
-    private var phase = Phase.body
+    private var machine = Machine()
     private let spool = BodySpool()
     private let head: [UInt8]
     private let method: String
@@ -53,27 +53,20 @@ final class JobIntake: RequestHandler {
     private var keyIndex: String? { idempotencyKey.map { JobRecord.keyIndex(key: $0, credential: credential) } }
     private let preference: Preference
     private let base: [UInt8]
-    private var keyClaimed = false
     private var request: JobRequest?
+    private var fingerprint: [UInt8]?
     private var createdAt: Int64 = 0
+    /// The exchange (auto), from its start until it ends or becomes the job's.
     private var runner: JobRunner?
     private var runnerStartedAt: Int64?
     private var runnerStart: UInt64 = 0
-    /// A slot granted while the job was being committed: dispatch it after.
-    private var grantDuringCommit = false
-    /// The exchange ended while the job was being committed.
-    private var outcomeDuringCommit: JobRunner.Outcome?
     /// Made only when a deadline is needed (auto, or `Prefer: wait`).
     private var timer: Timer?
     private var waitToken: Int?
-    /// Names this request's place in the gate's queue (auto).
+    /// This request's place in the gate's queue (auto), which a job
+    /// committed while queued keeps; or the place a dispatched async job
+    /// takes. Its withdraw hook comes with the job's insert.
     private var gateToken: UInt64 = 0
-    /// The gate token a queued job's dispatch uses (its withdraw hook is set).
-    private var dispatchToken: UInt64?
-    /// A place at the gate held while an `async` job is committed.
-    private var reservation = false
-    /// The exchange went on as the job's after the switch: its end is the job's.
-    private var adopted = false
 
     var target: UpstreamTarget { route.upstream }
     private var jobsConfig: Config.Jobs { jobs.config.configuration.jobs }
@@ -131,20 +124,19 @@ final class JobIntake: RequestHandler {
     // MARK: Request body
 
     func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
-        guard phase == .body else {
+        guard machine.isReceivingBody else {
             evbuffer_drain(buffer, evbuffer_get_length(buffer))
             return
         }
         do {
             try spool.append(buffer, limit: .max, spoolPath: jobs.engine.spoolPath(id, "req"))
         } catch {
-            fail(.spoolFailed)
+            answerEarly(.spoolFailed)
         }
     }
 
     func requestEnd(connection: HTTPServerConnection) {
-        guard phase == .body else { return }
-        var fingerprint: [UInt8]?
+        guard machine.isReceivingBody else { return }
         if var f = spool.fingerprint {
             f.separate()
             if let credential { f.update(credential) }
@@ -154,38 +146,52 @@ final class JobIntake: RequestHandler {
         do {
             body = try spool.finish()
         } catch {
-            fail(.spoolFailed)
+            answerEarly(.spoolFailed)
             return
         }
         request = JobRequest(head: head, body: body, declaresBody: declaresBody)
         createdAt = wallClockMillis()
+        var claimed = false
         if let key = keyIndex, let fingerprint {
-            switch jobs.table.claim(key: key, fingerprint: fingerprint, now: createdAt,
-                                          ttl: jobsConfig.resultTTL) {
+            switch jobs.table.claim(key: key, fingerprint: fingerprint, now: createdAt, ttl: jobsConfig.resultTTL) {
             case .claimed:
-                keyClaimed = true
+                claimed = true
             case .existing(let record):
                 discardRequest()
-                phase = .done
+                perform(.answeredEarly)
                 jobs.answerAccepted(client, record, preference: nil, base: base)
                 return
             case .mismatch:
-                fail(.idempotencyKeyMismatch)
+                answerEarly(.idempotencyKeyMismatch)
                 return
             case .inFlight:
-                fail(.idempotencyKeyInUse)
+                answerEarly(.idempotencyKeyInUse)
                 return
             }
         }
-        self.fingerprint = fingerprint
         if route.mode == .async || preference == .respondAsync {
-            acceptNow()
-        } else {
-            forward()
+            var wait = false
+            if case .wait = preference { wait = route.mode == .async }
+            perform(.accept(reserved: target.gate.tryReserve(), wait: wait, claim: claimed))
+            return
         }
+        let seconds: Duration
+        if case .wait(let n) = preference { seconds = .seconds(n) } else { seconds = route.asyncAfter }
+        armDeadline(after: seconds)
+        let bound = LoopBound(self, loop: jobs.loop)
+        gateToken = target.gate.makeToken()
+        let outcome = target.gate.acquire(GateWaiter(loop: jobs.loop, token: gateToken) { bound.value.perform(.slotGranted) },
+                                          force: false)
+        perform(.forward(outcome, claim: claimed))
     }
 
-    private var fingerprint: [UInt8]?
+    /// Refused at body end, before any job: the error is the answer.
+    private func answerEarly(_ error: HTTPError) {
+        perform(.answeredEarly)
+        spool.discard()
+        discardRequest()
+        client?.respondError(error)
+    }
 
     private func record(status: JobStatus) -> JobRecord {
         var r = JobRecord(id: id, status: status, upstream: target.name, route: route.label, method: method, path: path,
@@ -198,34 +204,77 @@ final class JobIntake: RequestHandler {
         return r
     }
 
-    // MARK: async: commit, answer, dispatch
+    // MARK: Performing the machine's actions
 
-    private func acceptNow() {
-        guard target.gate.tryReserve() else {
-            fail(.upstreamQueueFull)
-            return
+    private func perform(_ event: Machine.Event) {
+        let action = machine.handle(event)
+        if machine.isDone { timer?.cancel() }
+        switch action {
+        case .none:
+            break
+        case .commitQueued:
+            commit(record(status: .queued))
+        case .commitRunning:
+            commit(record(status: .running))
+        case .startExchange:
+            startExchange()
+        case .answerDirectly(let outcome, let claim):
+            answerDirectly(outcome, claim: claim)
+        case .jobCommitted(let start, let unreserve):
+            if unreserve { target.gate.unreserve() }
+            jobCommitted(start)
+        case .refuseUnstored(let unreserve, let withdraw, let releaseSlot):
+            if unreserve { target.gate.unreserve() }
+            if withdraw { target.gate.withdraw(gateToken) }
+            if releaseSlot { target.gate.release() }
+            discardRequest()
+            client?.respondError(.storeUnavailable)
+        case .refuseQueueFull(let claim):
+            releaseClaim(claim)
+            discardRequest()
+            client?.respondError(.upstreamQueueFull)
+        case .releaseSlot:
+            target.gate.release()
+        case .runQueuedJob:
+            jobs.slotGranted(forJob: id, target: target)
+        case .finishJob(let outcome):
+            jobs.jobFinished(id, outcome)
+        case .abandon(let withdraw, let abortExchange, let claim):
+            // No 202 was promised: the exchange is dropped (the upstream
+            // sees the close), like a sync request whose client left.
+            if withdraw { target.gate.withdraw(gateToken) }
+            if abortExchange { runner?.abort() }
+            runner = nil
+            releaseClaim(claim)
+            spool.discard()
+            discardRequest()
+        case .abortExchange:
+            runner?.abort()
+            runner = nil
+            discardRequest()
+        case .answerResult:
+            answerResult()
+        case .stopWaiting:
+            if let token = waitToken { jobs.table.stopWaiting(id, token: token) }
+            waitToken = nil
         }
-        reservation = true
-        commit(record(status: .queued))
+    }
+
+    private func releaseClaim(_ claim: Bool) {
+        if claim, let key = keyIndex { jobs.table.releaseClaim(key: key) }
     }
 
     private func commit(_ record: JobRecord) {
         guard let request else { return }
-        phase = .committing
         let bound = LoopBound(self, loop: jobs.loop)
         // A queued job's way out of its upstream's queue (DELETE) comes with
         // its entry: the gate token it holds (auto, switched while waiting),
-        // or the one it will queue with.
+        // or the one it will queue with (async).
         var withdraw: (@Sendable () -> Void)?
         if record.status == .queued {
             let gate = target.gate
-            let token: UInt64
-            if route.mode == .async || preference == .respondAsync {
-                token = gate.makeToken()
-                dispatchToken = token
-            } else {
-                token = gateToken  // auto: switched while waiting at the gate
-            }
+            if route.mode == .async || preference == .respondAsync { gateToken = gate.makeToken() }
+            let token = gateToken
             withdraw = { gate.withdraw(token) }
         }
         jobs.table.insert(record, request: request, withdraw: withdraw, on: jobs.loop) { error in
@@ -234,92 +283,64 @@ final class JobIntake: RequestHandler {
     }
 
     private func committed(_ record: JobRecord, error: StoreError?) {
-        keyClaimed = false
-        if reservation {
-            // Committed or refused, the job no longer holds a reserved place;
-            // a committed one joins the queue just below.
-            reservation = false
-            target.gate.unreserve()
-        }
         if let error {
             jobs.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
-            if grantDuringCommit {
-                grantDuringCommit = false
-                target.gate.release()
-            }
-            if record.status == .running {
-                // The request already reached the upstream: no job, but no
-                // retry invitation either; the exchange ends as in sync.
-                phase = .exchanging
-                if let outcome = outcomeDuringCommit {
-                    outcomeDuringCommit = nil
-                    exchangeEnded(outcome)
-                }
-                return
-            }
-            fail(.storeUnavailable)
-            return
-        }
-        let applied: Preference? = preference == .absent ? nil : preference
-        switch record.status {
-        case .running:
-            // The exchange goes on in the background (auto).
-            if let outcome = outcomeDuringCommit {
-                outcomeDuringCommit = nil
-                jobs.jobFinished(id, outcome)
-            } else if let runner {
-                adopted = true
-                jobs.adopt(runner, for: id)
-            }
-            runner = nil
-            answer202(record, applied)
-        default:
-            if route.mode == .async, preference != .respondAsync, case .wait(let seconds) = preference {
-                // Prefer: wait=N on an async route: the job exists; its result
-                // is relayed if it arrives within N seconds.
-                jobs.dispatch(record, token: dispatchToken)
-                waitForResult(seconds: seconds)
-                return
-            }
-            if grantDuringCommit {
-                grantDuringCommit = false
-                jobs.slotGranted(forJob: id, target: target)
-            } else if route.mode == .async || preference == .respondAsync {
-                jobs.dispatch(record, token: dispatchToken)
-            }
-            // Else switched while queued: this request's place in the queue
-            // is the job's now, and its withdraw hook came with the insert.
-            answer202(record, applied)
+            perform(.commitFailed)
+        } else {
+            perform(.committed)
         }
     }
 
-    private func answer202(_ record: JobRecord, _ applied: Preference?) {
-        phase = .done
-        timer?.cancel()
+    private func jobCommitted(_ start: Machine.JobStart) {
+        // The record as committed: running if its exchange was under way.
+        let running: Bool
+        switch start {
+        case .adoptExchange, .finishWithOutcome: running = true
+        default: running = false
+        }
+        let record = self.record(status: running ? .running : .queued)
+        let applied: Preference? = preference == .absent ? nil : preference
+        switch start {
+        case .adoptExchange:
+            if let runner { jobs.adopt(runner, for: id) }
+            runner = nil
+        case .finishWithOutcome(let outcome):
+            runner = nil
+            jobs.jobFinished(id, outcome)
+        case .runWithGrantedSlot:
+            jobs.slotGranted(forJob: id, target: target)
+        case .waitInQueue:
+            break  // this request's place in the queue is the job's now
+        case .dispatch:
+            jobs.dispatch(record, token: gateToken)
+        case .dispatchAndWait:
+            // Prefer: wait=N on an async route: the job exists; its result
+            // is relayed if it arrives within N seconds.
+            jobs.dispatch(record, token: gateToken)
+            waitForResult()
+            return
+        }
         jobs.answerAccepted(client, record, preference: applied, base: base)
     }
 
-    private func waitForResult(seconds: Int) {
-        phase = .waiting
+    private func waitForResult() {
+        guard case .wait(let seconds) = preference else { return }
         let bound = LoopBound(self, loop: jobs.loop)
-        let id = self.id
-        waitToken = jobs.table.wait(for: id, loop: jobs.loop) { bound.value.resultReady() }
+        waitToken = jobs.table.wait(for: id, loop: jobs.loop) { bound.value.perform(.resultReady) }
         if waitToken == nil {
-            resultReady()
+            perform(.resultReady)
             return
         }
         armDeadline(after: .seconds(seconds))
     }
 
     private func armDeadline(after delay: Duration) {
-        if timer == nil { timer = Timer(loop: jobs.loop) { [unowned self] in self.deadline() } }
+        if timer == nil { timer = Timer(loop: jobs.loop) { [unowned self] in self.perform(.deadline) } }
         timer?.schedule(after: delay)
     }
 
-    private func resultReady() {
-        guard phase == .waiting else { return }
-        phase = .done
-        timer?.cancel()
+    private func answerResult() {
+        if let token = waitToken { jobs.table.stopWaiting(id, token: token) }
         waitToken = nil
         guard let record = jobs.table.lookup(id) else {
             client?.respondError(.jobNotFound)
@@ -332,116 +353,38 @@ final class JobIntake: RequestHandler {
         }
     }
 
-    // MARK: auto: forward, and switch at the deadline
+    // MARK: auto: the exchange
 
-    private func forward() {
-        let seconds: Duration
-        if case .wait(let n) = preference { seconds = .seconds(n) } else { seconds = route.asyncAfter }
-        armDeadline(after: seconds)
-        phase = .slot
-        let bound = LoopBound(self, loop: jobs.loop)
-        gateToken = target.gate.makeToken()
-        switch target.gate.acquire(.init(loop: jobs.loop, token: gateToken) { bound.value.slotGranted() }) {
-        case .acquired:
-            slotGranted()
-        case .queued:
-            break
-        case .rejected:
-            fail(.upstreamQueueFull)
-        }
-    }
-
-    private func slotGranted() {
-        switch phase {
-        case .slot:
-            guard let request else { target.gate.release(); return }
-            let bound = LoopBound(self, loop: jobs.loop)
-            let r = JobRunner(jobs: jobs, id: id, target: target, request: request, attempt: 1, isHead: isHead,
-                              resendable: resendable, maxBody: jobsConfig.maxResultBody) { outcome in
-                bound.value.exchangeEnded(outcome)
-            }
-            runner = r
-            phase = .exchanging
-            runnerStartedAt = wallClockMillis()
-            runnerStart = monotonicNanos()
-            r.start()
-        case .committing:
-            grantDuringCommit = true
-        case .done where jobs.table.lookup(id) != nil:
-            // Committed as queued while waiting: now an ordinary job.
-            jobs.slotGranted(forJob: id, target: target)
-        default:
+    private func startExchange() {
+        guard let request else {
             target.gate.release()
+            return
         }
+        let bound = LoopBound(self, loop: jobs.loop)
+        let r = JobRunner(jobs: jobs, id: id, target: target, request: request, attempt: 1, isHead: isHead,
+                          resendable: resendable, maxBody: jobsConfig.maxResultBody) { outcome in
+            bound.value.perform(.exchangeEnded(outcome))
+        }
+        runner = r
+        runnerStartedAt = wallClockMillis()
+        runnerStart = monotonicNanos()
+        r.start()
     }
 
-    private func exchangeEnded(_ outcome: JobRunner.Outcome) {
-        switch phase {
-        case .exchanging:
-            // Whole within async_after: relayed as in sync, no job.
-            phase = .done
-            timer?.cancel()
-            runner = nil
-            jobs.table.observe(.init(route: route.label, method: method),
-                                      millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
-            if keyClaimed, let key = keyIndex { jobs.table.releaseClaim(key: key) }
-            keyClaimed = false
-            let applied: Preference? = if case .wait = preference { preference } else { nil }
-            switch outcome {
-            case .response(let response, _, _):
-                jobs.relay(response, id: nil, to: client, preference: applied)
-                removeSpoolFile(response.body.filePath)
-            case .failure(let code, _, _):
-                client?.respondError(code.httpError)
-            }
-            discardRequest()
-        case .committing:
-            runner = nil
-            outcomeDuringCommit = outcome
-        case .done where adopted:
-            jobs.jobFinished(id, outcome)
-        default:
-            break
-        }
-    }
-
-    private func deadline() {
-        switch phase {
-        case .slot:
-            commit(record(status: .queued))
-        case .exchanging:
-            commit(record(status: .running))
-        case .waiting:
-            resultReady()
-        default:
-            break
-        }
-    }
-
-    // MARK: Endings
-
-    private func fail(_ error: HTTPError) {
-        abandon()
-        client?.respondError(error)
-    }
-
-    /// No job will exist: the exchange, the key and the bodies are let go.
-    private func abandon() {
-        if phase == .slot {
-            // Still queued at the gate: leave the queue (no grant will come).
-            target.gate.withdraw(gateToken)
-        }
-        phase = .done
-        timer?.cancel()
-        if reservation {
-            reservation = false
-            target.gate.unreserve()
-        }
-        runner?.abort()
+    /// Whole within async_after: relayed as in sync, and no job exists.
+    private func answerDirectly(_ outcome: JobRunner.Outcome, claim: Bool) {
         runner = nil
-        if keyClaimed, let key = keyIndex { jobs.table.releaseClaim(key: key) }
-        keyClaimed = false
-        spool.discard()
+        jobs.table.observe(.init(route: route.label, method: method),
+                           millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
+        releaseClaim(claim)
+        let applied: Preference? = if case .wait = preference { preference } else { nil }
+        switch outcome {
+        case .response(let response, _, _):
+            jobs.relay(response, id: nil, to: client, preference: applied)
+            removeSpoolFile(response.body.filePath)
+        case .failure(let code, _, _):
+            client?.respondError(code.httpError)
+        }
         discardRequest()
     }
 
@@ -451,18 +394,7 @@ final class JobIntake: RequestHandler {
     }
 
     func connectionClosed(connection: HTTPServerConnection) {
-        switch phase {
-        case .body, .slot, .exchanging:
-            // No 202 was promised: the exchange is dropped (the upstream sees
-            // the close), like a sync request whose client left.
-            abandon()
-        case .waiting:
-            phase = .done
-            timer?.cancel()
-            if let token = waitToken { jobs.table.stopWaiting(id, token: token) }
-        case .committing, .done:
-            break  // the job stands
-        }
+        perform(.clientClosed)
     }
 
     func detached(from connection: HTTPServerConnection) {

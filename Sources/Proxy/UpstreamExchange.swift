@@ -11,11 +11,6 @@ public enum UpstreamFailure: Sendable, Equatable {
     /// The response head arrived but cannot be relayed or kept (an HTTP/1.1
     /// response without framing).
     case badResponseHead
-
-    /// The request cannot have reached the upstream: safe to send again.
-    public var requestUnsent: Bool {
-        self == .connection(.unreachable) || self == .connection(.connectTimeout)
-    }
 }
 
 /// The upstream side of one exchange, the same for a proxied request and a
