@@ -47,6 +47,7 @@ func equalsLower(_ p: UnsafePointer<UInt8>, _ n: Int, _ lower: StaticString) -> 
 }
 
 /// `bytes` starts with `prefix`, exactly.
+@inlinable
 public func hasPrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: [UInt8]) -> Bool {
     guard bytes.count >= prefix.count else { return false }
     for i in 0..<prefix.count where bytes[i] != prefix[i] { return false }
@@ -54,6 +55,7 @@ public func hasPrefix(_ bytes: UnsafeBufferPointer<UInt8>, _ prefix: [UInt8]) ->
 }
 
 /// `a` equals `b`, exactly.
+@inlinable
 public func bytesEqual(_ a: UnsafeBufferPointer<UInt8>, _ b: [UInt8]) -> Bool {
     guard a.count == b.count else { return false }
     for i in 0..<b.count where a[i] != b[i] { return false }

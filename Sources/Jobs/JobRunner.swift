@@ -61,11 +61,12 @@ final class JobRunner: HTTPClientDelegate {
     let request: JobRequest
     let attempt: Int
     private let isHead: Bool
+    private let resendable: Bool
     private let maxBody: Int64
     private var finished: ((Outcome) -> Void)?
 
     private(set) var phase = Phase.idle
-    private var upstream: UpstreamExchange!
+    private let upstream: UpstreamExchange
     private let capture = BodySpool()
     private var timer: Timer!
 
@@ -77,9 +78,10 @@ final class JobRunner: HTTPClientDelegate {
         self.request = request
         self.attempt = attempt
         self.isHead = isHead
+        self.resendable = resendable
         self.maxBody = maxBody
         self.finished = finished
-        upstream = UpstreamExchange(owner: self, proxy: jobs.proxy, target: target, resendable: resendable, isHead: isHead)
+        upstream = UpstreamExchange(proxy: jobs.proxy)
         timer = Timer(loop: jobs.loop) { [unowned self] in self.perform(.failed(.timedOut)) }
     }
 
@@ -89,6 +91,7 @@ final class JobRunner: HTTPClientDelegate {
         phase = .exchanging
         jobs.engine.exchangeStarted()
         timer.schedule(after: target.config.timeout)
+        upstream.begin(owner: self, target: target, resendable: resendable, isHead: isHead)
         perform(.begin(.acquired))
     }
 

@@ -17,8 +17,8 @@ import Loop
 final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     unowned let proxy: ProxyLoop
     private(set) var client: HTTPServerConnection!
-    private var upstream: UpstreamExchange!
-    var target: UpstreamTarget { upstream.target }
+    private let upstream: UpstreamExchange
+    var target: UpstreamTarget { upstream.target! }
 
     private var timer: Timer!
     /// The serialized upstream request head, kept for one retry on a stale
@@ -33,6 +33,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     init(proxy: ProxyLoop) {
         self.proxy = proxy
         self.pending = evbuffer_new()
+        self.upstream = UpstreamExchange(proxy: proxy)
         timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
     }
 
@@ -57,12 +58,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         }
         // A request whose body was streamed cannot be sent again.
         let resendable = !requestHasBody && request.isIdempotent
-        if let upstream {
-            upstream.reset(target: route.upstream, resendable: resendable, isHead: isHead)
-        } else {
-            upstream = UpstreamExchange(owner: self, proxy: proxy, target: route.upstream, resendable: resendable,
-                                        isHead: isHead)
-        }
+        upstream.begin(owner: self, target: route.upstream, resendable: resendable, isHead: isHead)
         upstream.requestComplete = !requestHasBody
         RequestSerializer.write(request: request, peer: client.peer, target: route.upstream, into: head)
         client.logUpstream = route.upstream.name

@@ -107,6 +107,9 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
         }
     }
 
+    // Inlined: called with a constant event on every proxied request, the
+    // switch folds to the one case that event can take.
+    @inline(__always)
     public mutating func handle(_ event: Event) -> Action {
         switch (state, event) {
         case (.idle, .begin(.acquired)), (.waitingForSlot, .slotAcquired):
@@ -167,7 +170,7 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
 /// a connection may fail inside `connect`, calling back into `handle`.
 public final class UpstreamExchange {
     public private(set) var machine: UpstreamExchangeMachine
-    public private(set) var target: UpstreamTarget
+    public private(set) var target: UpstreamTarget!
     /// The connection of the current try, while there is one.
     public private(set) var connection: HTTPClientConnection?
     /// The whole request went out: a completed exchange's connection may be
@@ -176,20 +179,20 @@ public final class UpstreamExchange {
     /// The owner, which holds this object and is its connections' delegate,
     /// and the proxy of its loop. Both outlive it: not counted (this is on
     /// the path of every proxied request).
-    private unowned(unsafe) let owner: any HTTPClientDelegate
+    private unowned(unsafe) var owner: (any HTTPClientDelegate)?
     private unowned(unsafe) let proxy: ProxyLoop
     private var isHead = false
 
-    public init(owner: any HTTPClientDelegate, proxy: ProxyLoop, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
-        self.owner = owner
+    /// `begin` names the owner and the request before the first event.
+    public init(proxy: ProxyLoop) {
         self.proxy = proxy
-        self.target = target
-        self.isHead = isHead
-        self.machine = UpstreamExchangeMachine(resendable: resendable)
+        self.machine = UpstreamExchangeMachine(resendable: false)
     }
 
-    /// Starts over for another request (exchanges are reused per loop).
-    public func reset(target: UpstreamTarget, resendable: Bool, isHead: Bool) {
+    /// Starts (or, for reused exchanges, starts over) for one request, on
+    /// behalf of `owner`.
+    public func begin(owner: any HTTPClientDelegate, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
+        self.owner = owner
         self.target = target
         self.isHead = isHead
         machine = UpstreamExchangeMachine(resendable: resendable)
@@ -201,13 +204,14 @@ public final class UpstreamExchange {
     /// and returns the action for the owner. `.connect` comes back as `.send`
     /// when a pooled connection was taken, or as `.none` while a new one is
     /// being made (`connected` follows, or a failure).
+    @inline(__always)
     public func handle(_ event: UpstreamExchangeMachine.Event) -> UpstreamExchangeMachine.Action {
         let action = machine.handle(event)
         switch action {
         case .connect:
             if let pooled = proxy.pool(for: target)?.take() {
                 connection = pooled
-                pooled.beginExchange(delegate: owner, isHead: isHead)
+                pooled.beginExchange(delegate: owner!, isHead: isHead)
                 return machine.handle(.pooledConnection)
             }
             connectFresh()
@@ -232,7 +236,7 @@ public final class UpstreamExchange {
     }
 
     private func connectFresh() {
-        let c = proxy.newUpstream(delegate: owner, isHead: isHead)
+        let c = proxy.newUpstream(delegate: owner!, isHead: isHead)
         // Stored first: `connect` may fail at once, through the delegate.
         connection = c
         c.connect(to: target.address, timeout: target.config.connectTimeout)
