@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §6: hop-by-hop headers are removed both ways, end-to-end ones pass

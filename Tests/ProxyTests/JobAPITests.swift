@@ -5,6 +5,7 @@ import Jobs
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// SPEC §4 the job API: status JSON through the lifecycle, results of

@@ -5,6 +5,7 @@ import Jobs
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// Issue 3 "Dispatch" and SPEC §5: `max_concurrency` never exceeded under

@@ -5,6 +5,7 @@ import Jobs
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// SPEC §3 modes and preferences, §4 the 202, Idempotency-Key and the

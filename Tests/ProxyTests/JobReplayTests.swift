@@ -4,6 +4,7 @@ import Foundation
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// SPEC §4 `GET {jobs.path}/{id}/result`: the captured upstream response

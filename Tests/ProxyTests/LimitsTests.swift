@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §2 `limits:`: sizes answer 431/414/413, timers answer 408 and close,

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §1 and §7 on the built binary: the drop-in command line,

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// One hostile request and what the proxy must answer (SPEC §6).

@@ -1,6 +1,7 @@
 import Config
 import Foundation
 import Server
+import TestSupport
 import Testing
 
 /// Keep-alive connections to upstreams: how long they stay in their pools.

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §6 upstream faults: refused 502, sync timeout 504, broken or

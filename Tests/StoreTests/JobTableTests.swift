@@ -1,6 +1,7 @@
 import Store
 import Loop
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -81,7 +82,7 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
             seen.withLock { $0 = (loop.inEventLoop, table.lookup(r.id) != nil) }
         }
         store.release()
-        #expect(waitFor { seen.withLock { $0 != nil } })
+        #expect(waitUntil(timeout: 2) { seen.withLock { $0 != nil } })
         #expect(seen.withLock { $0?.onLoop } == true)
         #expect(seen.withLock { $0?.visible } == true)
     }
@@ -115,7 +116,7 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         #expect(table.cancel(r.id) { _ in }?.status == .canceled)
         #expect(table.apply(.responded, to: r.id) == nil)
         #expect(table.lookup(r.id)?.status == .canceled)
-        #expect(waitFor { aborted.value == 1 })
+        #expect(waitUntil(timeout: 2) { aborted.value == 1 })
         // A job no longer running takes no abort hook.
         #expect(!table.setAbort(r.id, loop: group.loops[0]) {})
     }
@@ -179,10 +180,10 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         // Running is not an end: give a wrong wake-up the chance to show.
         let sentinel = Count()
         group.loops[0].execute { sentinel.add() }
-        #expect(waitFor { sentinel.value == 1 })
+        #expect(waitUntil(timeout: 2) { sentinel.value == 1 })
         #expect(woken.value == 0)
         table.apply(.responded, to: r.id)
-        #expect(waitFor { woken.value == 1 })
+        #expect(waitUntil(timeout: 2) { woken.value == 1 })
         // A terminal job takes no waiter.
         #expect(table.wait(for: r.id, loop: group.loops[0]) {} == nil)
     }
@@ -200,7 +201,7 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         table.apply(.cancel, to: r.id)
         let sentinel = Count()
         group.loops[0].execute { sentinel.add() }
-        #expect(waitFor { sentinel.value == 1 })
+        #expect(waitUntil(timeout: 2) { sentinel.value == 1 })
         #expect(woken.value == 0)
     }
 
@@ -302,17 +303,6 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         #expect(table.estimatedCompletion(of: job("/reports", "POST"), ahead: 4, concurrency: 2, now: 0) == 3_000)
         #expect(table.estimatedCompletion(of: job("/fast", "GET"), ahead: 0, concurrency: 1, now: 0) == 10)
     }
-}
-
-/// Polls `condition` for up to two seconds.
-func waitFor(_ condition: () -> Bool) -> Bool {
-    let deadline = ContinuousClock.now + .seconds(2)
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-        nanosleep(&ts, nil)
-    }
-    return condition()
 }
 
 final class Count: Sendable {
