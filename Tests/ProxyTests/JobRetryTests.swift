@@ -17,13 +17,9 @@ extension JobTests {
             init(_ statuses: [Int], retryAfter: Int? = nil) throws {
                 let attempts = self.attempts
                 let times = self.times
-                let complete = whenRequestComplete("")
                 upstream = try RecordingUpstream { got in
-                    guard complete(got) != nil else { return nil }
-                    let head = String(decoding: got, as: UTF8.self)
-                    let attempt = head.components(separatedBy: "\r\n")
-                        .first { $0.lowercased().hasPrefix("job-attempt:") }?.dropFirst(12)
-                        .trimmingCharacters(in: .whitespaces) ?? "none"
+                    guard isWholeRequest(got) else { return nil }
+                    let attempt = rawHead(got)?.values("job-attempt").first ?? "none"
                     let n = attempts.withLock { a -> Int in
                         a.append(attempt)
                         return a.count

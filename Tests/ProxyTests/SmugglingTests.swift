@@ -139,7 +139,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// as a request, never reused) and the client gets 400 and a close.
     @Test(arguments: badChunkSizes)
     func badChunkSizeClosesTheUpstreamAndAnswers400(_ size: String) throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 5)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -187,7 +187,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// Chunk data longer than its size line: the bytes within the size may be
     /// streamed on, but the request must never look complete upstream.
     @Test func chunkDataOverrunningItsSizeIsRefused() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 3)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")

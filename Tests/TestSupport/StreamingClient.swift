@@ -4,6 +4,8 @@ import Foundation
 /// counted and discarded, never accumulated. One reader thread; a writer
 /// thread may send on the same socket.
 public final class StreamingClient: @unchecked Sendable {
+    // The buffer and its cursors belong to the one reader thread; the
+    // writer thread only uses `fd`.
     public let fd: Int32
     private let capacity = 1 << 20
     private let buf: UnsafeMutablePointer<UInt8>
@@ -15,7 +17,7 @@ public final class StreamingClient: @unchecked Sendable {
 
     public init(port: Int, timeout: Int = 15) throws {
         fd = try connectLoopback(port: port)
-        buf = .allocate(capacity: 1 << 20)
+        buf = .allocate(capacity: capacity)
         setTimeouts(fd, Double(timeout), send: true)
     }
 
@@ -24,20 +26,10 @@ public final class StreamingClient: @unchecked Sendable {
         buf.deallocate()
     }
 
-    public func send(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try Self.sendAll(fd, $0.baseAddress!, $0.count) }
-    }
+    public func send(_ bytes: [UInt8]) throws { try sendAll(fd, bytes) }
 
-    public static func sendAll(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) throws {
-        var off = 0
-        while off < n {
-            let k = Glibc.send(fd, p + off, n - off, Int32(MSG_NOSIGNAL))
-            if k <= 0 { throw TestError("send failed after \(off) of \(n) bytes: errno \(errno)") }
-            off += k
-        }
-    }
-
-    /// Writes a chunked body of `total` bytes on a thread; `wait` returns its error, if any.
+    /// Writes a chunked body of `total` bytes of `pattern` on a thread;
+    /// `wait` returns its error, if any.
     public func startChunkedWriter(total: Int64, chunkSize: Int) -> ThreadResult {
         let result = ThreadResult()
         let fd = self.fd
@@ -47,24 +39,19 @@ public final class StreamingClient: @unchecked Sendable {
                 try StreamingClient.pattern.withUnsafeBytes { p in
                     while left > 0 {
                         let n = Int(min(left, Int64(chunkSize)))
-                        try StreamingClient.sendAll(fd, Array((String(n, radix: 16) + "\r\n").utf8), p.baseAddress!, n)
+                        try sendAll(fd, Array((String(n, radix: 16) + "\r\n").utf8))
+                        try sendAll(fd, p.baseAddress!, n)
+                        try sendAll(fd, Array("\r\n".utf8))
                         left -= Int64(n)
                     }
                 }
-                let end = Array("0\r\n\r\n".utf8)
-                try end.withUnsafeBytes { try StreamingClient.sendAll(fd, $0.baseAddress!, $0.count) }
+                try sendAll(fd, Array("0\r\n\r\n".utf8))
                 result.finish(nil)
             } catch {
                 result.finish("\(error)")
             }
         }
         return result
-    }
-
-    private static func sendAll(_ fd: Int32, _ header: [UInt8], _ data: UnsafeRawPointer, _ n: Int) throws {
-        try header.withUnsafeBytes { try sendAll(fd, $0.baseAddress!, $0.count) }
-        try sendAll(fd, data, n)
-        try sendAll(fd, "\r\n", 2)
     }
 
     /// Reads more bytes into the buffer (compacting it first).
@@ -77,75 +64,61 @@ public final class StreamingClient: @unchecked Sendable {
             end -= start
             start = 0
         }
-        guard end < capacity else { throw TestError("a line longer than the buffer") }
+        guard end < capacity else { throw TestError("a head or line longer than the buffer") }
         let n = recv(fd, buf + end, capacity - end, 0)
         if n > 0 { end += n; return }
         if n == 0 { throw TestError("connection closed after \(done) body bytes") }
         throw TestError("stalled: no byte within the receive timeout after \(done) body bytes (errno \(errno))")
     }
 
-    private func readLine(deadline: Double, since t0: ContinuousClock.Instant, done: Int64) throws -> String {
-        while true {
-            if end - start >= 2, let p = memchr(buf + start, 0x0A, end - start) {
-                let lf = buf.distance(to: p.assumingMemoryBound(to: UInt8.self))
-                let line = String(decoding: UnsafeBufferPointer(start: buf + start, count: lf - start), as: UTF8.self)
-                start = lf + 1
-                return line.hasSuffix("\r") ? String(line.dropLast()) : line
-            }
-            try fill(deadline: deadline, since: t0, done: done)
-        }
-    }
+    private var unread: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buf + start, count: end - start) }
 
+    /// Reads the response head (with the one head parser).
     public func readHead(deadline: Double, start t0: ContinuousClock.Instant) throws -> RawHead {
-        var lines: [String] = []
         while true {
-            let line = try readLine(deadline: deadline, since: t0, done: 0)
-            if line.isEmpty { break }
-            lines.append(line)
-        }
-        let text = lines.joined(separator: "\r\n") + "\r\n\r\n"
-        guard let head = rawHead(Array(text.utf8)) else { throw TestError("bad head: \(lines)") }
-        return head
-    }
-
-    /// Consumes `n` body bytes, keeping the first few KiB as `sample`.
-    private func discard(_ n: Int64, deadline: Double, since t0: ContinuousClock.Instant, done: inout Int64) throws {
-        var left = n
-        while left > 0 {
-            if start == end { try fill(deadline: deadline, since: t0, done: done) }
-            let k = Int(min(left, Int64(end - start)))
-            if sample.count < 65536 {
-                sample.append(contentsOf: UnsafeBufferPointer(start: buf + start, count: min(k, 65536 - sample.count)))
+            let bytes = Array(unread)
+            if let head = rawHead(bytes) {
+                start += head.end
+                return head
             }
-            start += k
-            left -= Int64(k)
-            done += Int64(k)
+            try fill(deadline: deadline, since: t0, done: 0)
         }
     }
 
-    /// Reads a Content-Length or chunked body; returns its decoded size.
+    /// Counts body bytes, keeping the first 64 KiB as `sample`.
+    private func take(_ chunk: UnsafeRawBufferPointer, _ done: inout Int64) {
+        if sample.count < 65536 {
+            sample.append(contentsOf: chunk.prefix(65536 - sample.count))
+        }
+        done += Int64(chunk.count)
+    }
+
+    /// Reads a Content-Length or chunked body (with the one chunked
+    /// decoder); returns its decoded size.
     public func readBody(_ head: RawHead, deadline: Double, start t0: ContinuousClock.Instant) throws -> Int64 {
         var done: Int64 = 0
         if let cl = head.values("content-length").first.flatMap({ Int64($0) }) {
-            try discard(cl, deadline: deadline, since: t0, done: &done)
+            while done < cl {
+                if start == end { try fill(deadline: deadline, since: t0, done: done) }
+                let k = Int(min(cl - done, Int64(end - start)))
+                take(UnsafeRawBufferPointer(start: buf + start, count: k), &done)
+                start += k
+            }
             return done
         }
         guard head.values("transfer-encoding").first?.lowercased() == "chunked" else {
             throw TestError("no framing: \(head.fields)")
         }
+        var decoder = ChunkedDecoder()
         while true {
-            let sizeLine = try readLine(deadline: deadline, since: t0, done: done)
-            guard let size = Int64(sizeLine.split(separator: ";").first ?? "", radix: 16) else {
-                throw TestError("bad chunk size line \(sizeLine) after \(done) bytes")
+            do {
+                let used = try decoder.decode(unread) { take($0, &done) }
+                start += used
+            } catch {
+                throw TestError("\(error) after \(done) body bytes")
             }
-            if size == 0 {
-                while try !readLine(deadline: deadline, since: t0, done: done).isEmpty {}
-                return done
-            }
-            try discard(size, deadline: deadline, since: t0, done: &done)
-            guard try readLine(deadline: deadline, since: t0, done: done).isEmpty else {
-                throw TestError("chunk not followed by CRLF after \(done) bytes")
-            }
+            if decoder.isComplete { return done }
+            try fill(deadline: deadline, since: t0, done: done)
         }
     }
 }
