@@ -24,11 +24,6 @@ func expectJSONError(_ r: Response, status: Int? = nil, code: String? = nil,
     }
 }
 
-/// A request head that a RecordingUpstream has seen in full.
-func upstreamSawHead(_ upstream: RecordingUpstream) -> Bool {
-    find(upstream.received, Array("\r\n\r\n".utf8)) != nil
-}
-
 /// An upstream answer that never comes: records and keeps reading.
 let neverReply: @Sendable ([UInt8]) -> [UInt8]? = { _ in nil }
 

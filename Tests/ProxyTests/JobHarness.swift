@@ -9,7 +9,7 @@ import Testing
 
 // Helpers for the job tests (issue 3, SPEC §3-§5): a proxy with job routes,
 // creating jobs and reading the status JSON. The upstream that answers only
-// when the test says so is TestSupport's `GatedUpstream`.
+// when the test says so is TestSupport's `FakeUpstream(gated: true)`.
 
 /// Every job integration suite, one test at a time: several of them measure
 /// latencies (the 100 ms long-poll wake, the `async_after` switch, `Prefer:

@@ -32,7 +32,7 @@ extension JobTests {
             var reply = "HTTP/1.1 200 Totally Fine Thanks\r\n"
             for (n, v) in fields { reply += "\(n): \(v)\r\n" }
             reply += "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(reply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(reply))
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
             let job = try createJob(proxy.port, body: "x")
             let done = try awaitTerminal(proxy.port, job.id)
@@ -111,7 +111,7 @@ extension JobTests {
             }
             wire += Array("0\r\n\r\n".utf8)
             let response = wire
-            let upstream = try RecordingUpstream { got in isWholeRequest(got) ? response : nil }
+            let upstream = try FakeUpstream { got in isWholeRequest(got) ? response : nil }
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
             let job = try createJob(proxy.port, method: "GET", path: "/chunked")
             let done = try awaitTerminal(proxy.port, job.id)

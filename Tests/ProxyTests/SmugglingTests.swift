@@ -25,7 +25,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
 }
 
 /// The request-smuggling corpus (issue "The engine", SPEC §6), sent to the
-/// proxy's socket with a RecordingUpstream behind it. Every head error must
+/// proxy's socket with a FakeUpstream behind it. Every head error must
 /// be answered by the proxy itself (400, or 501 for an unknown
 /// Transfer-Encoding) with the JSON error body, the connection must close,
 /// and the upstream must receive nothing at all.
@@ -102,7 +102,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
 
     @Test(arguments: headCases)
     func headErrorIsRefusedAndNothingReachesTheUpstream(_ c: SmuggleCase) throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 5)
         try client.send(c.bytes)
@@ -120,7 +120,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// The control: the same harness sees a valid request arrive, so "nothing
     /// reached the upstream" above is not an artefact of the setup.
     @Test func validRequestsOfTheSameShapeAreForwarded() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r1 = try request(proxy.port, "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
         #expect(r1.status == 200)
@@ -139,18 +139,18 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// as a request, never reused) and the client gets 400 and a close.
     @Test(arguments: badChunkSizes)
     func badChunkSizeClosesTheUpstreamAndAnswers400(_ size: String) throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 5)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         // The head may be forwarded before the body: let it get there if it will.
-        waitUntil(timeout: 0.5) { upstreamSawHead(upstream) }
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
         try client.send("\(size)\r\nabc\r\n0\r\n\r\n\(SmugglingTests.smuggled)")
         let r = try client.readResponse()
         expectJSONError(r, status: 400)
         #expect(client.waitForClose(), "the proxy must close the client connection after a bad chunk")
         if upstream.connections > 0 {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= upstream.connections },
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections },
                     "the upstream connection must be closed, not left open or reused")
         }
         #expect(!hasCompleteChunkedBody(upstream.received), "the upstream saw a complete body: \(upstream.receivedText)")
@@ -163,7 +163,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// connection is ready to take the head at once.
     @Test(arguments: badChunkSizes)
     func badChunkSentWithTheHeadNeverReachesTheUpstream(_ size: String) throws {
-        let upstream = try RecordingUpstream(closeAfterReply: false, reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(closeAfterReply: false, reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         // Warm the pool: the next request could be written at once.
         let warm = try RawClient(port: proxy.port, timeout: 5)
@@ -187,11 +187,11 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// Chunk data longer than its size line: the bytes within the size may be
     /// streamed on, but the request must never look complete upstream.
     @Test func chunkDataOverrunningItsSizeIsRefused() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 3)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        waitUntil(timeout: 0.5) { upstreamSawHead(upstream) }
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
         try client.send("3\r\nabcdef\r\n0\r\n\r\n\(SmugglingTests.smuggled)")
         let r: Response
         do {
@@ -203,7 +203,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         expectJSONError(r, status: 400)
         #expect(client.waitForClose())
         if upstream.connections > 0 {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= upstream.connections })
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections })
         }
         #expect(!hasCompleteChunkedBody(upstream.received), "upstream got: \(upstream.receivedText)")
         #expect(!upstream.receivedText.contains("/smuggled"))
