@@ -106,6 +106,6 @@ import Testing
         #expect(!gate.withdraw(token), "a waiter leaves once")
         #expect(gate.acquire(waiter(4)) == .queued, "the withdrawn place is free again")
         gate.release()
-        #expect(waitUntil(timeout: 2) { granted.withLock { $0 } == [4] })
+        #expect(granted.wait(timeout: 2) { $0 == [4] })
     }
 }

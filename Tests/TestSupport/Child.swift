@@ -11,13 +11,21 @@ public var coatcheckBinary: String {
         .deletingLastPathComponent().appendingPathComponent(".build/debug/coatcheck").path
 }
 
-/// A child process whose stdout and stderr lines are collected.
+/// A `coatcheck` child process whose stdout and stderr lines are collected.
+/// Its output and its exit are signalled, so every wait here returns as
+/// soon as what it waits for has happened.
 public final class Child: @unchecked Sendable {
+    // `process` is configured before `run` and only read after; the rest
+    // is immutable or a Box.
     public let process = Process()
-    private let lines = Box<[String]>([])
+    private struct Output: Sendable {
+        var lines: [String] = []
+        /// Pipes (of 2) that reached EOF: at 2, `lines` is complete.
+        var closedPipes = 0
+    }
+    private let out = Box(Output())
+    private let exitStatus = Box<Int32?>(nil)
     private let stdoutPipe = Pipe(), stderrPipe = Pipe()
-    /// Pipes (of 2) that reached EOF.
-    private let closedPipes = Box<Int>(0)
 
     public init(_ arguments: [String], environment: [String: String]? = nil) throws {
         process.executableURL = URL(fileURLWithPath: coatcheckBinary)
@@ -28,12 +36,16 @@ public final class Child: @unchecked Sendable {
         process.currentDirectoryURL = URL(fileURLWithPath: makeTempDirectory())
         process.standardOutput = stdoutPipe
         process.standardError = stderrPipe
+        let exitStatus = self.exitStatus
+        process.terminationHandler = { p in
+            let status = p.terminationStatus
+            exitStatus.withLock { $0 = status }
+        }
         // One blocking reader thread per pipe: Foundation's readabilityHandler
         // on Linux can drop the EOF (and split lines), which made output
         // checks flaky.
         for pipe in [stdoutPipe, stderrPipe] {
-            let l = lines
-            let eof = closedPipes
+            let out = self.out
             let fd = pipe.fileHandleForReading.fileDescriptor
             Thread.detachNewThread {
                 var pending: [UInt8] = []
@@ -45,14 +57,13 @@ public final class Child: @unchecked Sendable {
                     while let nl = pending.firstIndex(of: 0x0A) {
                         let line = String(decoding: pending[..<nl], as: UTF8.self)
                         pending.removeSubrange(...nl)
-                        l.withLock { $0.append(line) }
+                        out.withLock { $0.lines.append(line) }
                     }
                 }
-                if !pending.isEmpty {
-                    let line = String(decoding: pending, as: UTF8.self)
-                    l.withLock { $0.append(line) }
+                out.withLock { o in
+                    if !pending.isEmpty { o.lines.append(String(decoding: pending, as: UTF8.self)) }
+                    o.closedPipes += 1
                 }
-                eof.withLock { $0 += 1 }
             }
         }
         // The test runner's threads block most signals and a spawned child
@@ -65,34 +76,45 @@ public final class Child: @unchecked Sendable {
         try process.run()
     }
 
-    public var output: [String] { lines.withLock { $0 } }
+    public var output: [String] { out.withLock { $0.lines } }
 
     /// Waits for a line containing `needle`; returns it.
     public func waitForLine(containing needle: String, timeout: Double = 15) throws -> String {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if let l = output.first(where: { $0.contains(needle) }) { return l }
-            if !process.isRunning {
-                Thread.sleep(forTimeInterval: 0.05)
-                if let l = output.first(where: { $0.contains(needle) }) { return l }
-                throw TestError("process exited (\(process.terminationStatus)) before printing \(needle): \(output)")
-            }
-            Thread.sleep(forTimeInterval: 0.01)
+        var found: String?
+        var ended = false
+        _ = out.wait(timeout: timeout) { o in
+            found = o.lines.first { $0.contains(needle) }
+            ended = o.closedPipes == 2
+            return found != nil || ended
+        }
+        if let found { return found }
+        if ended {
+            let status = waitForExit(timeout: 5).map { "\($0)" } ?? "still running"
+            throw TestError("process exited (\(status)) before printing \(needle): \(output)")
         }
         throw TestError("timed out waiting for \(needle): \(output)")
     }
 
+    /// Waits for more than `count` lines of output; whether they came.
+    public func waitForOutput(beyond count: Int, timeout: Double) -> Bool {
+        out.wait(timeout: timeout) { $0.lines.count > count }
+    }
+
+    /// The exit status, once the process has exited within `timeout`.
     public func waitForExit(timeout: Double = 15) -> Int32? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
-        return process.isRunning ? nil : process.terminationStatus
+        var status: Int32?
+        _ = exitStatus.wait(timeout: timeout) { s in
+            status = s
+            return s != nil
+        }
+        return status
     }
 
     public func signal(_ s: Int32) { kill(process.processIdentifier, s) }
 
     /// Waits until both stdout and stderr reached EOF, so `output` is complete.
     public func waitForOutputEnd(timeout: Double = 5) -> Bool {
-        waitUntil(timeout: timeout) { self.closedPipes.withLock { $0 } == 2 }
+        out.wait(timeout: timeout) { $0.closedPipes == 2 }
     }
 
     /// Peak resident memory (VmHWM) in KiB.
