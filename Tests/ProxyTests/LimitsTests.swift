@@ -29,7 +29,8 @@ import Testing
         let r2 = try c2.readResponse()
         expectJSONError(r2, status: 431)
         #expect(c2.waitForClose())
-        Thread.sleep(forTimeInterval: 0.05)
+        // A negative check: a bounded window (50 ms) for a wrongly forwarded head.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 1 }
         #expect(upstream.connections == 1, "an oversized head must not be forwarded")
         #expect(!upstream.receivedText.contains("/big") && !upstream.receivedText.contains("/many"))
     }
@@ -48,7 +49,8 @@ import Testing
         let r = try c.readResponse()
         expectJSONError(r, status: 414)
         #expect(c.waitForClose())
-        Thread.sleep(forTimeInterval: 0.05)
+        // A negative check: a bounded window (50 ms) for a wrongly forwarded head.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 1 }
         #expect(upstream.connections == 1)
     }
 
@@ -67,7 +69,8 @@ import Testing
         let r = try c.readResponse()
         expectJSONError(r, status: 413)
         #expect(c.waitForClose())
-        Thread.sleep(forTimeInterval: 0.05)
+        // A negative check: a bounded window (50 ms) for a wrongly forwarded head.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 1 }
         #expect(upstream.connections == 1)
         #expect(!upstream.receivedText.contains("/over"))
     }

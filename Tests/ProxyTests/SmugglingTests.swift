@@ -111,8 +111,9 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         expectJSONError(r)
         #expect(r.header("connection")?.lowercased() == "close")
         #expect(client.waitForClose(), "the proxy must close the connection after a framing error")
-        // Nothing may reach the upstream; give a wrongly forwarded head a moment to arrive.
-        Thread.sleep(forTimeInterval: 0.05)
+        // Nothing may reach the upstream: a negative check, so a bounded
+        // window (50 ms) for a wrongly forwarded head to arrive in.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 0 || !$0.received.isEmpty }
         #expect(upstream.connections == 0)
         #expect(upstream.received.isEmpty, "upstream got: \(upstream.receivedText)")
     }

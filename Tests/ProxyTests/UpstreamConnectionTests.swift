@@ -45,6 +45,7 @@ import Testing
         // Requests closer together than the timeout keep reusing one connection.
         for i in 0..<3 {
             #expect(try get(proxy.port, "/kept\(i)").text == "ok")
+            // The gap is what is tested: 100 ms idle, well under the timeout.
             Thread.sleep(forTimeInterval: 0.1)
         }
         #expect(upstream.connections == 1)
