@@ -78,13 +78,21 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // The tests' shared harness: loopback sockets, the raw and streaming
+        // clients, the HTTP response parser, the fake upstream, the process
+        // runner, waits and threads. Only test targets depend on it; it
+        // depends on no product module.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
-        .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "Store", "Config", "HTTP", "Loop"], swiftSettings: strict),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite"], swiftSettings: strict),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",
-            dependencies: ["Server", "Proxy", "Jobs", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "CLibevent"],
+            dependencies: [
+                "Server", "Proxy", "Jobs", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "CLibevent", "TestSupport",
+            ],
             swiftSettings: strict
         ),
     ]

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// The parse error of `yaml`, or nil if it parsed.
@@ -471,10 +472,4 @@ func minimal(_ extra: String = "") -> String {
         #expect(parseError(callbackYAML("      allow: []"))?.message == "routes[0].callback.allow: expected at least one URL prefix")
         #expect(parseError(callbackYAML("      allow: [\"hooks.example.com\"]"))?.message.hasPrefix("routes[0].callback.allow[0]: expected http://") == true)
     }
-}
-
-/// A file in Tests/Fixtures.
-func fixturePath(_ name: String) -> String {
-    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures").appendingPathComponent(name).path
 }

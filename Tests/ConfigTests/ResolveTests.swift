@@ -1,14 +1,7 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
-
-/// Writes `yaml` to a fresh temporary file and returns its path.
-func temporaryConfig(_ yaml: String) throws -> String {
-    let path = FileManager.default.temporaryDirectory
-        .appendingPathComponent("coatcheck-test-\(UUID().uuidString).yaml").path
-    try yaml.write(toFile: path, atomically: true, encoding: .utf8)
-    return path
-}
 
 func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [String: String] = [:]) -> ConfigError? {
     do {
@@ -37,7 +30,7 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
         """
 
     @Test func fileValuesWithoutOverrides() throws {
-        let path = try temporaryConfig(Self.fileYAML)
+        let path = try writeTempFile(Self.fileYAML)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let c = try ConfigLoader.resolve(file: path, flags: .init(), environment: [:])
         #expect(c == (try ConfigLoader.load(path: path)))
@@ -47,7 +40,7 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
     }
 
     @Test func environmentOverridesFileAndFlagsOverrideEnvironment() throws {
-        let path = try temporaryConfig(Self.fileYAML)
+        let path = try writeTempFile(Self.fileYAML)
         defer { try? FileManager.default.removeItem(atPath: path) }
         let env = ["COATCHECK_LISTEN": "127.0.0.1:7001", "COATCHECK_STORE": "memory:"]
 
@@ -72,8 +65,8 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
     }
 
     @Test func configFileFromEnvironmentAndFlagWins() throws {
-        let a = try temporaryConfig(Self.fileYAML)
-        let b = try temporaryConfig(Self.fileYAML.replacingOccurrences(of: "7000", with: "7777"))
+        let a = try writeTempFile(Self.fileYAML)
+        let b = try writeTempFile(Self.fileYAML.replacingOccurrences(of: "7000", with: "7777"))
         defer {
             try? FileManager.default.removeItem(atPath: a)
             try? FileManager.default.removeItem(atPath: b)
@@ -113,8 +106,8 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
 
     @Test func sidecarUpstreamFromEnvironmentReplacesFileRoutes() throws {
         // A file that only tunes limits is fine when the upstream comes from the environment.
-        let limitsOnly = try temporaryConfig("limits: { max_connections: 50 }\n")
-        let full = try temporaryConfig(Self.fileYAML)
+        let limitsOnly = try writeTempFile("limits: { max_connections: 50 }\n")
+        let full = try writeTempFile(Self.fileYAML)
         defer {
             try? FileManager.default.removeItem(atPath: limitsOnly)
             try? FileManager.default.removeItem(atPath: full)
@@ -169,7 +162,7 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
         #expect(e?.file == missing)
         #expect(e?.message == "cannot open the configuration file: No such file or directory")
 
-        let bad = try temporaryConfig("listen: \"0.0.0.0:80\"\nlimitz: {}\n")
+        let bad = try writeTempFile("listen: \"0.0.0.0:80\"\nlimitz: {}\n")
         defer { try? FileManager.default.removeItem(atPath: bad) }
         #expect(resolveError(file: bad, flags: .init(upstream: "http://a"))?.description
             == "\(bad):2:1: unknown key 'limitz' (did you mean 'limits'?)")

@@ -51,6 +51,7 @@ import Glibc
     @Test func aCanceledTimerNeverFires() {
         let p = Probe()
         p.onLoop { $0.timer.schedule(after: .milliseconds(30)); $0.timer.cancel() }
+        // Elapsed time is the check: nothing by 4x the canceled deadline.
         Thread.sleepMillis(120)
         #expect(p.fired.isEmpty)
     }
@@ -66,6 +67,7 @@ import Glibc
             lastArmed = p.elapsedMillis()
             Thread.sleepMillis(8)
         }
+        // Elapsed time is the check: one fire, not early, and no second by 1 s.
         Thread.sleepMillis(1000)
         #expect(p.fired.count == 1)
         if let at = p.fired.first {
@@ -77,6 +79,7 @@ import Glibc
         let p = Probe()
         p.onLoop { $0.timer.schedule(after: .seconds(10)) }
         p.onLoop { $0.timer.schedule(after: .milliseconds(20)) }
+        // Elapsed time is the check: exactly one fire within 300 ms.
         Thread.sleepMillis(300)
         #expect(p.fired.count == 1)
     }
@@ -84,9 +87,11 @@ import Glibc
     @Test func cancelThenScheduleAgainFiresOnceAtTheNewDeadline() {
         let p = Probe()
         p.onLoop { $0.timer.schedule(after: .milliseconds(100)); $0.timer.cancel() }
+        // Re-armed 50 ms later, so the canceled deadline would fall before the new one.
         Thread.sleepMillis(50)
         let armed = p.elapsedMillis()
         p.onLoop { $0.timer.schedule(after: .milliseconds(100)) }
+        // Elapsed time is the check: one fire (not the canceled one too) by 300 ms.
         Thread.sleepMillis(300)
         #expect(p.fired.count == 1)
         if let at = p.fired.first { #expect(at >= armed + 100 - 5) }

@@ -3,32 +3,16 @@ import DemoBackend
 import Foundation
 import Loop
 import Proxy
+import TestSupport
 import Testing
 
 /// SPEC §2 `max_concurrency` / `max_queued` on sync routes.
 @Suite struct ConcurrencyLimitTests {
-    /// Runs `body(i)` on `n` real threads at once (not the 2-core cooperative
-    /// pool, which would serialize blocking calls by itself) and waits.
-    static func onThreads<T: Sendable>(_ n: Int, timeout: Double = 20, _ body: @escaping @Sendable (Int) -> T) throws -> [T?] {
-        let results = Box<[T?]>(Array(repeating: nil, count: n))
-        let group = DispatchGroup()
-        for i in 0..<n {
-            group.enter()
-            Thread.detachNewThread {
-                let v = body(i)
-                results.withLock { $0[i] = v }
-                group.leave()
-            }
-        }
-        guard group.wait(timeout: .now() + timeout) == .success else { throw TestError("threads did not finish in \(timeout)s") }
-        return results.withLock { $0 }
-    }
-
     @Test func maxConcurrencyBoundsRequestsInFlightUpstream() throws {
         let backend = try InProcessBackend()
         let proxy = try TestProxy(upstreamPort: backend.port, threads: 2) { $0.upstreams[0].maxConcurrency = 2 }
         let port = proxy.port
-        let statuses = try Self.onThreads(10) { _ in
+        let statuses = try onThreads(10) { _ in
             (try? get(port, "/sleep?ms=100"))?.status ?? -1
         }
         #expect(statuses.allSatisfy { $0 == 200 }, "statuses: \(statuses)")
@@ -122,6 +106,6 @@ import Testing
         #expect(!gate.withdraw(token), "a waiter leaves once")
         #expect(gate.acquire(waiter(4)) == .queued, "the withdrawn place is free again")
         gate.release()
-        #expect(waitUntil(timeout: 2) { granted.withLock { $0 } == [4] })
+        #expect(granted.wait(timeout: 2) { $0 == [4] })
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// The demo backend (SPEC §1) is what the quick start and these tests run
@@ -39,7 +40,7 @@ import Testing
     @Test func bytesStreamsLargeBodiesCompletely() throws {
         let backend = try InProcessBackend()
         let n = 32 << 20
-        let c = StreamingClient(port: backend.port, timeout: 5)
+        let c = try StreamingClient(port: backend.port, timeout: 5)
         try c.send(Array("GET /bytes/\(n) HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
         let start = ContinuousClock.now
         let head = try c.readHead(deadline: 20, start: start)

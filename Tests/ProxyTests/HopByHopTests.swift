@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §6: hop-by-hop headers are removed both ways, end-to-end ones pass
@@ -7,7 +8,7 @@ import Testing
     static let hopByHopNames = ["connection", "x-secret", "x-other", "keep-alive", "te", "upgrade", "proxy-connection", "trailer"]
 
     @Test func requestHopByHopHeadersAreRemovedAndEndToEndOnesKeptInOrder() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let c = try RawClient(port: proxy.port, timeout: 5)
         try c.send(
@@ -65,7 +66,7 @@ import Testing
     /// its own line, every line of the upstream head is a valid field, and
     /// several X-Forwarded-For fields combine in order with the peer last.
     @Test func clientForwardedForFollowedByOtherFieldsKeepsTheHeadIntact() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r = try request(proxy.port, "GET /xff HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-After: yes\r\n"
                             + "X-Forwarded-For: 2.2.2.2\r\nAuthorization: Bearer t\r\nConnection: close\r\n\r\n")
@@ -81,7 +82,7 @@ import Testing
     }
 
     @Test func forwardedForIsCreatedWhenAbsent() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r = try get(proxy.port, "/x")
         #expect(r.status == 200)
@@ -93,7 +94,7 @@ import Testing
     }
 
     @Test func responseHopByHopHeadersAreRemovedAndOthersKeptExactly() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(
+        let upstream = try FakeUpstream(reply: whenRequestComplete(
             "HTTP/1.1 200 OK\r\n"
             + "Connection: close, X-Internal\r\n"
             + "X-Internal: 1\r\n"

@@ -5,6 +5,7 @@ import Jobs
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// SPEC §4 the job API: status JSON through the lifecycle, results of
@@ -15,12 +16,12 @@ extension JobTests {
         // MARK: Status through the lifecycle
 
         @Test(arguments: jobStores) func statusJSONThroughQueuedRunningCompleted(store: String) throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store) { $0.upstreams[0].maxConcurrency = 1 }
             defer { upstream.releaseAll() }
             // A occupies the only slot; B waits behind it.
             let a = try createJob(proxy.port, path: "/a", body: "first")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let b = try createJob(proxy.port, method: "PUT", path: "/b/item?v=2", body: "second")
             #expect(b.json.string("status") == "queued")
 
@@ -56,7 +57,7 @@ extension JobTests {
             // observation of its route and method yet, so its estimate is null
             // (SPEC §4); a new POST's 202 has one.
             upstream.release()
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 2 })
+            #expect(upstream.waitForRequests(2, timeout: 3))
             #expect(waitForJobStatus(proxy.port, b.id, "running"))
             let (br, runningB) = try jobStatus(proxy.port, b.id)
             #expect(runningB.int("attempts") == 1)
@@ -97,11 +98,11 @@ extension JobTests {
         // MARK: Results that are not (yet) a response
 
         @Test func pendingResultIs202WithStatusJSON() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port)
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, body: "x")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let r = try sendRequest(proxy.port, method: "GET", path: "/jobs/\(job.id)/result")
             #expect(r.status == 202)
             #expect(r.header("retry-after") != nil)
@@ -128,7 +129,7 @@ extension JobTests {
         }
 
         @Test func upstreamTimeoutFailsTheJobAndResultIs504() throws {
-            let upstream = try RecordingUpstream(reply: neverReply)
+            let upstream = try FakeUpstream(reply: neverReply)
             let proxy = try jobProxy(upstreamPort: upstream.port) { $0.upstreams[0].timeout = .milliseconds(300) }
             let job = try createJob(proxy.port, body: "x")
             let r = try sendRequest(proxy.port, method: "GET", path: "/jobs/\(job.id)/result?wait=5")
@@ -136,12 +137,12 @@ extension JobTests {
             #expect(jsonObject(r)?.string("status") == "failed")
             #expect(jsonObject(r)?.object("error")?.string("code") == "upstream_timeout")
             // The timed-out exchange was closed.
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= 1 })
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= 1 })
         }
 
         @Test func upstreamResetBeforeAResponseFailsTheJob() throws {
             // Takes the request, closes without a byte of response.
-            let upstream = try RecordingUpstream { got in isWholeRequest(got) ? [] : nil }
+            let upstream = try FakeUpstream { got in isWholeRequest(got) ? [] : nil }
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let job = try createJob(proxy.port, body: "x")
             let done = try awaitTerminal(proxy.port, job.id)
@@ -170,11 +171,11 @@ extension JobTests {
         }
 
         @Test func canceledResultIs409() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port)
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, body: "x")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let d = try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(job.id)")
             #expect(d.status == 200)
             let r = try sendRequest(proxy.port, method: "GET", path: "/jobs/\(job.id)/result")
@@ -186,12 +187,12 @@ extension JobTests {
         // MARK: Long polls
 
         @Test func longPollWakesWithin100msOfCompletion() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             // Two loops: the poll may sit on another loop than the exchange.
             let proxy = try jobProxy(upstreamPort: upstream.port, threads: 2)
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, body: "x")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let statusPoll = try RawClient(port: proxy.port, timeout: 15)
             try statusPoll.send("GET /jobs/\(job.id)?wait=10 HTTP/1.1\r\nHost: test.local\r\n\r\n")
             let resultPoll = try RawClient(port: proxy.port, timeout: 15)
@@ -222,11 +223,11 @@ extension JobTests {
         }
 
         @Test func longPollWakesWhenTheJobIsCanceled() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, threads: 2)
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, body: "x")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let poll = try RawClient(port: proxy.port, timeout: 15)
             try poll.send("GET /jobs/\(job.id)/result?wait=10 HTTP/1.1\r\nHost: test.local\r\n\r\n")
             poll.setTimeout(0.2)
@@ -238,15 +239,15 @@ extension JobTests {
             let lag = secondsSince(start)
             #expect(r.status == 409, "\(r.status) \(r.text)")
             #expect(lag < 0.1, "the poll woke \(lag)s after DELETE")
-            #expect(waitUntil(timeout: 3) { upstream.closedWhileWaiting == 1 })
+            #expect(upstream.wait(timeout: 3) { $0.closedWhileWaiting == 1 })
         }
 
         @Test func longPollReturnsAfterTheWaitAndIsCappedByMaxWait() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port) { $0.jobs.maxWait = .seconds(1) }
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, body: "x")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let asked = try RawClient(port: proxy.port, timeout: 10)
             let capped = try RawClient(port: proxy.port, timeout: 10)
             let start = ContinuousClock.now
@@ -267,11 +268,11 @@ extension JobTests {
         // MARK: DELETE
 
         @Test func deleteQueuedJobCancelsItAndItIsNeverSent() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port) { $0.upstreams[0].maxConcurrency = 1 }
             defer { upstream.releaseAll() }
             let a = try createJob(proxy.port, path: "/a", body: "a")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let b = try createJob(proxy.port, path: "/b", body: "b")
             let c = try createJob(proxy.port, path: "/c", body: "c")
             let d = try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(b.id)")
@@ -293,37 +294,37 @@ extension JobTests {
         }
 
         @Test(arguments: jobStores) func deleteRunningJobAbortsTheUpstreamExchange(store: String) throws {
-            let upstream = try RecordingUpstream(reply: neverReply)
+            let upstream = try FakeUpstream(reply: neverReply)
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store) { $0.upstreams[0].maxConcurrency = 1 }
             let job = try createJob(proxy.port, body: "x")
-            #expect(waitUntil(timeout: 3) { isWholeRequest(upstream.received) })
+            #expect(upstream.waitForReceived(timeout: 3) { isWholeRequest($0) })
             #expect(upstream.closedByPeer == 0)
             let d = try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(job.id)")
             #expect(d.status == 200)
             #expect(jsonObject(d)?.string("status") == "canceled", "\(d.text)")
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer == 1 }, "the upstream did not see the connection close")
+            #expect(upstream.waitForPeerCloses(1, timeout: 3), "the upstream did not see the connection close")
             let r = try sendRequest(proxy.port, method: "GET", path: "/jobs/\(job.id)/result")
             #expect(r.status == 409)
             // The aborted exchange gave its slot back (max_concurrency 1): the next job is sent.
             let next = try createJob(proxy.port, body: "y")
-            #expect(waitUntil(timeout: 3) { upstream.connections == 2 }, "the next job never reached the upstream")
+            #expect(upstream.waitForConnections(2, timeout: 3), "the next job never reached the upstream")
             #expect(try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(next.id)").status == 200)
         }
 
         @Test func deleteOfAnAutoJobAbortsTheSwitchedExchange() throws {
-            let upstream = try RecordingUpstream(reply: neverReply)
+            let upstream = try FakeUpstream(reply: neverReply)
             let proxy = try jobProxy(upstreamPort: upstream.port, mode: .auto, asyncAfter: .milliseconds(100))
             let job = try createJob(proxy.port, method: "GET", path: "/slow")
             #expect(job.json.string("status") == "running")
             let d = try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(job.id)")
             #expect(d.status == 200)
             #expect(jsonObject(d)?.string("status") == "canceled", "\(d.text)")
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer == 1 }, "the upstream did not see the connection close")
+            #expect(upstream.waitForPeerCloses(1, timeout: 3), "the upstream did not see the connection close")
             #expect(upstream.connections == 1)
         }
 
         @Test func deleteTerminalJobIs204AndThenItIsGone() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             upstream.releaseAll()
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let job = try createJob(proxy.port, body: "x")
@@ -344,7 +345,7 @@ extension JobTests {
         // MARK: One 404 for every job the client may not see
 
         @Test func unknownMalformedAndDeletedIdsGetTheIdentical404() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             upstream.releaseAll()
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let job = try createJob(proxy.port, body: "x")
@@ -375,11 +376,11 @@ extension JobTests {
         // MARK: bind_to
 
         @Test func bindToShowsAJobOnlyToTheSameCredential() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port) { $0.jobs.bindTo = "header:Authorization" }
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, headers: ["Authorization: Bearer a"], body: "x")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let mine = try jobStatus(proxy.port, job.id, headers: ["Authorization: Bearer a"])
             #expect(mine.0.status == 200)
             #expect(mine.1.string("job_id") == job.id)
@@ -411,7 +412,7 @@ extension JobTests {
         // MARK: result_ttl
 
         @Test(arguments: jobStores) func resultTTLExpiresTheJob(store: String) throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             upstream.releaseAll()
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store) { $0.jobs.resultTTL = .seconds(1) }
             let job = try createJob(proxy.port, body: "x")

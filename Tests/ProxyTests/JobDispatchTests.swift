@@ -5,6 +5,7 @@ import Jobs
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// Issue 3 "Dispatch" and SPEC §5: `max_concurrency` never exceeded under
@@ -49,14 +50,14 @@ extension JobTests {
         }
 
         @Test func fullQueueIs503AndEveryAcceptedJobCompletes() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port) {
                 $0.upstreams[0].maxConcurrency = 1
                 $0.upstreams[0].maxQueued = 1
             }
             defer { upstream.releaseAll() }
             let running = try createJob(proxy.port, path: "/1", body: "1")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let queued = try createJob(proxy.port, path: "/2", body: "2")
             #expect(queued.json.string("status") == "queued")
             for n in 3...4 {
@@ -75,7 +76,7 @@ extension JobTests {
         @Test func burstOverAFullQueueDropsNothingAccepted() throws {
             // Nothing completes until every client has its answer, so the
             // queue only grows while the burst is answered.
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, threads: 2) {
                 $0.upstreams[0].maxConcurrency = 1
                 $0.upstreams[0].maxQueued = 2
@@ -100,7 +101,7 @@ extension JobTests {
         }
 
         @Test func backgroundRequestsCarryJobIdAndJobAttempt() throws {
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let job = try createJob(proxy.port, path: "/work?q=1", headers: ["X-Custom: kept"], body: "abc")
             #expect(try awaitTerminal(proxy.port, job.id).string("status") == "completed")
@@ -117,7 +118,7 @@ extension JobTests {
         }
 
         @Test(arguments: jobStores) func requestBodiesAreStoredAndForwardedExactly(store: String) throws {
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
             // 300 KB chunked from the client (beyond any inline threshold).
             let payload: [UInt8] = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 11) }
@@ -150,7 +151,7 @@ extension JobTests {
         }
 
         @Test func clientSuppliedJobIdHeadersDoNotReachTheUpstream() throws {
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let job = try createJob(proxy.port, headers: ["Job-Id: forged", "Job-Attempt: 7"], body: "x")
             #expect(try awaitTerminal(proxy.port, job.id).string("status") == "completed")
@@ -161,7 +162,7 @@ extension JobTests {
         }
 
         @Test func theJobPathIsNeverForwarded() throws {
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
             // A catch-all async route: anything forwarded would reach the upstream.
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let job = try createJob(proxy.port, body: "x")

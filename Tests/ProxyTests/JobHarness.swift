@@ -4,11 +4,12 @@ import Foundation
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 // Helpers for the job tests (issue 3, SPEC §3-§5): a proxy with job routes,
-// creating jobs, reading the status JSON, and an upstream that answers only
-// when the test says so.
+// creating jobs and reading the status JSON. The upstream that answers only
+// when the test says so is TestSupport's `FakeUpstream(gated: true)`.
 
 /// Every job integration suite, one test at a time: several of them measure
 /// latencies (the 100 ms long-poll wake, the `async_after` switch, `Prefer:
@@ -123,120 +124,4 @@ func unknownJobID() -> String { JobID.random().text }
 /// every header in order and the body. Two 404s must be equal in this.
 func wireView(_ r: Response) -> String {
     "\(r.status) \(r.reason)\n" + r.headers.map { "\($0.0): \($0.1)" }.joined(separator: "\n") + "\n\n" + r.text
-}
-
-/// Reads one response whose framing is Content-Length (or none), keeping its
-/// head exactly as sent.
-func readRawResponse(_ c: RawClient, head isHead: Bool = false) throws -> (RawHead, [UInt8]) {
-    while rawHead(c.buffer) == nil {
-        guard try c.fill() else { throw TestError("closed before a head") }
-    }
-    let head = rawHead(c.buffer)!
-    let length = isHead ? 0 : (head.values("content-length").first.flatMap { Int($0) } ?? 0)
-    while c.buffer.count < head.end + length {
-        guard try c.fill() else { throw TestError("closed inside a body") }
-    }
-    let body = Array(c.buffer[head.end..<head.end + length])
-    c.buffer.removeFirst(head.end + length)
-    return (head, body)
-}
-
-/// Whether `bytes` holds a whole request (head, and a Content-Length or
-/// chunked body).
-func isWholeRequest(_ bytes: [UInt8]) -> Bool {
-    whenRequestStrictlyComplete("x")(bytes) != nil
-}
-
-/// An upstream that takes each request whole, then holds its answer until
-/// the test releases it (`release`), so a job stays `running` exactly as
-/// long as the test wants. It records each request, the moment each reply
-/// went out, and connections the proxy closed while waiting.
-final class GatedUpstream: @unchecked Sendable {
-    struct State {
-        var requests: [[UInt8]] = []
-        var permits = 0
-        var repliedAt: [ContinuousClock.Instant] = []
-        var closedWhileWaiting = 0
-    }
-
-    let fd: Int32
-    let port: Int
-    private let state = Box(State())
-    private let reply: [UInt8]
-
-    init(reply: String = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone") throws {
-        self.reply = Array(reply.utf8)
-        let (fd, port) = listenLoopback(backlog: 256)
-        self.fd = fd
-        self.port = port
-        let st = state
-        let out = self.reply
-        Thread.detachNewThread {
-            while true {
-                let c = accept(fd, nil, nil)
-                if c < 0 { return }
-                Thread.detachNewThread { GatedUpstream.serve(c, st, out) }
-            }
-        }
-    }
-
-    private static func serve(_ c: Int32, _ st: Box<State>, _ out: [UInt8]) {
-        defer { close(c) }
-        var got: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        let deadline = ContinuousClock.now + .seconds(20)
-        var pfd = pollfd(fd: c, events: Int16(POLLIN), revents: 0)
-        // The request, whole.
-        while !isWholeRequest(got) {
-            guard ContinuousClock.now < deadline else { return }
-            pfd.revents = 0
-            if poll(&pfd, 1, 10) <= 0 { continue }
-            let n = recv(c, &chunk, chunk.count, 0)
-            if n <= 0 { return }
-            got.append(contentsOf: chunk[0..<n])
-        }
-        st.withLock { $0.requests.append(got) }
-        // Wait for a permit, watching for the proxy closing the connection.
-        while ContinuousClock.now < deadline {
-            let go = st.withLock { s -> Bool in
-                guard s.permits > 0 else { return false }
-                s.permits -= 1
-                s.repliedAt.append(.now)
-                return true
-            }
-            if go {
-                _ = out.withUnsafeBytes { Glibc.send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                return
-            }
-            pfd.revents = 0
-            if poll(&pfd, 1, 1) > 0 {
-                let n = recv(c, &chunk, chunk.count, Int32(MSG_DONTWAIT))
-                if n == 0 || (n < 0 && errno == ECONNRESET) {
-                    st.withLock { $0.closedWhileWaiting += 1 }
-                    return
-                }
-            }
-        }
-    }
-
-    deinit {
-        shutdown(fd, Int32(SHUT_RDWR))
-        close(fd)
-    }
-
-    /// Lets `n` held (or future) requests be answered.
-    func release(_ n: Int = 1) { state.withLock { $0.permits += n } }
-    /// Answers everything from now on.
-    func releaseAll() { release(1_000_000) }
-
-    var requestCount: Int { state.withLock { $0.requests.count } }
-    var requests: [[UInt8]] { state.withLock { $0.requests } }
-    var requestLines: [String] { requests.compactMap { rawHead($0)?.startLine } }
-    var repliedAt: [ContinuousClock.Instant] { state.withLock { $0.repliedAt } }
-    var closedWhileWaiting: Int { state.withLock { $0.closedWhileWaiting } }
-}
-
-/// Runs `body(i)` on `n` threads at once and waits (bounded).
-func onThreads<T: Sendable>(_ n: Int, timeout: Double = 20, _ body: @escaping @Sendable (Int) -> T) throws -> [T?] {
-    try ConcurrencyLimitTests.onThreads(n, timeout: timeout, body)
 }

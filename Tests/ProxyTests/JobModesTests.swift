@@ -5,6 +5,7 @@ import Jobs
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// SPEC §3 modes and preferences, §4 the 202, Idempotency-Key and the
@@ -14,7 +15,7 @@ extension JobTests {
         // MARK: async: the 202
 
         @Test func asyncRouteAnswers202WithLocationAndJobJSON() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port)
             defer { upstream.releaseAll() }
             let before = nowMillis()
@@ -38,7 +39,7 @@ extension JobTests {
             #expect(json.has("estimated_completion"), "estimated_completion missing in \(r.text)")
             #expect(json.isNull("estimated_completion") || timestampMillis(json.string("estimated_completion")) != nil)
             // The job was sent upstream in the background.
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             #expect(upstream.requestLines.first == "POST /reports?x=1 HTTP/1.1")
 
             // Ids are fresh per job.
@@ -47,7 +48,7 @@ extension JobTests {
         }
 
         @Test func publicURLIsTheBaseOfStatusAndResultURLs() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port) { $0.publicURL = "https://api.example.com/" }
             defer { upstream.releaseAll() }
             let job = try createJob(proxy.port, host: "internal.local:9", body: "x")
@@ -58,7 +59,7 @@ extension JobTests {
         }
 
         @Test func jobsPathIsConfigurable() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port) { $0.jobs.path = "/api/tasks" }
             upstream.releaseAll()
             let job = try createJob(proxy.port, body: "x")
@@ -71,7 +72,7 @@ extension JobTests {
         }
 
         @Test(arguments: jobStores) func pipelinedJobRequestsAreAnsweredInOrder(store: String) throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             upstream.releaseAll()
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
             let c = try RawClient(port: proxy.port, timeout: 10)
@@ -91,7 +92,7 @@ extension JobTests {
         }
 
         @Test func expectContinueOnAnAsyncRoute() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             upstream.releaseAll()
             let proxy = try jobProxy(upstreamPort: upstream.port)
             let c = try RawClient(port: proxy.port, timeout: 5)
@@ -274,7 +275,7 @@ extension JobTests {
         }
 
         @Test func preferWaitOnAnAsyncRouteAnswers202AfterTheWait() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, mode: .async)
             defer { upstream.releaseAll() }
             let start = ContinuousClock.now
@@ -287,7 +288,7 @@ extension JobTests {
         }
 
         @Test func preferWaitOnAnAutoRouteReplacesAsyncAfter() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, mode: .auto, asyncAfter: .milliseconds(100))
             defer { upstream.releaseAll() }
             let start = ContinuousClock.now
@@ -303,7 +304,7 @@ extension JobTests {
         }
 
         @Test func preferWaitIsCappedByMaxWait() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, mode: .async) { $0.jobs.maxWait = .seconds(1) }
             defer { upstream.releaseAll() }
             let start = ContinuousClock.now
@@ -317,11 +318,11 @@ extension JobTests {
         // MARK: Idempotency-Key
 
         @Test(arguments: jobStores) func idempotencyKeyReturnsTheSameJobAndSendsOnce(store: String) throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             let proxy = try jobProxy(upstreamPort: upstream.port, mode: .async, store: store)
             defer { upstream.releaseAll() }
             let first = try createJob(proxy.port, headers: ["Idempotency-Key: k-1"], body: "same body")
-            #expect(waitUntil(timeout: 3) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 3))
             let again = try createJob(proxy.port, headers: ["Idempotency-Key: k-1"], body: "same body")
             #expect(again.id == first.id)
             #expect(again.response.header("location") == first.response.header("location"))
@@ -348,7 +349,7 @@ extension JobTests {
         // MARK: Callbacks
 
         @Test func callbackURLOnARouteWithoutCallbackIs400AndMakesNoJob() throws {
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
             for mode in [RouteMode.async, .auto] {
                 let proxy = try jobProxy(upstreamPort: upstream.port, mode: mode)
                 let r = try sendRequest(proxy.port, headers: ["X-Callback-Url: https://hooks.example.com/x"], body: "x")
@@ -356,7 +357,7 @@ extension JobTests {
                 #expect(proxy.server.jobs.table.count == 0, "\(mode): a refused callback must not leave a job")
             }
             // Negative check with no event to wait for: nothing may reach the upstream.
-            #expect(!waitUntil(timeout: 0.3) { upstream.connections > 0 }, "the refused request reached the upstream")
+            #expect(!upstream.wait(timeout: 0.3) { $0.connections > 0 }, "the refused request reached the upstream")
         }
     }
 }

@@ -1,6 +1,7 @@
 import Config
 import Foundation
 import Store
+import TestSupport
 import Testing
 
 @Suite struct JobSpoolRecoveryTests {

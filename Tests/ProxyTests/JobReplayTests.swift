@@ -4,6 +4,7 @@ import Foundation
 import Store
 import Proxy
 import Server
+import TestSupport
 import Testing
 
 /// SPEC §4 `GET {jobs.path}/{id}/result`: the captured upstream response
@@ -31,7 +32,7 @@ extension JobTests {
             var reply = "HTTP/1.1 200 Totally Fine Thanks\r\n"
             for (n, v) in fields { reply += "\(n): \(v)\r\n" }
             reply += "Content-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
-            let upstream = try RecordingUpstream(reply: whenRequestComplete(reply))
+            let upstream = try FakeUpstream(reply: whenRequestComplete(reply))
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
             let job = try createJob(proxy.port, body: "x")
             let done = try awaitTerminal(proxy.port, job.id)
@@ -44,16 +45,16 @@ extension JobTests {
             let c = try RawClient(port: proxy.port, timeout: 10)
             for _ in 0..<2 {
                 try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\r\n")
-                let (head, got) = try readRawResponse(c)
-                #expect(head.startLine == "HTTP/1.1 200 Totally Fine Thanks")
-                let endToEnd = head.fields.filter { !["content-length", "job-id"].contains($0.name.lowercased()) }
-                #expect(endToEnd.map { "\($0.name): \($0.value)" } == fields.map { "\($0.0): \($0.1)" },
-                        "replayed fields:\n\(head.fields.map { "\($0.name): \($0.value)" }.joined(separator: "\n"))")
-                #expect(head.values("content-length") == ["\(body.utf8.count)"])
-                #expect(head.values("job-id") == [job.id])
-                #expect(head.values("cache-control") == ["max-age=60"], "a replay keeps the upstream's caching headers")
-                #expect(!head.has("connection"), "hop-by-hop Connection from the upstream must not be replayed")
-                #expect(got == Array(body.utf8))
+                let r = try c.readResponse()
+                #expect(r.startLine == "HTTP/1.1 200 Totally Fine Thanks")
+                let endToEnd = r.headers.filter { !["content-length", "job-id"].contains($0.0.lowercased()) }
+                #expect(endToEnd.map { "\($0.0): \($0.1)" } == fields.map { "\($0.0): \($0.1)" },
+                        "replayed fields:\n\(r.headers.map { "\($0.0): \($0.1)" }.joined(separator: "\n"))")
+                #expect(r.headers("content-length") == ["\(body.utf8.count)"])
+                #expect(r.headers("job-id") == [job.id])
+                #expect(r.headers("cache-control") == ["max-age=60"], "a replay keeps the upstream's caching headers")
+                #expect(r.header("connection") == nil, "hop-by-hop Connection from the upstream must not be replayed")
+                #expect(r.body == Array(body.utf8))
             }
         }
 
@@ -86,11 +87,11 @@ extension JobTests {
             // with stray body bytes or a Content-Length would break the next one.
             let c = try RawClient(port: proxy.port, timeout: 10)
             try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\r\n")
-            let (head, body) = try readRawResponse(c)
-            #expect(head.startLine.hasPrefix("HTTP/1.1 204"))
-            #expect(!head.has("content-length") && !head.has("transfer-encoding"), "\(head.fields)")
-            #expect(head.values("job-id") == [job.id])
-            #expect(body.isEmpty)
+            let r = try c.readResponse()
+            #expect(r.startLine.hasPrefix("HTTP/1.1 204"))
+            #expect(r.header("content-length") == nil && r.header("transfer-encoding") == nil, "\(r.headers)")
+            #expect(r.headers("job-id") == [job.id])
+            #expect(r.body.isEmpty)
             try c.send("GET /jobs/\(job.id) HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n")
             let next = try c.readResponse()
             #expect(next.status == 200)
@@ -110,7 +111,7 @@ extension JobTests {
             }
             wire += Array("0\r\n\r\n".utf8)
             let response = wire
-            let upstream = try RecordingUpstream { got in isWholeRequest(got) ? response : nil }
+            let upstream = try FakeUpstream { got in isWholeRequest(got) ? response : nil }
             let proxy = try jobProxy(upstreamPort: upstream.port, store: store)
             let job = try createJob(proxy.port, method: "GET", path: "/chunked")
             let done = try awaitTerminal(proxy.port, job.id)

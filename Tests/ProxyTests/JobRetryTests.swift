@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §4, upstream retries: which failures are tried again, how often,
@@ -11,18 +12,14 @@ extension JobTests {
         final class Script: @unchecked Sendable {
             let attempts = Box<[String]>([])
             let times = Box<[Date]>([])
-            let upstream: RecordingUpstream
+            let upstream: FakeUpstream
 
             init(_ statuses: [Int], retryAfter: Int? = nil) throws {
                 let attempts = self.attempts
                 let times = self.times
-                let complete = whenRequestComplete("")
-                upstream = try RecordingUpstream { got in
-                    guard complete(got) != nil else { return nil }
-                    let head = String(decoding: got, as: UTF8.self)
-                    let attempt = head.components(separatedBy: "\r\n")
-                        .first { $0.lowercased().hasPrefix("job-attempt:") }?.dropFirst(12)
-                        .trimmingCharacters(in: .whitespaces) ?? "none"
+                upstream = try FakeUpstream { got in
+                    guard isWholeRequest(got) else { return nil }
+                    let attempt = rawHead(got)?.values("job-attempt").first ?? "none"
                     let n = attempts.withLock { a -> Int in
                         a.append(attempt)
                         return a.count
@@ -115,14 +112,14 @@ extension JobTests {
         /// A canceled queued job gives its place in the upstream's queue back
         /// at once, not when a slot frees up (which may take `timeout`).
         @Test func deletingAQueuedJobFreesItsPlace() throws {
-            let upstream = try GatedUpstream()
+            let upstream = try FakeUpstream(gated: true)
             defer { upstream.releaseAll() }
             let proxy = try jobProxy(upstreamPort: upstream.port) {
                 $0.upstreams[0].maxConcurrency = 1
                 $0.upstreams[0].maxQueued = 1
             }
             let running = try createJob(proxy.port, path: "/a", body: "a")
-            #expect(waitUntil(timeout: 5) { upstream.requestCount == 1 })
+            #expect(upstream.waitForRequests(1, timeout: 5))
             let queued = try createJob(proxy.port, path: "/b", body: "b")
             expectJSONError(try sendRequest(proxy.port, path: "/c", body: "c"), status: 503)
             let canceled = try sendRequest(proxy.port, method: "DELETE", path: "/jobs/\(queued.id)")

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §2 `limits:`: sizes answer 431/414/413, timers answer 408 and close,
@@ -8,7 +9,7 @@ import Testing
     // MARK: Sizes
 
     @Test func headOverMaxHeaderBytesIs431() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port) { $0.limits.maxHeaderBytes = 1024 }
         // Control: a head under the limit passes.
         let under = try get(proxy.port, "/ok", headers: "X-Pad: \(String(repeating: "p", count: 700))\r\n")
@@ -28,13 +29,14 @@ import Testing
         let r2 = try c2.readResponse()
         expectJSONError(r2, status: 431)
         #expect(c2.waitForClose())
-        Thread.sleep(forTimeInterval: 0.05)
+        // A negative check: a bounded window (50 ms) for a wrongly forwarded head.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 1 }
         #expect(upstream.connections == 1, "an oversized head must not be forwarded")
         #expect(!upstream.receivedText.contains("/big") && !upstream.receivedText.contains("/many"))
     }
 
     @Test func longTargetIs414() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         // Control: a long but acceptable target arrives intact.
         let okPath = "/" + String(repeating: "a", count: 4000) + "?q=" + String(repeating: "z", count: 100)
@@ -47,12 +49,13 @@ import Testing
         let r = try c.readResponse()
         expectJSONError(r, status: 414)
         #expect(c.waitForClose())
-        Thread.sleep(forTimeInterval: 0.05)
+        // A negative check: a bounded window (50 ms) for a wrongly forwarded head.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 1 }
         #expect(upstream.connections == 1)
     }
 
     @Test func contentLengthOverMaxRequestBodyIs413BeforeAnythingIsForwarded() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port) { $0.limits.maxRequestBody = 1024 }
         // Control: exactly the limit passes.
         let atLimit = try request(proxy.port, "POST /ok HTTP/1.1\r\nHost: a\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n"
@@ -66,25 +69,26 @@ import Testing
         let r = try c.readResponse()
         expectJSONError(r, status: 413)
         #expect(c.waitForClose())
-        Thread.sleep(forTimeInterval: 0.05)
+        // A negative check: a bounded window (50 ms) for a wrongly forwarded head.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 1 }
         #expect(upstream.connections == 1)
         #expect(!upstream.receivedText.contains("/over"))
     }
 
     @Test func chunkedBodyGrowingPastMaxRequestBodyIs413AndTheUpstreamIsCutOff() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port) { $0.limits.maxRequestBody = 1024 }
         let c = try RawClient(port: proxy.port, timeout: 5)
         try c.send("POST /grow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         let chunk = "258\r\n" + String(repeating: "g", count: 600) + "\r\n"
         try c.send(chunk)
-        waitUntil(timeout: 0.5) { upstreamSawHead(upstream) }
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
         try? c.send(chunk + chunk + "0\r\n\r\n")
         let r = try c.readResponse()
         expectJSONError(r, status: 413)
         #expect(c.waitForClose())
         if upstream.connections > 0 {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= upstream.connections },
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections },
                     "the upstream connection must be closed")
         }
         #expect(!hasCompleteChunkedBody(upstream.received), "a cut-off body must not look complete upstream")
@@ -99,7 +103,7 @@ import Testing
     /// header_timeout is a total: a client trickling one byte every 100 ms
     /// (never idle for long) is still cut off at the deadline.
     @Test func tricklingHeadIsCutOffAtHeaderTimeoutWith408() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port) { $0.limits.headerTimeout = .milliseconds(500) }
         let c = try RawClient(port: proxy.port, timeout: 5)
         let head = Array("GET /slow HTTP/1.1\r\nHost: a\r\nX-Trickle: ".utf8) + Array(repeating: UInt8(ascii: "t"), count: 100)
@@ -116,7 +120,7 @@ import Testing
 
     /// body_timeout is a total too, and the upstream exchange is abandoned.
     @Test func tricklingBodyIsCutOffAtBodyTimeoutWith408() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port) { $0.limits.bodyTimeout = .milliseconds(500) }
         let c = try RawClient(port: proxy.port, timeout: 5)
         try c.send("POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
@@ -127,7 +131,7 @@ import Testing
         #expect(elapsed <= 2.0, "cut off after \(elapsed)s, long past the 500ms body_timeout")
         #expect(c.waitForClose())
         if upstream.connections > 0 {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= upstream.connections })
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections })
         }
     }
 

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §6: pipelined requests are answered in order, whatever order the

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §1 and §7 on the built binary: the drop-in command line,
@@ -223,7 +224,8 @@ import Testing
         let linesBefore = serve.output.count
         try config(prefix: "/status", extra: "bogus_key: 1").write(toFile: path, atomically: true, encoding: .utf8)
         serve.signal(SIGHUP)
-        #expect(waitUntil(timeout: 3) { serve.output.count > linesBefore }, "the failed reload was not logged")
+        #expect(serve.waitForOutput(beyond: linesBefore, timeout: 3), "the failed reload was not logged")
+        // Still running 100 ms later: a crash after the log line would show by then.
         Thread.sleep(forTimeInterval: 0.1)
         #expect(serve.process.isRunning)
         #expect(try statusOnNewConnection(port, "/sleep?ms=1") == 200)

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 @Suite struct ProxyBasicsTests {
@@ -42,7 +43,7 @@ import Testing
     }
 
     @Test func noRouteIs404JSONAndNothingForwarded() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+        let upstream = try FakeUpstream(reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
         let proxy = try TestProxy(upstreamPort: upstream.port) { c in
             var r = Route(upstream: "app")
             r.pathPrefix = "/api"

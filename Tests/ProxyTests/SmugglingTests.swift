@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 /// One hostile request and what the proxy must answer (SPEC §6).
@@ -24,7 +25,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
 }
 
 /// The request-smuggling corpus (issue "The engine", SPEC §6), sent to the
-/// proxy's socket with a RecordingUpstream behind it. Every head error must
+/// proxy's socket with a FakeUpstream behind it. Every head error must
 /// be answered by the proxy itself (400, or 501 for an unknown
 /// Transfer-Encoding) with the JSON error body, the connection must close,
 /// and the upstream must receive nothing at all.
@@ -101,7 +102,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
 
     @Test(arguments: headCases)
     func headErrorIsRefusedAndNothingReachesTheUpstream(_ c: SmuggleCase) throws {
-        let upstream = try RecordingUpstream(reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 5)
         try client.send(c.bytes)
@@ -110,8 +111,9 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         expectJSONError(r)
         #expect(r.header("connection")?.lowercased() == "close")
         #expect(client.waitForClose(), "the proxy must close the connection after a framing error")
-        // Nothing may reach the upstream; give a wrongly forwarded head a moment to arrive.
-        Thread.sleep(forTimeInterval: 0.05)
+        // Nothing may reach the upstream: a negative check, so a bounded
+        // window (50 ms) for a wrongly forwarded head to arrive in.
+        _ = upstream.wait(timeout: 0.05) { $0.connections > 0 || !$0.received.isEmpty }
         #expect(upstream.connections == 0)
         #expect(upstream.received.isEmpty, "upstream got: \(upstream.receivedText)")
     }
@@ -121,7 +123,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     @Test func validRequestsOfTheSameShapeAreForwarded() throws {
         // The upstream closes after each reply, and says so: a connection it
         // is about to close must not be pooled (a POST on one would fail).
-        let upstream = try RecordingUpstream(reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+        let upstream = try FakeUpstream(reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r1 = try request(proxy.port, "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
         #expect(r1.status == 200)
@@ -140,18 +142,18 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// as a request, never reused) and the client gets 400 and a close.
     @Test(arguments: badChunkSizes)
     func badChunkSizeClosesTheUpstreamAndAnswers400(_ size: String) throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 5)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         // The head may be forwarded before the body: let it get there if it will.
-        waitUntil(timeout: 0.5) { upstreamSawHead(upstream) }
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
         try client.send("\(size)\r\nabc\r\n0\r\n\r\n\(SmugglingTests.smuggled)")
         let r = try client.readResponse()
         expectJSONError(r, status: 400)
         #expect(client.waitForClose(), "the proxy must close the client connection after a bad chunk")
         if upstream.connections > 0 {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= upstream.connections },
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections },
                     "the upstream connection must be closed, not left open or reused")
         }
         #expect(!hasCompleteChunkedBody(upstream.received), "the upstream saw a complete body: \(upstream.receivedText)")
@@ -164,7 +166,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// connection is ready to take the head at once.
     @Test(arguments: badChunkSizes)
     func badChunkSentWithTheHeadNeverReachesTheUpstream(_ size: String) throws {
-        let upstream = try RecordingUpstream(closeAfterReply: false, reply: whenRequestComplete(okReply))
+        let upstream = try FakeUpstream(closeAfterReply: false, reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         // Warm the pool: the next request could be written at once.
         let warm = try RawClient(port: proxy.port, timeout: 5)
@@ -188,11 +190,11 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// Chunk data longer than its size line: the bytes within the size may be
     /// streamed on, but the request must never look complete upstream.
     @Test func chunkDataOverrunningItsSizeIsRefused() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(okReply))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 3)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        waitUntil(timeout: 0.5) { upstreamSawHead(upstream) }
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
         try client.send("3\r\nabcdef\r\n0\r\n\r\n\(SmugglingTests.smuggled)")
         let r: Response
         do {
@@ -204,7 +206,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         expectJSONError(r, status: 400)
         #expect(client.waitForClose())
         if upstream.connections > 0 {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= upstream.connections })
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections })
         }
         #expect(!hasCompleteChunkedBody(upstream.received), "upstream got: \(upstream.receivedText)")
         #expect(!upstream.receivedText.contains("/smuggled"))

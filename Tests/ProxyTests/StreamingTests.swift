@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §3 `sync`: responses and request bodies stream through with
@@ -10,7 +11,7 @@ import Testing
     @Test func largeResponseStreamsThroughCompletely() throws {
         let backend = try InProcessBackend()
         let proxy = try TestProxy(upstreamPort: backend.port) { $0.limits.shutdownGrace = .milliseconds(200) }
-        let c = StreamingClient(port: proxy.port, timeout: 5)
+        let c = try StreamingClient(port: proxy.port, timeout: 5)
         try c.send(Array("GET /bytes/\(Self.size) HTTP/1.1\r\nHost: a\r\n\r\n".utf8))
         let start = ContinuousClock.now
         let head = try c.readHead(deadline: 20, start: start)
@@ -24,7 +25,7 @@ import Testing
             $0.limits.maxRequestBody = 64 << 20
             $0.limits.shutdownGrace = .milliseconds(200)
         }
-        let c = StreamingClient(port: proxy.port, timeout: 5)
+        let c = try StreamingClient(port: proxy.port, timeout: 5)
         try c.send(Array("POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".utf8))
         let writer = c.startChunkedWriter(total: Int64(Self.size), chunkSize: 256 << 10)
         let start = ContinuousClock.now

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import TestSupport
 import Testing
 
 /// SPEC §6 upstream faults: refused 502, sync timeout 504, broken or
@@ -28,8 +29,8 @@ import Testing
     /// client must then see the connection close before the message is
     /// whole (or, if the head was never relayed, get a 502).
     func brokenResponse(_ reply: String, closeAfterReply: Bool = true) throws
-        -> (upstream: RecordingUpstream, client: RawClient, proxy: TestProxy) {
-        let upstream = try RecordingUpstream(closeAfterReply: closeAfterReply, reply: whenRequestStrictlyComplete(reply))
+        -> (upstream: FakeUpstream, client: RawClient, proxy: TestProxy) {
+        let upstream = try FakeUpstream(closeAfterReply: closeAfterReply, reply: whenRequestComplete(reply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let c = try RawClient(port: proxy.port, timeout: 5)
         try c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -59,7 +60,7 @@ import Testing
         #expect(!String(decoding: c.buffer, as: UTF8.self).contains("more"))
         // The proxy still runs: it closed the broken connection itself.
         withExtendedLifetime(proxy) {
-            #expect(waitUntil(timeout: 3) { upstream.closedByPeer >= 1 }, "the broken upstream connection must be closed")
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= 1 }, "the broken upstream connection must be closed")
         }
     }
 
@@ -76,14 +77,14 @@ import Testing
 
     @Test(arguments: malformedResponses)
     func malformedResponseIs502BadResponse(_ response: String) throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(response))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(response))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r = try get(proxy.port, "/m")
         expectJSONError(r, status: 502, code: "upstream_bad_response")
     }
 
     @Test func unframedHTTP11ResponseClosedAfterItsBodyIs502() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(
+        let upstream = try FakeUpstream(reply: whenRequestComplete(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthis body has no framing"))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let c = try RawClient(port: proxy.port, timeout: 5)
@@ -102,7 +103,7 @@ import Testing
     @Test func closeDelimitedHTTP10ResponseIsRelayed() throws {
         var body = ""
         for i in 0..<30_000 { body += "line \(i)\n" } // ~250 KB: more than one read
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(
+        let upstream = try FakeUpstream(reply: whenRequestComplete(
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n" + body))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let c = try RawClient(port: proxy.port, timeout: 5)
@@ -124,7 +125,7 @@ import Testing
     /// taken as the response to the next request reusing that connection
     /// (response queue poisoning): such a connection is not reused.
     @Test func bytesAfterACompleteResponseAreNeverServedToTheNextRequest() throws {
-        let upstream = try RecordingUpstream(closeAfterReply: false, reply: whenRequestStrictlyComplete(
+        let upstream = try FakeUpstream(closeAfterReply: false, reply: whenRequestComplete(
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
             + "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nX-Forged: 1\r\n\r\nforged"))
         let proxy = try TestProxy(upstreamPort: upstream.port)
@@ -142,7 +143,7 @@ import Testing
     /// nothing follows the head to the client, and the stray bytes do not
     /// leak into the next response.
     @Test func bodyOnA204FromTheUpstreamIsNeitherRelayedNorReused() throws {
-        let upstream = try RecordingUpstream(closeAfterReply: false, reply: whenRequestStrictlyComplete(
+        let upstream = try FakeUpstream(closeAfterReply: false, reply: whenRequestComplete(
             "HTTP/1.1 204 No Content\r\nContent-Length: 14\r\n\r\n{\"status\":204}"))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let c = try RawClient(port: proxy.port, timeout: 5)
@@ -152,14 +153,15 @@ import Testing
             #expect(r.status == 204, "request \(i): \(r.status) \(r.text)")
             #expect(r.body.isEmpty)
         }
-        Thread.sleep(forTimeInterval: 0.05)
-        c.setTimeout(0.05)
+        // A negative check: stray bytes get 100 ms to arrive (the receive
+        // returns at the first one).
+        c.setTimeout(0.1)
         _ = try? c.fill()
         #expect(c.buffer.isEmpty, "bytes after the 204 reached the client: \(String(decoding: c.buffer, as: UTF8.self))")
     }
 
     @Test func upstreamClosingWithoutAnyResponseIs502() throws {
-        let upstream = try RecordingUpstream(reply: whenRequestStrictlyComplete(""))
+        let upstream = try FakeUpstream(reply: whenRequestComplete(""))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let r = try get(proxy.port, "/gone")
         expectJSONError(r, status: 502)

@@ -1,6 +1,7 @@
 import Store
 import Loop
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -75,13 +76,13 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         defer { group.shutdown() }
         let loop = group.loops[0]
         let r = record()
-        let seen = Mutex<(onLoop: Bool, visible: Bool)?>(nil)
+        let seen = Box<(onLoop: Bool, visible: Bool)?>(nil)
         table.insert(r, request: noRequest, on: loop) { error in
             #expect(error == nil)
             seen.withLock { $0 = (loop.inEventLoop, table.lookup(r.id) != nil) }
         }
         store.release()
-        #expect(waitFor { seen.withLock { $0 != nil } })
+        #expect(seen.wait(timeout: 2) { $0 != nil })
         #expect(seen.withLock { $0?.onLoop } == true)
         #expect(seen.withLock { $0?.visible } == true)
     }
@@ -115,7 +116,7 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         #expect(table.cancel(r.id) { _ in }?.status == .canceled)
         #expect(table.apply(.responded, to: r.id) == nil)
         #expect(table.lookup(r.id)?.status == .canceled)
-        #expect(waitFor { aborted.value == 1 })
+        #expect(aborted.wait(for: 1))
         // A job no longer running takes no abort hook.
         #expect(!table.setAbort(r.id, loop: group.loops[0]) {})
     }
@@ -179,10 +180,10 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         // Running is not an end: give a wrong wake-up the chance to show.
         let sentinel = Count()
         group.loops[0].execute { sentinel.add() }
-        #expect(waitFor { sentinel.value == 1 })
+        #expect(sentinel.wait(for: 1))
         #expect(woken.value == 0)
         table.apply(.responded, to: r.id)
-        #expect(waitFor { woken.value == 1 })
+        #expect(woken.wait(for: 1))
         // A terminal job takes no waiter.
         #expect(table.wait(for: r.id, loop: group.loops[0]) {} == nil)
     }
@@ -200,7 +201,7 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
         table.apply(.cancel, to: r.id)
         let sentinel = Count()
         group.loops[0].execute { sentinel.add() }
-        #expect(waitFor { sentinel.value == 1 })
+        #expect(sentinel.wait(for: 1))
         #expect(woken.value == 0)
     }
 
@@ -304,19 +305,18 @@ private let noRequest = JobRequest(head: Array("POST /x HTTP/1.1\r\n".utf8), bod
     }
 }
 
-/// Polls `condition` for up to two seconds.
-func waitFor(_ condition: () -> Bool) -> Bool {
-    let deadline = ContinuousClock.now + .seconds(2)
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-        nanosleep(&ts, nil)
-    }
-    return condition()
-}
-
+/// A count the callbacks under test bump and the test waits on.
 final class Count: Sendable {
-    private let n = Mutex(0)
+    private let n = Box(0)
     func add() { n.withLock { $0 += 1 } }
     var value: Int { n.withLock { $0 } }
+    /// Waits (up to two seconds) for the count to reach `target`; true if it is exactly that.
+    func wait(for target: Int) -> Bool {
+        var seen = 0
+        _ = n.wait(timeout: 2) { v in
+            seen = v
+            return v >= target
+        }
+        return seen == target
+    }
 }

@@ -2,6 +2,7 @@ import CSQLite
 import Dispatch
 @testable import Store
 import Synchronization
+import TestSupport
 import Testing
 
 #if canImport(Glibc)
@@ -12,31 +13,11 @@ import Glibc
 private struct TempDir: ~Copyable {
     let path: String
 
-    init() {
-        var template = Array("/tmp/coatcheck-sqlite-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil, "mkdtemp failed")
-        path = String(decoding: template.dropLast().map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    init() { path = makeTempDirectory(prefix: "coatcheck-sqlite") }
 
     deinit { removeTree(path) }
 
     var db: String { path + "/jobs.db" }
-}
-
-private func removeTree(_ path: String) {
-    if let dir = opendir(path) {
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name == "." || name == ".." { continue }
-            let child = path + "/" + name
-            if Int(entry.pointee.d_type) == Int(DT_DIR) { removeTree(child) } else { unlink(child) }
-        }
-        closedir(dir)
-    }
-    rmdir(path)
 }
 
 private func mode(of path: String) -> mode_t? {
@@ -109,27 +90,6 @@ private extension SQLiteStore {
         delete(ids, done: c.done)
         return c.wait().first ?? StoreError("no callback")
     }
-}
-
-private final class ThreadStart {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
-}
-
-/// Runs `body(i)` on `count` new threads at once and joins them.
-private func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    var threads: [pthread_t] = []
-    for i in 0..<count {
-        let box = Unmanaged.passRetained(ThreadStart { body(i) }).toOpaque()
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            Unmanaged<ThreadStart>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(rc == 0)
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
 }
 
 /// Raw SQL against a database file, behind the store's back.
@@ -367,11 +327,8 @@ private func inOneBatch(_ store: SQLiteStore, _ submit: () -> Void) -> JobRecord
         for _ in 0..<1500 {
             #expect(store.insertSync(record(), big) == nil)
         }
-        let deadline = ContinuousClock.now + .seconds(5)
-        while size(dir.db) <= before + 1_000_000 && ContinuousClock.now < deadline {
-            var ts = timespec(tv_sec: 0, tv_nsec: 10_000_000)
-            nanosleep(&ts, nil)
-        }
+        // The store's own thread writes the file, and nothing signals it: poll.
+        waitUntil(timeout: 5) { size(dir.db) > before + 1_000_000 }
         #expect(size(dir.db) > before + 1_000_000, "the database file took the WAL's pages")
         #expect(try store.loadAll().count == 1500)
     }
@@ -404,7 +361,7 @@ private func inOneBatch(_ store: SQLiteStore, _ submit: () -> Void) -> JobRecord
         let remaining = Atomic<Int>(ids.count)
 
         let store = try SQLiteStore(path: dir.db)
-        onThreads(threads) { t in
+        _ = try onThreads(threads) { t in
             for k in 0..<perThread {
                 let n = t * perThread + k
                 let request = JobRequest(head: head, body: .inline(Array("\(n)".utf8)), declaresBody: true)
