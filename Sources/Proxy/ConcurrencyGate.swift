@@ -31,6 +31,9 @@ public protocol ConcurrencyGate: AnyObject, Sendable {
     /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
     /// `force` queues beyond `max_queued`: for jobs already accepted.
     func acquire(_ waiter: @autoclosure () -> GateWaiter, force: Bool) -> GateOutcome
+    /// Takes a free slot if nobody is waiting for one: `acquire`'s common
+    /// case, without building a waiter (the per-request path).
+    func tryAcquire() -> Bool
     /// Gives a slot back; the oldest waiter, if any, gets it.
     func release()
     /// Holds a place for a job about to be committed, if there is room.
@@ -129,10 +132,12 @@ public final class LocalConcurrencyGate: ConcurrencyGate {
     /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
     /// `force` queues beyond `max_queued`: for jobs already accepted, which
     /// must never be dropped.
+    public func tryAcquire() -> Bool {
+        waiting.load(ordering: .sequentiallyConsistent) == 0 && tryIncrement()
+    }
+
     public func acquire(_ waiter: @autoclosure () -> GateWaiter, force: Bool) -> GateOutcome {
-        if waiting.load(ordering: .sequentiallyConsistent) == 0 && tryIncrement() {
-            return .acquired
-        }
+        if tryAcquire() { return .acquired }
         var granted: [GateWaiter] = []
         let outcome: GateOutcome = queue.withLock { q in
             if q.isEmpty && tryIncrement() { return .acquired }

@@ -43,6 +43,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     func begin(client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
         self.client = client
+        let target = route.upstream
         isHead = request.isHead
         evbuffer_drain(pending, evbuffer_get_length(pending))
         switch request.framing {
@@ -57,16 +58,19 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             requestHasBody = false
         }
         // A request whose body was streamed cannot be sent again.
-        let resendable = !requestHasBody && request.isIdempotent
-        upstream.begin(owner: self, target: route.upstream, resendable: resendable, isHead: isHead)
+        upstream.begin(owner: self, target: target, resendable: !requestHasBody && request.isIdempotent, isHead: isHead)
         upstream.requestComplete = !requestHasBody
-        RequestSerializer.write(request: request, peer: client.peer, target: route.upstream, into: head)
-        client.logUpstream = route.upstream.name
-        timer.schedule(after: route.upstream.config.syncTimeout)
-        // The waiter (and its closure) is built only if the request must queue.
-        perform(.begin(target.gate.acquire(GateWaiter(loop: proxy.loop) { [bound = LoopBound(self, loop: proxy.loop)] in
-            bound.value.perform(.slotAcquired)
-        }, force: false)))
+        RequestSerializer.write(request: request, peer: client.peer, target: target, into: head)
+        client.logUpstream = target.name
+        timer.schedule(after: target.config.syncTimeout)
+        if target.gate.tryAcquire() {
+            perform(.begin(.acquired))
+        } else {
+            let waiter = GateWaiter(loop: proxy.loop) { [bound = LoopBound(self, loop: proxy.loop)] in
+                bound.value.perform(.slotAcquired)
+            }
+            perform(.begin(target.gate.acquire(waiter, force: false)))
+        }
     }
 
     /// Feeds the upstream core and does this side of its action.
