@@ -82,17 +82,16 @@ extension JobLoop {
                       base: [UInt8]) {
         switch record.status {
         case .completed:
-            let response: JobResponse?
-            do {
-                response = try store.response(of: record.id)
-            } catch {
-                response = nil
+            let bound = LoopBound((jobs: self, client: client), loop: loop)
+            let id = record.id
+            store.response(of: id, on: loop) { result in
+                let (jobs, client) = bound.value
+                guard case .success(let response?) = result else {
+                    client?.respondError(.storeReadFailed)
+                    return
+                }
+                jobs.relay(response, id: id, to: client, preference: preference)
             }
-            guard let response else {
-                client?.respondError(.storeReadFailed)
-                return
-            }
-            relay(response, id: record.id, to: client, preference: preference)
         case .failed:
             answerStatus(client, record, status: record.error?.resultStatus ?? 502, base: base, preference: preference)
         case .canceled:

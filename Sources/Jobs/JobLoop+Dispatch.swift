@@ -59,27 +59,43 @@ extension JobLoop {
     }
 
     private func startJob(_ id: JobID, target: UpstreamTarget, error: StoreError?) {
-        // From here the job runs (and counts as running) or ends.
-        defer { engine.startEnded() }
         if let error {
             // The running mark did not reach the store, so the job is still
             // queued there: give the slot back and try again shortly.
             log.error("job start not stored", metadata: ["job": "\(id)", "error": "\(error)"])
             target.gate.release()
             if let record = table.lookup(id), record.status == .queued { later(.seconds(1)) { $0.dispatch(record) } }
+            engine.startEnded()
             return
         }
         guard let record = table.lookup(id), record.status == .running else {
             target.gate.release()
+            engine.startEnded()
             return
         }
-        var request = table.takeRequest(id)
-        if request == nil { request = try? store.request(of: id) }
-        guard let request else {
-            target.gate.release()
-            jobFinished(id, .failure(.interrupted, "the stored request could not be read", .no))
+        if let request = table.takeRequest(id) {
+            run(record, request, target: target)
             return
         }
+        // Not kept in memory (beyond the request cache): from the store.
+        let bound = LoopBound(self, loop: loop)
+        store.request(of: id, on: loop) { result in
+            let jobs = bound.value
+            guard case .success(let request?) = result else {
+                target.gate.release()
+                jobs.engine.startEnded()
+                jobs.jobFinished(id, .failure(.interrupted, "the stored request could not be read", .no))
+                return
+            }
+            jobs.run(record, request, target: target)
+        }
+    }
+
+    /// Sends a running job's request; from here the job runs (and counts
+    /// as running) or ends.
+    private func run(_ record: JobRecord, _ request: JobRequest, target: UpstreamTarget) {
+        defer { engine.startEnded() }
+        let id = record.id
         let bound = LoopBound(self, loop: loop)
         let runner = JobRunner(jobs: self, id: id, target: target, request: request, attempt: record.attempts,
                                isHead: record.method == "HEAD", resendable: record.resendable,

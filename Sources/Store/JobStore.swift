@@ -1,3 +1,5 @@
+import Loop
+
 /// A body kept by a store: small ones inline, larger ones in a file under
 /// `jobs.dir` (spooled while it arrived, so memory stays bounded).
 public enum StoredBody: Sendable, Equatable {
@@ -130,10 +132,17 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// Where jobs are kept. Writes are durable when `done` runs (for the
-/// SQLite store: committed with `synchronous=FULL`, possibly grouped with
-/// other jobs' commits); `done` may run on any thread, or inline. Reads of
-/// bodies are synchronous and may be made from any thread.
+/// Where jobs are kept.
+///
+/// Writes are durable when `done` runs (for the SQLite store: committed
+/// with `synchronous=FULL`, possibly grouped with other jobs' commits).
+/// Their callbacks come back in the order the writes were submitted, on the
+/// store's own context (the SQLite writer thread; inline for the memory
+/// store): `JobTable` publishes them in that order and answers each asking
+/// loop from there.
+///
+/// Reads of bodies answer on the asking loop: inline for the stores that
+/// keep bodies on this machine, later for a store across the network.
 ///
 /// The store owns the spool files its records name: `delete` removes them.
 public protocol JobStore: AnyObject, Sendable {
@@ -145,10 +154,35 @@ public protocol JobStore: AnyObject, Sendable {
     func update(_ record: JobRecord, response: JobResponse?, done: @escaping @Sendable (StoreError?) -> Void)
     /// Jobs gone for good (DELETE, expiry), with their files.
     func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void)
-    func request(of id: JobID) throws(StoreError) -> JobRequest?
-    func response(of id: JobID) throws(StoreError) -> JobResponse?
+    /// A job's stored request (nil: no such job), answered on `loop`.
+    func request(of id: JobID, on loop: EventLoop,
+                 _ done: @escaping @Sendable (Result<JobRequest?, StoreError>) -> Void)
+    /// A completed job's captured response (nil: none), answered on `loop`.
+    func response(of id: JobID, on loop: EventLoop,
+                  _ done: @escaping @Sendable (Result<JobResponse?, StoreError>) -> Void)
     /// True when the store answers (`/readyz`).
     func isHealthy() -> Bool
     /// Finishes pending writes and releases the store.
     func close()
+}
+
+/// A store whose bodies are on this machine: it reads them at once, so it
+/// answers the asking loop inline.
+public protocol LocalJobStore: JobStore {
+    func request(of id: JobID) throws(StoreError) -> JobRequest?
+    func response(of id: JobID) throws(StoreError) -> JobResponse?
+}
+
+extension LocalJobStore {
+    public func request(of id: JobID, on loop: EventLoop,
+                        _ done: @escaping @Sendable (Result<JobRequest?, StoreError>) -> Void) {
+        loop.preconditionInEventLoop()
+        done(Result { () throws(StoreError) in try request(of: id) })
+    }
+
+    public func response(of id: JobID, on loop: EventLoop,
+                         _ done: @escaping @Sendable (Result<JobResponse?, StoreError>) -> Void) {
+        loop.preconditionInEventLoop()
+        done(Result { () throws(StoreError) in try response(of: id) })
+    }
 }

@@ -6,7 +6,7 @@ import Glibc
 
 /// `store: "memory:"`: jobs live as long as the process. Large bodies are
 /// still spooled to files (memory stays bounded); this store deletes them.
-public final class MemoryStore: JobStore {
+public final class MemoryStore: LocalJobStore {
     private struct Entry {
         var record: JobRecord
         var request: JobRequest

@@ -435,7 +435,7 @@ extension JobTests {
             // And it is deleted, not only hidden.
             #expect(waitUntil(timeout: 3) { proxy.server.jobs.table.count == 0 })
             // ...and from the store (its delete may commit a moment after the table's).
-            let store = proxy.server.jobs.store
+            let store = try #require(proxy.server.jobs.store as? any LocalJobStore)
             let jobID = JobID(job.id)!
             #expect(waitUntil(timeout: 3) {
                 ((try? store.response(of: jobID)) ?? nil) == nil && (try? store.loadAll())?.contains { $0.id == jobID } == false

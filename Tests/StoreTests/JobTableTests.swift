@@ -35,8 +35,14 @@ final class HeldStore: JobStore {
     func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
         held.withLock { $0.append { [inner] in inner.delete(ids, done: done) } }
     }
-    func request(of id: JobID) throws(StoreError) -> JobRequest? { try inner.request(of: id) }
-    func response(of id: JobID) throws(StoreError) -> JobResponse? { try inner.response(of: id) }
+    func request(of id: JobID, on loop: EventLoop,
+                 _ done: @escaping @Sendable (Result<JobRequest?, StoreError>) -> Void) {
+        inner.request(of: id, on: loop, done)
+    }
+    func response(of id: JobID, on loop: EventLoop,
+                  _ done: @escaping @Sendable (Result<JobResponse?, StoreError>) -> Void) {
+        inner.response(of: id, on: loop, done)
+    }
     func isHealthy() -> Bool { true }
     func close() {}
 }

@@ -23,7 +23,7 @@ import Glibc
 ///
 /// Files: the parent directory is created 0700 if missing, the database
 /// 0600 (SQLite creates `-wal` with the database's mode; there is no `-shm`).
-public final class SQLiteStore: JobStore {
+public final class SQLiteStore: LocalJobStore {
     /// `PRAGMA user_version` of the schema (`createSchema`, SQLiteSchema.swift).
     static let schemaVersion = 3
     /// Idle read connections kept open; busier moments open more, briefly.
