@@ -10,6 +10,9 @@ let strict: [SwiftSetting] = [
     .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("MemberImportVisibility"),
+    // C modules stay in the layer that wraps them: an import is internal
+    // unless it says `public`.
+    .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
 let package = Package(
@@ -39,14 +42,14 @@ let package = Package(
         // Routes, upstream pools, header rules, the sync exchange, jobs on the wire.
         .target(
             name: "Proxy",
-            dependencies: ["HTTP", "Loop", "Config", "CLibevent", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["HTTP", "Loop", "Config", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // What makes a request a job: intake (the async/auto switch), dispatch,
         // the runner, retries, the job API and its JSON. Above Proxy.
         .target(
             name: "Jobs",
-            dependencies: ["Proxy", "HTTP", "Loop", "Config", "Store", "CLibevent", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Proxy", "HTTP", "Loop", "Config", "Store", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // Job ids, records, the lifecycle, the stores (memory, SQLite) and the job table.
@@ -56,14 +59,14 @@ let package = Package(
             swiftSettings: strict
         ),
         // /healthz /readyz.
-        .target(name: "Admin", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
+        .target(name: "Admin", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
         // The slow synchronous backend for the quick start and the tests.
-        .target(name: "DemoBackend", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
+        .target(name: "DemoBackend", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
         // Lifecycle: loops, listeners, signals, reload, drain.
         .target(
             name: "Server",
             dependencies: [
-                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Store", "Admin", "DemoBackend", "CLibevent",
+                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Store", "Admin", "DemoBackend",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -84,14 +87,14 @@ let package = Package(
         // depends on no product module.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
 
-        .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop", "CLibevent"], swiftSettings: strict),
+        .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "Store", "Config", "HTTP", "Loop"], swiftSettings: strict),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",
             dependencies: [
-                "Server", "Proxy", "Jobs", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "CLibevent", "TestSupport",
+                "Server", "Proxy", "Jobs", "HTTP", "Loop", "Config", "Store", "DemoBackend", "Admin", "TestSupport",
             ],
             swiftSettings: strict
         ),

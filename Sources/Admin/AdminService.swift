@@ -1,5 +1,5 @@
-import HTTP
-import Loop
+public import HTTP
+public import Loop
 
 /// The admin listener's endpoints (SPEC §7): `/healthz` answers while the
 /// loops run; `/readyz` when the store answers and the proxy is not draining.
@@ -39,7 +39,7 @@ public final class AdminService: HTTPService {
 }
 
 final class AdminAnswered: RequestHandler {
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {}
     func requestEnd(connection: HTTPServerConnection) {}
     func connectionClosed(connection: HTTPServerConnection) {}
 }

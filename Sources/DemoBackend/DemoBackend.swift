@@ -1,7 +1,6 @@
-import CLibevent
-import HTTP
-import Loop
-import Synchronization
+public import HTTP
+public import Loop
+public import Synchronization
 
 /// `coatcheck demo-backend`: a small, slow, synchronous HTTP service for the
 /// quick start and the tests (SPEC §1).
@@ -161,7 +160,7 @@ final class DemoRequest: RequestHandler {
 
     static let pattern: [UInt8] = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
 
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
+    func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {
         if echoing {
             connection.writeBody(buffer)
             if connection.isOutputCongested { connection.pauseReadingBody() }

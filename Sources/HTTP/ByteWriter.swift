@@ -172,8 +172,8 @@ public final class ByteWriter {
     }
 
     /// Copies the contents to the end of `buffer` and resets.
-    public func flush(to buffer: OpaquePointer) {
-        evbuffer_add(buffer, base, count)
+    public func flush(to buffer: EventBuffer) {
+        evbuffer_add(buffer.raw, base, count)
         count = 0
     }
 }

@@ -1,5 +1,5 @@
 import CLibevent
-import Loop
+public import Loop
 
 #if canImport(Glibc)
 import Glibc
@@ -26,8 +26,8 @@ public protocol ChannelDelegate: AnyObject {
 /// (`flush`), arming write readiness only for what the socket did not take.
 public final class Channel {
     public let fd: Int32
-    public let input: OpaquePointer
-    public let output: OpaquePointer
+    public let input = EventBuffer()
+    public let output = EventBuffer()
     /// Strong (a weak reference would put every retain of the owner on
     /// Swift's slow side-table path); `close()` breaks the cycle.
     public var delegate: (any ChannelDelegate)?
@@ -59,11 +59,13 @@ public final class Channel {
     private var bulkReads = false
     public private(set) var isClosed = false
 
+    /// The loop whose base the events belong to: it must outlive them.
+    private let loop: EventLoop
+
     /// Takes ownership of `fd` (closed by `close()` or `deinit`).
     public init(loop: EventLoop, fd: Int32) {
         self.fd = fd
-        self.input = evbuffer_new()
-        self.output = evbuffer_new()
+        self.loop = loop
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let ctx = Unmanaged.passUnretained(self).toOpaque()
         // Each trampoline holds the channel for the whole callback: the
@@ -104,8 +106,6 @@ public final class Channel {
 
     deinit {
         close()
-        evbuffer_free(input)
-        evbuffer_free(output)
         event_free(readEvent)
         event_free(writeEvent)
         event_free(flushEvent)
@@ -138,7 +138,7 @@ public final class Channel {
 
     private func armRead() {
         guard !isClosed else { return }
-        if inputHighWater > 0 && evbuffer_get_length(input) >= inputHighWater {
+        if inputHighWater > 0 && evbuffer_get_length(input.raw) >= inputHighWater {
             disarmRead()
         } else if !readArmed {
             readArmed = true
@@ -149,7 +149,7 @@ public final class Channel {
     private func readReady() {
         var room = bulkReads ? Channel.readSize : Channel.smallReadSize
         if inputHighWater > 0 {
-            room = min(room, inputHighWater - evbuffer_get_length(input))
+            room = min(room, inputHighWater - evbuffer_get_length(input.raw))
             if room <= 0 {
                 disarmRead()
                 return
@@ -157,13 +157,13 @@ public final class Channel {
         }
         // One contiguous extent, one recv(2): cheaper than readv over two.
         var extent = iovec()
-        guard evbuffer_reserve_space(input, room, &extent, 1) == 1 else { return }
+        guard evbuffer_reserve_space(input.raw, room, &extent, 1) == 1 else { return }
         let n = recv(fd, extent.iov_base, min(extent.iov_len, room), 0)
         if n > 0 {
             bulkReads = n >= Channel.smallReadSize
             extent.iov_len = n
-            evbuffer_commit_space(input, &extent, 1)
-            if inputHighWater > 0 && evbuffer_get_length(input) >= inputHighWater {
+            evbuffer_commit_space(input.raw, &extent, 1)
+            if inputHighWater > 0 && evbuffer_get_length(input.raw) >= inputHighWater {
                 disarmRead()
             }
             delegate?.channelReadable(self)
@@ -188,13 +188,13 @@ public final class Channel {
             flushScheduled = false
             event_del(flushEvent)
         }
-        guard !isClosed, !connecting, evbuffer_get_length(output) > 0 else { return }
-        let n = evbuffer_write(output, fd)
+        guard !isClosed, !connecting, evbuffer_get_length(output.raw) > 0 else { return }
+        let n = evbuffer_write(output.raw, fd)
         if n < 0 && errno != EAGAIN && errno != EINTR {
             failWrite(errno)
             return
         }
-        if (evbuffer_get_length(output) > 0 || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
+        if (evbuffer_get_length(output.raw) > 0 || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
             event_add(writeEvent, nil)
         }
     }
@@ -207,7 +207,7 @@ public final class Channel {
         event_active(flushEvent, 0, 0)
     }
 
-    public var pendingOutput: Int { evbuffer_get_length(output) }
+    public var pendingOutput: Int { evbuffer_get_length(output.raw) }
 
     private func writeReady() {
         if connecting {
@@ -217,19 +217,19 @@ public final class Channel {
                 var len = socklen_t(MemoryLayout<Int32>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len)
             }
-            if evbuffer_get_length(output) == 0 { event_del(writeEvent) }
+            if evbuffer_get_length(output.raw) == 0 { event_del(writeEvent) }
             delegate?.channelConnected(self, error: error)
             if error == 0 && !isClosed { flush() }
             return
         }
-        if evbuffer_get_length(output) > 0 {
-            let n = evbuffer_write(output, fd)
+        if evbuffer_get_length(output.raw) > 0 {
+            let n = evbuffer_write(output.raw, fd)
             if n < 0 && errno != EAGAIN && errno != EINTR {
                 failWrite(errno)
                 return
             }
         }
-        let left = evbuffer_get_length(output)
+        let left = evbuffer_get_length(output.raw)
         if left == 0 { event_del(writeEvent) }
         if left <= outputLowWater {
             wantsWritable = false

@@ -1,5 +1,5 @@
 import CLibevent
-import Loop
+public import Loop
 
 #if canImport(Glibc)
 import Glibc
@@ -23,7 +23,7 @@ public protocol HTTPClientDelegate: AnyObject {
     func clientConnected(_ connection: HTTPClientConnection)
     func clientResponseHead(_ connection: HTTPClientConnection, response: MessageReader)
     /// Decoded body bytes are in `buffer`: take all of them.
-    func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer)
+    func clientResponseBody(_ connection: HTTPClientConnection, buffer: EventBuffer)
     func clientResponseEnd(_ connection: HTTPClientConnection)
     /// The connection is closed and unusable; no more calls follow.
     func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure)
@@ -57,7 +57,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     private var headDone = false
     private var readPaused = false
     private var wantsDrainCallback = false
-    private let scratch: OpaquePointer
+    private let scratch = EventBuffer()
     private var connectTimer: Timer!
     private var retained: Unmanaged<HTTPClientConnection>?
 
@@ -66,12 +66,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     public init(loop: EventLoop, maxHeaderBytes: Int) {
         self.loop = loop
         self.reader = MessageReader(kind: .response, capacity: maxHeaderBytes)
-        self.scratch = evbuffer_new()
         self.connectTimer = Timer(loop: loop) { [unowned self] in self.connectTimedOut() }
-    }
-
-    deinit {
-        evbuffer_free(scratch)
     }
 
     /// Starts connecting; `delegate.clientConnected` or `clientFailed` follows.
@@ -89,7 +84,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     }
 
     /// Where the request goes; valid while not closed.
-    public var output: OpaquePointer? { channel.flatMap { $0.isClosed ? nil : $0.output } }
+    public var output: EventBuffer? { channel.flatMap { $0.isClosed ? nil : $0.output } }
 
     /// Writes the buffered request now (once connected), else on connect.
     public func writeNow() {
@@ -103,7 +98,7 @@ public final class HTTPClientConnection: ChannelDelegate {
 
     public var isOutputCongested: Bool {
         guard let output else { return false }
-        let congested = evbuffer_get_length(output) > HTTPClientConnection.outputHighWater
+        let congested = output.count > HTTPClientConnection.outputHighWater
         if congested {
             wantsDrainCallback = true
             channel?.wantsWritable = true
@@ -170,11 +165,11 @@ public final class HTTPClientConnection: ChannelDelegate {
         let input = channel.input
         if state == .idle {
             // An idle upstream has nothing to say; bytes here mean it is broken.
-            if evbuffer_get_length(input) > 0 { close() }
+            if evbuffer_get_length(input.raw) > 0 { close() }
             return
         }
         guard state == .active else { return }
-        if evbuffer_get_length(input) > 0 { receivedResponseBytes = true }
+        if evbuffer_get_length(input.raw) > 0 { receivedResponseBytes = true }
         while !readPaused {
             if !headDone {
                 let result: MessageReader.HeadResult
@@ -206,9 +201,9 @@ public final class HTTPClientConnection: ChannelDelegate {
                 fail(.badResponse)
                 return
             }
-            if evbuffer_get_length(scratch) > 0 {
+            if evbuffer_get_length(scratch.raw) > 0 {
                 delegate?.clientResponseBody(self, buffer: scratch)
-                evbuffer_drain(scratch, evbuffer_get_length(scratch))
+                evbuffer_drain(scratch.raw, evbuffer_get_length(scratch.raw))
                 if channel.isClosed || state != .active { return }
             }
             if done {
@@ -223,7 +218,7 @@ public final class HTTPClientConnection: ChannelDelegate {
         // Keep-alive only for a delimited response the upstream did not
         // close, with nothing after it: stray bytes (a body on a 204, a
         // second response) would be served to the next request.
-        let leftover = channel.map { evbuffer_get_length($0.input) > 0 } ?? true
+        let leftover = channel.map { $0.input.count > 0 } ?? true
         if !reader.keepAlive || reader.framing == .untilClose || leftover {
             delegate = nil
             close()

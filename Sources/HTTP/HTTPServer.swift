@@ -1,6 +1,6 @@
 import CLibevent
-import Loop
-import Synchronization
+public import Loop
+public import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -28,7 +28,7 @@ public protocol HTTPService: AnyObject {
 /// connection's loop; after `connectionClosed` none follow.
 public protocol RequestHandler: AnyObject {
     /// Decoded request body bytes are in `buffer`: take all of them.
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection)
+    func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection)
     /// The request body is complete (also called at once when there is none).
     func requestEnd(connection: HTTPServerConnection)
     /// The client's output fell below the low-water mark after it was congested.
@@ -185,7 +185,7 @@ public enum SocketAddress {
     }
 
     /// The textual IP of a peer address, as bytes for X-Forwarded-For.
-    public static func ipBytes(_ address: UnsafeMutablePointer<sockaddr>) -> [UInt8] {
+    static func ipBytes(_ address: UnsafeMutablePointer<sockaddr>) -> [UInt8] {
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         if address.pointee.sa_family == sa_family_t(AF_INET6) {
             address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { a in
@@ -200,13 +200,14 @@ public enum SocketAddress {
     }
 }
 
+/// A resolved socket address (IPv4 or IPv6), opaque above HTTP.
 public struct ResolvedAddress: Sendable {
-    public var storage = sockaddr_storage()
-    public var length: socklen_t = 0
+    var storage = sockaddr_storage()
+    var length: socklen_t = 0
 
     public init() {}
 
-    public mutating func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, Int32) -> R) -> R {
+    mutating func withSockaddr<R>(_ body: (UnsafePointer<sockaddr>, Int32) -> R) -> R {
         let len = Int32(length)
         return withUnsafePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, len) }

@@ -141,7 +141,11 @@ public final class MessageReader {
 
     /// Looks for a complete head at the front of `input`. On `.complete` the
     /// head bytes have been drained from `input`; on error nothing is drained.
-    public func readHead(from input: OpaquePointer) throws(HTTPError) -> HeadResult {
+    public func readHead(from input: EventBuffer) throws(HTTPError) -> HeadResult {
+        try readHead(from: input.raw)
+    }
+
+    func readHead(from input: OpaquePointer) throws(HTTPError) -> HeadResult {
         let available = evbuffer_get_length(input)
         let n = min(available, capacity)
         if n > scannedTo {
@@ -404,7 +408,11 @@ public final class MessageReader {
 
     /// Moves decoded body bytes from `input` into `destination`. Returns
     /// true once the whole body has been read. Chunk framing errors throw.
-    public func readBody(from input: OpaquePointer, into destination: OpaquePointer) throws(HTTPError) -> Bool {
+    public func readBody(from input: EventBuffer, into destination: EventBuffer) throws(HTTPError) -> Bool {
+        try readBody(from: input.raw, into: destination.raw)
+    }
+
+    func readBody(from input: OpaquePointer, into destination: OpaquePointer) throws(HTTPError) -> Bool {
         if messageDone { return true }
         switch framing {
         case .none:

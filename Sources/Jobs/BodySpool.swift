@@ -1,4 +1,4 @@
-import CLibevent
+import HTTP
 import Store
 
 #if canImport(Glibc)
@@ -12,7 +12,7 @@ final class BodySpool {
     enum Failure: Error { case tooLarge, io(Int32) }
 
     let threshold: Int
-    private let memory: OpaquePointer
+    private let memory = EventBuffer()
     private var fd: Int32 = -1
     private var path: String?
     private(set) var size: Int64 = 0
@@ -23,26 +23,24 @@ final class BodySpool {
     /// is 8-16 KiB): thousands of slow uploads stay in the megabytes.
     init(threshold: Int = 16 * 1024) {
         self.threshold = threshold
-        self.memory = evbuffer_new()
     }
 
     deinit {
         discard()
-        evbuffer_free(memory)
     }
 
     /// Takes every byte of `buffer`; `limit` bounds the total.
-    func append(_ buffer: OpaquePointer, limit: Int64, spoolPath: @autoclosure () -> String) throws(Failure) {
-        let n = evbuffer_get_length(buffer)
+    func append(_ buffer: EventBuffer, limit: Int64, spoolPath: @autoclosure () -> String) throws(Failure) {
+        let n = buffer.count
         guard n > 0 else { return }
         if size + Int64(n) > limit {
-            evbuffer_drain(buffer, n)
+            buffer.drain(n)
             throw .tooLarge
         }
-        if fingerprint != nil { hash(buffer) }
+        if fingerprint != nil { buffer.forEachSegment { fingerprint!.update($0) } }
         size += Int64(n)
-        evbuffer_add_buffer(memory, buffer)
-        if fd < 0 && evbuffer_get_length(memory) > threshold {
+        memory.moveAll(from: buffer)
+        if fd < 0 && memory.count > threshold {
             let p = spoolPath()
             let f = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
             guard f >= 0 else { throw .io(errno) }
@@ -53,22 +51,12 @@ final class BodySpool {
     }
 
     private func writeOut() throws(Failure) {
-        while evbuffer_get_length(memory) > 0 {
-            let w = evbuffer_write(memory, fd)
+        while !memory.isEmpty {
+            let w = memory.write(to: fd)
             if w < 0 {
                 if errno == EINTR { continue }
                 throw .io(errno)
             }
-        }
-    }
-
-    private func hash(_ buffer: OpaquePointer) {
-        let count = evbuffer_peek(buffer, -1, nil, nil, 0)
-        guard count > 0 else { return }
-        var vecs = [iovec](repeating: iovec(), count: Int(count))
-        _ = evbuffer_peek(buffer, -1, nil, &vecs, count)
-        for v in vecs {
-            fingerprint!.update(UnsafeRawBufferPointer(start: v.iov_base, count: v.iov_len))
         }
     }
 
@@ -78,10 +66,7 @@ final class BodySpool {
     func finish() throws(Failure) -> StoredBody {
         guard fd >= 0, let path else {
             defer { reset() }
-            let n = evbuffer_get_length(memory)
-            var bytes = [UInt8](repeating: 0, count: n)
-            if n > 0 { _ = bytes.withUnsafeMutableBytes { evbuffer_remove(memory, $0.baseAddress, n) } }
-            return .inline(bytes)
+            return .inline(memory.takeBytes())
         }
         do {
             try writeOut()
@@ -105,7 +90,7 @@ final class BodySpool {
     }
 
     private func reset() {
-        evbuffer_drain(memory, evbuffer_get_length(memory))
+        memory.removeAll()
         path = nil
         size = 0
         fingerprint = nil
@@ -115,17 +100,17 @@ final class BodySpool {
 /// Puts a stored body into `buffer`: bytes for inline ones, a file segment
 /// (sent with sendfile or mmap, never read into memory) for spooled ones.
 /// False if the file is gone.
-func addStoredBody(_ body: StoredBody, to buffer: OpaquePointer) -> Bool {
+func addStoredBody(_ body: StoredBody, to buffer: EventBuffer) -> Bool {
     switch body {
     case .inline(let bytes):
-        if !bytes.isEmpty { _ = bytes.withUnsafeBytes { evbuffer_add(buffer, $0.baseAddress, $0.count) } }
+        bytes.withUnsafeBytes { buffer.append($0) }
         return true
     case .file(let path, let size):
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return false }
         if size == 0 { close(fd); return true }
         // libevent owns and closes the descriptor once added.
-        guard evbuffer_add_file(buffer, fd, 0, size) == 0 else {
+        guard buffer.appendFile(fd, length: size) else {
             close(fd)
             return false
         }

@@ -1,11 +1,10 @@
-import CLibevent
-import Config
-import HTTP
-import Store
-import Logging
-import Loop
-import Proxy
-import Synchronization
+public import Config
+public import HTTP
+public import Store
+public import Logging
+public import Loop
+public import Proxy
+public import Synchronization
 
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,3 @@
-import CLibevent
 import Config
 import HTTP
 import Store
@@ -123,9 +122,9 @@ final class JobIntake: RequestHandler {
 
     // MARK: Request body
 
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
+    func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {
         guard machine.isReceivingBody else {
-            evbuffer_drain(buffer, evbuffer_get_length(buffer))
+            buffer.removeAll()
             return
         }
         do {

@@ -1,4 +1,3 @@
-import CLibevent
 import Config
 import HTTP
 import Store

@@ -1,4 +1,3 @@
-import CLibevent
 import Config
 import HTTP
 import Store
@@ -106,8 +105,7 @@ extension JobLoop {
     func relay(_ response: JobResponse, id: JobID?, to client: HTTPServerConnection?, preference: JobIntake.Preference?) {
         guard let client else { return }
         let bodyless = response.status < 200 || response.status == 204 || response.status == 304
-        let body = evbuffer_new()!
-        defer { evbuffer_free(body) }
+        let body = EventBuffer()
         if !bodyless && !addStoredBody(response.body, to: body) {
             client.respondError(.storeReadFailed)
             return

@@ -1,10 +1,9 @@
-import CLibevent
-import Config
-import HTTP
-import Store
-import Logging
-import Loop
-import Proxy
+public import Config
+public import HTTP
+public import Store
+public import Logging
+public import Loop
+public import Proxy
 
 /// Background jobs on one loop: queued at their upstream's gate (FIFO with
 /// sync requests, so `max_concurrency` counts both), marked `running`

@@ -1,10 +1,9 @@
-import CLibevent
-import Config
-import HTTP
-import Store
-import Logging
-import Loop
-import Proxy
+public import Config
+public import HTTP
+public import Store
+public import Logging
+public import Loop
+public import Proxy
 
 /// `{jobs.path}/{id}` and `{jobs.path}/{id}/result` (SPEC §4): status,
 /// result replay, cancel and delete, long polls. Unknown, expired, deleted

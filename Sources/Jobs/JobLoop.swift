@@ -1,9 +1,9 @@
-import Config
-import HTTP
-import Logging
-import Loop
-import Proxy
-import Store
+public import Config
+public import HTTP
+public import Logging
+public import Loop
+public import Proxy
+public import Store
 
 /// The jobs of one event loop: what the proxy on that loop hands over
 /// (`JobService`: async and auto routes, the job endpoint), the background

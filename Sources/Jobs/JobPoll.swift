@@ -1,4 +1,3 @@
-import CLibevent
 import Config
 import HTTP
 import Store
@@ -51,7 +50,7 @@ final class JobPoll: RequestHandler {
         }
     }
 
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {}
     func requestEnd(connection: HTTPServerConnection) {}
 
     func connectionClosed(connection: HTTPServerConnection) {

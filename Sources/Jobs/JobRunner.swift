@@ -1,4 +1,3 @@
-import CLibevent
 import Config
 import HTTP
 import Store
@@ -221,7 +220,7 @@ final class JobRunner: HTTPClientDelegate {
             }))
     }
 
-    func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {
+    func clientResponseBody(_ connection: HTTPClientConnection, buffer: EventBuffer) {
         do {
             try capture.append(buffer, limit: maxBody, spoolPath: jobs.engine.spoolPath(id, "res"))
         } catch .tooLarge {

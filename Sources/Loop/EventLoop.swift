@@ -134,7 +134,7 @@ public final class EventLoop: @unchecked Sendable {
 /// A group of loops, each on its own thread; loop 0 may run on the caller.
 public final class EventLoopGroup: Sendable {
     public let loops: [EventLoop]
-    private let threads = Mutex<[pthread_t]>([])
+    private let threads = Mutex<[StartedThread]>([])
 
     public init(count: Int) {
         precondition(count >= 1)
@@ -149,13 +149,13 @@ public final class EventLoopGroup: Sendable {
     /// Waits for the loop threads to end (after `stop()` from elsewhere).
     public func join() {
         let started = threads.withLock { $0 }
-        for thread in started { pthread_join(thread, nil) }
+        for thread in started { thread.join() }
     }
 
     /// Starts loops `first...` on new threads.
     public func start(from first: Int = 0) {
         for loop in loops[first...] {
-            let thread: pthread_t
+            let thread: StartedThread
             do {
                 thread = try startThread { loop.run() }
             } catch {
@@ -168,14 +168,12 @@ public final class EventLoopGroup: Sendable {
     /// Stops every loop and joins the threads this group started.
     public func shutdown() {
         for loop in loops { loop.stop() }
-        let started = threads.withLock { t -> [pthread_t] in
+        let started = threads.withLock { t -> [StartedThread] in
             let all = t
             t.removeAll()
             return all
         }
-        for thread in started {
-            pthread_join(thread, nil)
-        }
+        for thread in started { thread.join() }
     }
 
     public static var coreCount: Int {

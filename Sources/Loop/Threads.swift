@@ -14,10 +14,24 @@ private final class ThreadBody {
     init(_ run: @escaping () -> Void) { self.run = run }
 }
 
+/// A thread `startThread` made: joined (or detached) once by its owner.
+public struct StartedThread: @unchecked Sendable {
+    let raw: pthread_t
+
+    /// Waits for the thread to return.
+    public func join() { pthread_join(raw, nil) }
+
+    /// Lets the thread finish on its own (it may be the calling thread).
+    public func detach() { pthread_detach(raw) }
+
+    /// True when called on this thread.
+    public var isCurrent: Bool { pthread_equal(raw, pthread_self()) != 0 }
+}
+
 /// Runs `body` on a new thread (`pthread_create`); the thread holds what
 /// `body` captures until it returns. The one way this project starts a
 /// thread: event loops, the SQLite writer and checkpointer.
-public func startThread(_ body: @escaping () -> Void) throws(ThreadStartError) -> pthread_t {
+public func startThread(_ body: @escaping () -> Void) throws(ThreadStartError) -> StartedThread {
     let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { arg in
@@ -28,5 +42,5 @@ public func startThread(_ body: @escaping () -> Void) throws(ThreadStartError) -
         Unmanaged<ThreadBody>.fromOpaque(box).release()
         throw ThreadStartError(code: rc)
     }
-    return thread
+    return StartedThread(raw: thread)
 }

@@ -31,8 +31,12 @@ public final class Timer {
     /// between one or two, and converting a Duration is 128-bit arithmetic.
     private var recent: (Duration, UInt64, Duration, UInt64) = (.zero, 0, .zero, 0)
 
+    /// The loop whose base the event belongs to: it must outlive the event.
+    private let loop: EventLoop
+
     public init(loop: EventLoop, action: @escaping () -> Void) {
         self.action = action
+        self.loop = loop
         self.event = nil
         self.event = CLibevent_evtimer_new(loop.base, { _, _, arg in
             // The action may drop the last reference to its timer (a timer

@@ -1,5 +1,5 @@
-import Loop
-import Synchronization
+public import Loop
+public import Synchronization
 
 /// Waits for a slot at a gate; granted on its own loop.
 public struct GateWaiter: Sendable {

@@ -1,4 +1,4 @@
-import HTTP
+public import HTTP
 
 /// What the proxy hands to the job layer above it (`Jobs`), which registers
 /// one per loop: requests on `async` and `auto` routes, and every request

@@ -1,4 +1,3 @@
-import CLibevent
 import Config
 import HTTP
 import Loop
@@ -25,27 +24,22 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     /// keep-alive connection.
     private let head = ByteWriter(capacity: 1024)
     /// Body bytes that arrived before an upstream connection was ready.
-    private let pending: OpaquePointer
+    private let pending = EventBuffer()
     private var chunkedUpstream = false
     private var requestHasBody = false
     private var isHead = false
 
     init(proxy: ProxyLoop) {
         self.proxy = proxy
-        self.pending = evbuffer_new()
         self.upstream = UpstreamExchange(proxy: proxy)
         timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
-    }
-
-    deinit {
-        evbuffer_free(pending)
     }
 
     func begin(client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
         self.client = client
         let target = route.upstream
         isHead = request.isHead
-        evbuffer_drain(pending, evbuffer_get_length(pending))
+        pending.removeAll()
         switch request.framing {
         case .chunked:
             chunkedUpstream = true
@@ -126,12 +120,12 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     private func sendRequest() {
         guard let connection = upstream.connection, let out = connection.output else { return }
-        evbuffer_add(out, head.base, head.count)
-        if evbuffer_get_length(pending) > 0 {
-            evbuffer_add_buffer(out, pending)
+        head.flush(to: out)
+        if !pending.isEmpty {
+            out.moveAll(from: pending)
         }
         if upstream.requestComplete && chunkedUpstream {
-            evbuffer_add(out, "0\r\n\r\n", 5)
+            out.appendLastChunk()
         }
         connection.writeNow()
         client.resumeReadingBody()
@@ -139,16 +133,17 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     // MARK: Client side
 
-    func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {
-        let n = evbuffer_get_length(buffer)
+    func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {
         let sending = upstream.machine.requestSent ? upstream.connection : nil
         let out = sending?.output ?? pending
-        if chunkedUpstream { CLibevent_evbuffer_add_chunk_header(out, n) }
-        evbuffer_add_buffer(out, buffer)
-        if chunkedUpstream { evbuffer_add(out, "\r\n", 2) }
+        if chunkedUpstream {
+            out.moveAsChunk(from: buffer)
+        } else {
+            out.moveAll(from: buffer)
+        }
         // Backpressure: stop reading the client while the upstream lags.
-        if out == pending {
-            if evbuffer_get_length(pending) > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
+        if out === pending {
+            if pending.count > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
         } else if let sending {
             sending.flushSoon()
             if sending.isOutputCongested { client.pauseReadingBody() }
@@ -159,7 +154,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         upstream.requestComplete = true
         guard requestHasBody, chunkedUpstream else { return }
         if upstream.machine.requestSent, let c = upstream.connection, let out = c.output {
-            evbuffer_add(out, "0\r\n\r\n", 5)
+            out.appendLastChunk()
             c.flushSoon()
         }
     }
@@ -204,7 +199,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         }
     }
 
-    func clientResponseBody(_ connection: HTTPClientConnection, buffer: OpaquePointer) {
+    func clientResponseBody(_ connection: HTTPClientConnection, buffer: EventBuffer) {
         client.writeBody(buffer)
         if client.isOutputCongested {
             connection.pauseReading()

@@ -1,8 +1,7 @@
-import CLibevent
-import Config
-import HTTP
-import Logging
-import Loop
+public import Config
+public import HTTP
+public import Logging
+public import Loop
 
 /// The proxy on one event loop: its listener, its upstream pools, its
 /// access log, and the configuration it currently routes by.
@@ -173,7 +172,7 @@ extension ProxyLoop {
 
 /// The handler of a request the proxy answered itself: any body is dropped.
 public final class AnsweredHandler: RequestHandler {
-    public func requestBody(_ buffer: OpaquePointer, connection: HTTPServerConnection) {}
+    public func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {}
     public func requestEnd(connection: HTTPServerConnection) {}
     public func connectionClosed(connection: HTTPServerConnection) {}
 }

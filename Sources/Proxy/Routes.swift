@@ -1,6 +1,6 @@
-import Config
-import HTTP
-import Loop
+public import Config
+public import HTTP
+public import Loop
 
 /// A route with its match data as bytes, so matching allocates nothing; a
 /// class, so handing one to an exchange is a single retain.

@@ -1,6 +1,6 @@
-import Config
-import HTTP
-import Loop
+public import Config
+public import HTTP
+public import Loop
 
 /// The immutable runtime form of a `Configuration`. A reload builds a new one
 /// and each loop swaps its reference; exchanges in flight keep the old one.

@@ -1,4 +1,4 @@
-import HTTP
+public import HTTP
 
 /// Upstream request heads, re-serialized from parsed, validated parts
 /// (SPEC §6): never the client's raw bytes.

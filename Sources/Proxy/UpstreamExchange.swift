@@ -1,6 +1,6 @@
-import Config
-import HTTP
-import Loop
+public import Config
+public import HTTP
+public import Loop
 
 /// Why an upstream exchange produced no whole response.
 public enum UpstreamFailure: Sendable, Equatable {

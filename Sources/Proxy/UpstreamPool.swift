@@ -1,6 +1,5 @@
-import CLibevent
-import HTTP
-import Loop
+public import HTTP
+public import Loop
 
 /// Idle keep-alive connections to one upstream, on one loop. Most recently
 /// used first, so the warmest connection is reused and cold ones age out:
@@ -43,7 +42,7 @@ public final class UpstreamPool {
     /// unsent), else it is closed.
     func checkIn(_ connection: HTTPClientConnection, requestWritten: Bool) {
         guard connection.isOpen else { return }
-        if requestWritten, connection.output.map({ evbuffer_get_length($0) == 0 }) ?? false {
+        if requestWritten, connection.output?.isEmpty ?? false {
             put(connection)
         } else {
             connection.close()

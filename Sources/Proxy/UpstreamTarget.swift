@@ -1,6 +1,6 @@
-import Config
-import HTTP
-import Loop
+public import Config
+public import HTTP
+public import Loop
 
 /// An upstream as the data path uses it: resolved address and its gate.
 public final class UpstreamTarget: Sendable {

@@ -1,14 +1,13 @@
-import Admin
-import CLibevent
-import Config
-import Dispatch
-import HTTP
-import Jobs
-import Store
-import Logging
-import Loop
-import Proxy
-import Synchronization
+public import Admin
+public import Config
+public import Dispatch
+public import HTTP
+public import Jobs
+public import Store
+public import Logging
+public import Loop
+public import Proxy
+public import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -302,25 +301,16 @@ final class DrainWatch {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP as libevent signal events on loop 0.
+/// SIGTERM, SIGINT and SIGHUP, on loop 0.
 final class SignalWatcher {
-    private var events: [OpaquePointer] = []
     unowned let server: CoatcheckServer
+    private var events: SignalEvents!
 
     init(loop: EventLoop, server: CoatcheckServer) {
         self.server = server
-        let ctx = Unmanaged.passUnretained(self).toOpaque()
-        for signo in [SIGTERM, SIGINT, SIGHUP] {
-            let ev = CLibevent_evsignal_new(loop.base, signo, { signo, _, ctx in
-                Unmanaged<SignalWatcher>.fromOpaque(ctx!).takeUnretainedValue().received(signo)
-            }, ctx)!
-            event_add(ev, nil)
-            events.append(ev)
+        events = SignalEvents(loop: loop, signals: [SIGTERM, SIGINT, SIGHUP]) { [unowned self] signo in
+            self.received(signo)
         }
-    }
-
-    deinit {
-        for ev in events { event_free(ev) }
     }
 
     private func received(_ signo: Int32) {

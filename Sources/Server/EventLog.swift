@@ -1,7 +1,7 @@
-import HTTP
-import Logging
-import Loop
-import Synchronization
+public import HTTP
+public import Logging
+public import Loop
+public import Synchronization
 
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,4 @@
-import Loop
+public import Loop
 
 /// A body kept by a store: small ones inline, larger ones in a file under
 /// `jobs.dir` (spooled while it arrived, so memory stays bounded).

@@ -1,5 +1,5 @@
-import Loop
-import Synchronization
+public import Loop
+public import Synchronization
 
 /// Every live job's record, shared by all loops: what the status endpoint
 /// reads (without touching the store), where long polls wait, where a

@@ -1,4 +1,3 @@
-import CLibevent
 import HTTP
 import Testing
 
@@ -6,10 +5,9 @@ import Testing
 @Suite struct MessageReaderTests {
     func readRequest(_ text: String, capacity: Int = 16 * 1024) -> Result<MessageReader, HTTPError> {
         let reader = MessageReader(kind: .request, capacity: capacity)
-        let buffer = evbuffer_new()!
-        defer { evbuffer_free(buffer) }
+        let buffer = EventBuffer()
         var bytes = Array(text.utf8)
-        evbuffer_add(buffer, &bytes, bytes.count)
+        bytes.withUnsafeBytes { buffer.append($0) }
         do {
             let r = try reader.readHead(from: buffer)
             guard r == .complete else { return .failure(HTTPError(0, "incomplete", "incomplete")) }
@@ -37,12 +35,11 @@ import Testing
 
     @Test func incompleteHeadWaits() {
         let reader = MessageReader(kind: .request, capacity: 1024)
-        let buffer = evbuffer_new()!
-        defer { evbuffer_free(buffer) }
+        let buffer = EventBuffer()
         var bytes = Array("GET / HTTP/1.1\r\nHost: a\r\n".utf8)
-        evbuffer_add(buffer, &bytes, bytes.count)
+        bytes.withUnsafeBytes { buffer.append($0) }
         #expect((try? reader.readHead(from: buffer)) == .incomplete)
-        #expect(evbuffer_get_length(buffer) == bytes.count)
+        #expect(buffer.count == bytes.count)
     }
 
     @Test(arguments: [
@@ -93,37 +90,33 @@ import Testing
 
     @Test func chunkedBodyDecodes() throws {
         let reader = MessageReader(kind: .request, capacity: 1024)
-        let input = evbuffer_new()!, out = evbuffer_new()!
-        defer { evbuffer_free(input); evbuffer_free(out) }
+        let input = EventBuffer(), out = EventBuffer()
         var bytes = Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET".utf8)
-        evbuffer_add(input, &bytes, bytes.count)
+        bytes.withUnsafeBytes { input.append($0) }
         #expect(try reader.readHead(from: input) == .complete)
         #expect(reader.framing == .chunked)
         #expect(try reader.readBody(from: input, into: out))
-        var decoded = [UInt8](repeating: 0, count: evbuffer_get_length(out))
-        evbuffer_remove(out, &decoded, decoded.count)
+        let decoded = out.takeBytes()
         #expect(String(decoding: decoded, as: UTF8.self) == "abcde")
         // The pipelined next request is left in place.
-        #expect(evbuffer_get_length(input) == 3)
+        #expect(input.count == 3)
     }
 
     @Test(arguments: ["0x3\r\nabc\r\n0\r\n\r\n", "+3\r\nabc\r\n0\r\n\r\n", "-1\r\nabc\r\n0\r\n\r\n", "zz\r\n"])
     func badChunkSizes(body: String) throws {
         let reader = MessageReader(kind: .request, capacity: 1024)
-        let input = evbuffer_new()!, out = evbuffer_new()!
-        defer { evbuffer_free(input); evbuffer_free(out) }
+        let input = EventBuffer(), out = EventBuffer()
         var bytes = Array(("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body).utf8)
-        evbuffer_add(input, &bytes, bytes.count)
+        bytes.withUnsafeBytes { input.append($0) }
         #expect(try reader.readHead(from: input) == .complete)
         #expect(throws: HTTPError.badChunk) { try reader.readBody(from: input, into: out) }
     }
 
     @Test func responseWithoutFramingIsCloseDelimited() throws {
         let reader = MessageReader(kind: .response, capacity: 1024)
-        let input = evbuffer_new()!
-        defer { evbuffer_free(input) }
+        let input = EventBuffer()
         var bytes = Array("HTTP/1.1 200 OK\r\nX: y\r\n\r\nbody".utf8)
-        evbuffer_add(input, &bytes, bytes.count)
+        bytes.withUnsafeBytes { input.append($0) }
         #expect(try reader.readHead(from: input) == .complete)
         #expect(reader.framing == .untilClose)
         #expect(reader.status == 200)
@@ -132,10 +125,9 @@ import Testing
     @Test func responseToHeadHasNoBody() throws {
         let reader = MessageReader(kind: .response, capacity: 1024)
         reader.requestWasHead = true
-        let input = evbuffer_new()!
-        defer { evbuffer_free(input) }
+        let input = EventBuffer()
         var bytes = Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".utf8)
-        evbuffer_add(input, &bytes, bytes.count)
+        bytes.withUnsafeBytes { input.append($0) }
         #expect(try reader.readHead(from: input) == .complete)
         #expect(reader.framing == .none)
         #expect(reader.declaredContentLength == 10)
@@ -146,10 +138,9 @@ import Testing
 /// message may leak into the next.
 @Suite struct MessageReaderReuseTests {
     func feed(_ reader: MessageReader, _ text: String) throws -> MessageReader.HeadResult {
-        let buffer = evbuffer_new()!
-        defer { evbuffer_free(buffer) }
+        let buffer = EventBuffer()
         var bytes = Array(text.utf8)
-        evbuffer_add(buffer, &bytes, bytes.count)
+        bytes.withUnsafeBytes { buffer.append($0) }
         return try reader.readHead(from: buffer)
     }
 

@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 
 /// The built `coatcheck` binary beside the test bundle.
 public var coatcheckBinary: String {

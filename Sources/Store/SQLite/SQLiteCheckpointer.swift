@@ -1,3 +1,4 @@
+import Loop
 import CSQLite
 import Synchronization
 
@@ -17,7 +18,7 @@ final class Checkpointer: @unchecked Sendable {
     /// A checkpoint was asked for and has not started yet.
     private let requested = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)
-    private let thread = Mutex<pthread_t?>(nil)
+    private let thread = Mutex<StartedThread?>(nil)
 
     init(path: String) throws(StoreError) {
         connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
@@ -53,12 +54,12 @@ final class Checkpointer: @unchecked Sendable {
 
     /// Ends the thread (after a checkpoint under way). Idempotent.
     func stop() {
-        guard let t = thread.withLock({ t -> pthread_t? in
+        guard let t = thread.withLock({ t -> StartedThread? in
             defer { t = nil }
             return t
         }) else { return }
         stopping.store(true, ordering: .releasing)
         wakeup.signal()
-        pthread_join(t, nil)
+        t.join()
     }
 }

@@ -1,3 +1,4 @@
+import Loop
 import CSQLite
 import Synchronization
 
@@ -37,7 +38,7 @@ public final class SQLiteStore: LocalJobStore {
     /// this map: an index on the random ids would dirty a random page per
     /// insert, and the commits are what the 202s wait for.
     private let rows: RowMap
-    private let writerThread: Mutex<pthread_t?>
+    private let writerThread: Mutex<StartedThread?>
     /// Held open with an exclusive flock(2) for the store's life: a second
     /// process on the same database would dispatch the same jobs.
     private let lock: Mutex<Int32>
@@ -176,16 +177,16 @@ public final class SQLiteStore: LocalJobStore {
     public func close() {
         readers.close()
         queue.stop()
-        let thread = writerThread.withLock { t -> pthread_t? in
+        let thread = writerThread.withLock { t -> StartedThread? in
             let running = t
             t = nil
             return running
         }
         guard let thread else { return }
-        if pthread_equal(thread, pthread_self()) != 0 {
-            pthread_detach(thread)
+        if thread.isCurrent {
+            thread.detach()
         } else {
-            pthread_join(thread, nil)
+            thread.join()
         }
         lock.withLock { fd in
             if fd >= 0 { _ = Glibc.close(fd) }

@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// Starts one of the store's threads (`Loop.startThread`), naming it in the error.
-func startThread(_ name: String, _ body: @escaping () -> Void) throws(StoreError) -> pthread_t {
+func startThread(_ name: String, _ body: @escaping () -> Void) throws(StoreError) -> StartedThread {
     do {
         return try Loop.startThread(body)
     } catch {
