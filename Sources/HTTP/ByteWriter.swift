@@ -173,7 +173,11 @@ public final class ByteWriter {
 
     /// Copies the contents to the end of `buffer` and resets.
     public func flush(to buffer: EventBuffer) {
-        evbuffer_add(buffer.raw, base, count)
+        flush(to: buffer.raw)
+    }
+
+    func flush(to buffer: OpaquePointer) {
+        evbuffer_add(buffer, base, count)
         count = 0
     }
 }

@@ -28,6 +28,10 @@ public final class Channel {
     public let fd: Int32
     public let input = EventBuffer()
     public let output = EventBuffer()
+    /// The same two buffers for this layer's own calls: no reference to
+    /// count on the per-request path.
+    let rawInput: OpaquePointer
+    let rawOutput: OpaquePointer
     /// Strong (a weak reference would put every retain of the owner on
     /// Swift's slow side-table path); `close()` breaks the cycle.
     public var delegate: (any ChannelDelegate)?
@@ -66,6 +70,8 @@ public final class Channel {
     public init(loop: EventLoop, fd: Int32) {
         self.fd = fd
         self.loop = loop
+        self.rawInput = input.raw
+        self.rawOutput = output.raw
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         let ctx = Unmanaged.passUnretained(self).toOpaque()
         // Each trampoline holds the channel for the whole callback: the
@@ -138,7 +144,7 @@ public final class Channel {
 
     private func armRead() {
         guard !isClosed else { return }
-        if inputHighWater > 0 && evbuffer_get_length(input.raw) >= inputHighWater {
+        if inputHighWater > 0 && evbuffer_get_length(rawInput) >= inputHighWater {
             disarmRead()
         } else if !readArmed {
             readArmed = true
@@ -149,7 +155,7 @@ public final class Channel {
     private func readReady() {
         var room = bulkReads ? Channel.readSize : Channel.smallReadSize
         if inputHighWater > 0 {
-            room = min(room, inputHighWater - evbuffer_get_length(input.raw))
+            room = min(room, inputHighWater - evbuffer_get_length(rawInput))
             if room <= 0 {
                 disarmRead()
                 return
@@ -157,13 +163,13 @@ public final class Channel {
         }
         // One contiguous extent, one recv(2): cheaper than readv over two.
         var extent = iovec()
-        guard evbuffer_reserve_space(input.raw, room, &extent, 1) == 1 else { return }
+        guard evbuffer_reserve_space(rawInput, room, &extent, 1) == 1 else { return }
         let n = recv(fd, extent.iov_base, min(extent.iov_len, room), 0)
         if n > 0 {
             bulkReads = n >= Channel.smallReadSize
             extent.iov_len = n
-            evbuffer_commit_space(input.raw, &extent, 1)
-            if inputHighWater > 0 && evbuffer_get_length(input.raw) >= inputHighWater {
+            evbuffer_commit_space(rawInput, &extent, 1)
+            if inputHighWater > 0 && evbuffer_get_length(rawInput) >= inputHighWater {
                 disarmRead()
             }
             delegate?.channelReadable(self)
@@ -188,13 +194,13 @@ public final class Channel {
             flushScheduled = false
             event_del(flushEvent)
         }
-        guard !isClosed, !connecting, evbuffer_get_length(output.raw) > 0 else { return }
-        let n = evbuffer_write(output.raw, fd)
+        guard !isClosed, !connecting, evbuffer_get_length(rawOutput) > 0 else { return }
+        let n = evbuffer_write(rawOutput, fd)
         if n < 0 && errno != EAGAIN && errno != EINTR {
             failWrite(errno)
             return
         }
-        if (evbuffer_get_length(output.raw) > 0 || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
+        if (evbuffer_get_length(rawOutput) > 0 || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
             event_add(writeEvent, nil)
         }
     }
@@ -207,7 +213,7 @@ public final class Channel {
         event_active(flushEvent, 0, 0)
     }
 
-    public var pendingOutput: Int { evbuffer_get_length(output.raw) }
+    public var pendingOutput: Int { evbuffer_get_length(rawOutput) }
 
     private func writeReady() {
         if connecting {
@@ -217,19 +223,19 @@ public final class Channel {
                 var len = socklen_t(MemoryLayout<Int32>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len)
             }
-            if evbuffer_get_length(output.raw) == 0 { event_del(writeEvent) }
+            if evbuffer_get_length(rawOutput) == 0 { event_del(writeEvent) }
             delegate?.channelConnected(self, error: error)
             if error == 0 && !isClosed { flush() }
             return
         }
-        if evbuffer_get_length(output.raw) > 0 {
-            let n = evbuffer_write(output.raw, fd)
+        if evbuffer_get_length(rawOutput) > 0 {
+            let n = evbuffer_write(rawOutput, fd)
             if n < 0 && errno != EAGAIN && errno != EINTR {
                 failWrite(errno)
                 return
             }
         }
-        let left = evbuffer_get_length(output.raw)
+        let left = evbuffer_get_length(rawOutput)
         if left == 0 { event_del(writeEvent) }
         if left <= outputLowWater {
             wantsWritable = false

@@ -58,6 +58,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     private var readPaused = false
     private var wantsDrainCallback = false
     private let scratch = EventBuffer()
+    private let rawScratch: OpaquePointer
     private var connectTimer: Timer!
     private var retained: Unmanaged<HTTPClientConnection>?
 
@@ -66,6 +67,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     public init(loop: EventLoop, maxHeaderBytes: Int) {
         self.loop = loop
         self.reader = MessageReader(kind: .response, capacity: maxHeaderBytes)
+        self.rawScratch = scratch.raw
         self.connectTimer = Timer(loop: loop) { [unowned self] in self.connectTimedOut() }
     }
 
@@ -162,14 +164,14 @@ public final class HTTPClientConnection: ChannelDelegate {
 
     private func readable() {
         guard let channel, !channel.isClosed else { return }
-        let input = channel.input
+        let input = channel.rawInput
         if state == .idle {
             // An idle upstream has nothing to say; bytes here mean it is broken.
-            if evbuffer_get_length(input.raw) > 0 { close() }
+            if evbuffer_get_length(input) > 0 { close() }
             return
         }
         guard state == .active else { return }
-        if evbuffer_get_length(input.raw) > 0 { receivedResponseBytes = true }
+        if evbuffer_get_length(input) > 0 { receivedResponseBytes = true }
         while !readPaused {
             if !headDone {
                 let result: MessageReader.HeadResult
@@ -196,14 +198,14 @@ public final class HTTPClientConnection: ChannelDelegate {
             }
             let done: Bool
             do {
-                done = try reader.readBody(from: input, into: scratch)
+                done = try reader.readBody(from: input, into: rawScratch)
             } catch {
                 fail(.badResponse)
                 return
             }
-            if evbuffer_get_length(scratch.raw) > 0 {
+            if evbuffer_get_length(rawScratch) > 0 {
                 delegate?.clientResponseBody(self, buffer: scratch)
-                evbuffer_drain(scratch.raw, evbuffer_get_length(scratch.raw))
+                evbuffer_drain(rawScratch, evbuffer_get_length(rawScratch))
                 if channel.isClosed || state != .active { return }
             }
             if done {
@@ -218,7 +220,7 @@ public final class HTTPClientConnection: ChannelDelegate {
         // Keep-alive only for a delimited response the upstream did not
         // close, with nothing after it: stray bytes (a body on a 204, a
         // second response) would be served to the next request.
-        let leftover = channel.map { $0.input.count > 0 } ?? true
+        let leftover = channel.map { evbuffer_get_length($0.rawInput) > 0 } ?? true
         if !reader.keepAlive || reader.framing == .untilClose || leftover {
             delegate = nil
             close()

@@ -45,6 +45,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     private var retained: Unmanaged<HTTPServerConnection>?
     private var timer: Timer!
     private let scratch = EventBuffer()
+    private let rawScratch: OpaquePointer
     /// Monotonic time the current request's first byte arrived.
     public private(set) var requestStart: UInt64 = 0
     /// Response status of the current exchange (for logs).
@@ -66,6 +67,7 @@ public final class HTTPServerConnection: ChannelDelegate {
         self.reader = MessageReader(kind: .request, capacity: server.limits.maxHeaderBytes)
         setNoDelay(fd)
         self.channel = Channel(loop: server.loop, fd: fd)
+        self.rawScratch = scratch.raw
         self.timer = Timer(loop: server.loop) { [unowned self] in self.timerFired() }
     }
 
@@ -102,17 +104,17 @@ public final class HTTPServerConnection: ChannelDelegate {
             processing = false
             channel.inputConsumed()
         }
-        let input = channel.input
+        let input = channel.rawInput
         while !isClosed {
             switch requestState {
             case .idle, .head:
                 if closing {
-                    evbuffer_drain(input.raw, evbuffer_get_length(input.raw))
+                    evbuffer_drain(input, evbuffer_get_length(input))
                     return
                 }
                 if requestState == .idle {
                     skipEmptyLines(input)
-                    if evbuffer_get_length(input.raw) == 0 { return }
+                    if evbuffer_get_length(input) == 0 { return }
                     requestState = .head
                     requestStart = monotonicNanos()
                     if requestCount > 0 { timer.schedule(after: server.limits.headerTimeout) }
@@ -143,7 +145,7 @@ public final class HTTPServerConnection: ChannelDelegate {
                 } else {
                     timer.schedule(after: server.limits.bodyTimeout)
                     if reader.expectContinue {
-                        evbuffer_add(channel.output.raw, "HTTP/1.1 100 Continue\r\n\r\n", 25)
+                        evbuffer_add(channel.rawOutput, "HTTP/1.1 100 Continue\r\n\r\n", 25)
                         channel.flushSoon()
                     }
                 }
@@ -151,7 +153,7 @@ public final class HTTPServerConnection: ChannelDelegate {
                 // handler exists: a framing error in them is answered here,
                 // before anything is sent upstream (SPEC §6).
                 var early: Bool?
-                if !reader.isMessageComplete && evbuffer_get_length(input.raw) > 0 {
+                if !reader.isMessageComplete && evbuffer_get_length(input) > 0 {
                     guard let done = readBody(input) else { return }
                     early = done
                 }
@@ -171,10 +173,10 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// Decodes the body bytes in `input` into `scratch`: whether the body
     /// is complete, or nil after a framing error or an oversized body (the
     /// connection has answered it).
-    private func readBody(_ input: EventBuffer) -> Bool? {
+    private func readBody(_ input: OpaquePointer) -> Bool? {
         let done: Bool
         do {
-            done = try reader.readBody(from: input, into: scratch)
+            done = try reader.readBody(from: input, into: rawScratch)
         } catch {
             fail(error)
             return nil
@@ -189,9 +191,9 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// Hands decoded body bytes to the handler, then the body's end once
     /// `done`. False when `process` must stop reading for now.
     private func deliverBody(done: Bool) -> Bool {
-        if evbuffer_get_length(scratch.raw) > 0 {
+        if evbuffer_get_length(rawScratch) > 0 {
             handler?.requestBody(scratch, connection: self)
-            evbuffer_drain(scratch.raw, evbuffer_get_length(scratch.raw))
+            evbuffer_drain(rawScratch, evbuffer_get_length(rawScratch))
             if isClosed || requestState != .body { return true }
         }
         guard done else { return false }
@@ -204,10 +206,10 @@ public final class HTTPServerConnection: ChannelDelegate {
         return true
     }
 
-    private func skipEmptyLines(_ input: EventBuffer) {
+    private func skipEmptyLines(_ input: OpaquePointer) {
         // RFC 9112 §2.2: ignore empty lines before a request line.
-        while let p = evbuffer_pullup(input.raw, 1), p[0] == 0x0D || p[0] == 0x0A {
-            evbuffer_drain(input.raw, 1)
+        while let p = evbuffer_pullup(input, 1), p[0] == 0x0D || p[0] == 0x0A {
+            evbuffer_drain(input, 1)
         }
     }
 
@@ -225,7 +227,7 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// True when the client is slow: stop producing until `outputDrained`.
     public var isOutputCongested: Bool {
-        let congested = evbuffer_get_length(channel.output.raw) > HTTPServerConnection.outputHighWater
+        let congested = evbuffer_get_length(channel.rawOutput) > HTTPServerConnection.outputHighWater
         if congested {
             wantsDrainCallback = true
             channel.wantsWritable = true
@@ -280,41 +282,43 @@ public final class HTTPServerConnection: ChannelDelegate {
             w.header("Connection", "keep-alive")
         }
         w.append("\r\n")
-        w.flush(to: channel.output)
+        w.flush(to: channel.rawOutput)
         channel.flushSoon()
     }
 
     /// Moves all of `buffer` to the client, framed.
     public func writeBody(_ buffer: EventBuffer) {
-        let n = buffer.count
+        let n = evbuffer_get_length(buffer.raw)
         guard !isClosed, responseState == .streaming, n > 0 else { return }
         if suppressBody {
             buffer.drain(n)
             return
         }
-        let out = channel.output
+        let out = channel.rawOutput
         channel.flushSoon()
         if chunkedResponse {
-            out.moveAsChunk(from: buffer)
+            CLibevent_evbuffer_add_chunk_header(out, n)
+            evbuffer_add_buffer(out, buffer.raw)
+            evbuffer_add(out, "\r\n", 2)
         } else {
-            out.moveAll(from: buffer)
+            evbuffer_add_buffer(out, buffer.raw)
         }
     }
 
     public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>) {
         guard !isClosed, responseState == .streaming, bytes.count > 0, !suppressBody else { return }
-        let out = channel.output
+        let out = channel.rawOutput
         channel.flushSoon()
-        if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out.raw, bytes.count) }
-        evbuffer_add(out.raw, bytes.baseAddress, bytes.count)
-        if chunkedResponse { evbuffer_add(out.raw, "\r\n", 2) }
+        if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
+        evbuffer_add(out, bytes.baseAddress, bytes.count)
+        if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
     }
 
     /// The response is complete.
     public func endResponse() {
         guard !isClosed, responseState == .streaming else { return }
         if chunkedResponse {
-            evbuffer_add(channel.output.raw, "0\r\n\r\n", 5)
+            evbuffer_add(channel.rawOutput, "0\r\n\r\n", 5)
         }
         responseState = .done
         channel.flush()
@@ -381,7 +385,7 @@ public final class HTTPServerConnection: ChannelDelegate {
         responseState = .none
         timer.schedule(after: server.limits.idleTimeout)
         // Pipelined requests already buffered are served now, in order.
-        if !processing, evbuffer_get_length(channel.input.raw) > 0 {
+        if !processing, evbuffer_get_length(channel.rawInput) > 0 {
             process()
         }
     }
@@ -429,7 +433,7 @@ public final class HTTPServerConnection: ChannelDelegate {
         guard !isClosed, !lingering else { return }
         lingering = true
         channel.shutdownOutput()
-        evbuffer_drain(channel.input.raw, evbuffer_get_length(channel.input.raw))
+        evbuffer_drain(channel.rawInput, evbuffer_get_length(channel.rawInput))
         channel.startReading()
         timer.schedule(after: .seconds(2))
     }
@@ -438,7 +442,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     func drain() {
         keepAlive = false
         if closing { return }
-        if requestState == .idle && responseState != .streaming && evbuffer_get_length(channel.input.raw) == 0 {
+        if requestState == .idle && responseState != .streaming && evbuffer_get_length(channel.rawInput) == 0 {
             // Idle, but the last response may still be on its way out.
             if channel.pendingOutput > 0 { closeAfterFlush() } else { close() }
         }
