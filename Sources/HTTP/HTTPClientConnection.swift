@@ -88,6 +88,44 @@ public final class HTTPClientConnection: ChannelDelegate {
     /// Where the request goes; valid while not closed.
     public var output: EventBuffer? { channel.flatMap { $0.isClosed ? nil : $0.output } }
 
+    /// Queues a request head and the body bytes that are in so far
+    /// (`body` is emptied), ending a chunked body if `lastChunk`; then
+    /// writes. False if the connection is closed.
+    public func sendRequest(head: ByteWriter, body: EventBuffer?, lastChunk: Bool) -> Bool {
+        guard let channel, !channel.isClosed else { return false }
+        let out = channel.rawOutput
+        head.flush(to: out)
+        if let body, !body.isEmpty { evbuffer_add_buffer(out, body.raw) }
+        if lastChunk { evbuffer_add(out, "0\r\n\r\n", 5) }
+        channel.flush()
+        return true
+    }
+
+    /// Queues more request body (all of `buffer`), as a chunk if `chunked`,
+    /// or the end of a chunked body (`buffer` nil); written at the end of
+    /// this loop turn. False if the connection is closed.
+    @discardableResult
+    public func sendBody(_ buffer: EventBuffer?, chunked: Bool) -> Bool {
+        guard let channel, !channel.isClosed else { return false }
+        let out = channel.rawOutput
+        if let buffer {
+            let n = evbuffer_get_length(buffer.raw)
+            if chunked { CLibevent_evbuffer_add_chunk_header(out, n) }
+            evbuffer_add_buffer(out, buffer.raw)
+            if chunked { evbuffer_add(out, "\r\n", 2) }
+        } else {
+            evbuffer_add(out, "0\r\n\r\n", 5)
+        }
+        channel.flushSoon()
+        return true
+    }
+
+    /// Nothing of a request is left unsent.
+    public var outputIsEmpty: Bool {
+        guard let channel, !channel.isClosed else { return false }
+        return evbuffer_get_length(channel.rawOutput) == 0
+    }
+
     /// Writes the buffered request now (once connected), else on connect.
     public func writeNow() {
         channel?.flush()
@@ -99,11 +137,11 @@ public final class HTTPClientConnection: ChannelDelegate {
     }
 
     public var isOutputCongested: Bool {
-        guard let output else { return false }
-        let congested = output.count > HTTPClientConnection.outputHighWater
+        guard let channel, !channel.isClosed else { return false }
+        let congested = evbuffer_get_length(channel.rawOutput) > HTTPClientConnection.outputHighWater
         if congested {
             wantsDrainCallback = true
-            channel?.wantsWritable = true
+            channel.wantsWritable = true
         }
         return congested
     }

@@ -119,43 +119,34 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     private func sendRequest() {
-        guard let connection = upstream.connection, let out = connection.output else { return }
-        head.flush(to: out)
-        if !pending.isEmpty {
-            out.moveAll(from: pending)
-        }
-        if upstream.requestComplete && chunkedUpstream {
-            out.appendLastChunk()
-        }
-        connection.writeNow()
+        guard let connection = upstream.connection,
+              connection.sendRequest(head: head, body: pending, lastChunk: upstream.requestComplete && chunkedUpstream)
+        else { return }
         client.resumeReadingBody()
     }
 
     // MARK: Client side
 
     func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {
-        let sending = upstream.machine.requestSent ? upstream.connection : nil
-        let out = sending?.output ?? pending
-        if chunkedUpstream {
-            out.moveAsChunk(from: buffer)
-        } else {
-            out.moveAll(from: buffer)
-        }
         // Backpressure: stop reading the client while the upstream lags.
-        if out === pending {
-            if pending.count > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
-        } else if let sending {
-            sending.flushSoon()
+        if upstream.machine.requestSent, let sending = upstream.connection,
+           sending.sendBody(buffer, chunked: chunkedUpstream) {
             if sending.isOutputCongested { client.pauseReadingBody() }
+            return
         }
+        if chunkedUpstream {
+            pending.moveAsChunk(from: buffer)
+        } else {
+            pending.moveAll(from: buffer)
+        }
+        if pending.count > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
     }
 
     func requestEnd(connection: HTTPServerConnection) {
         upstream.requestComplete = true
         guard requestHasBody, chunkedUpstream else { return }
-        if upstream.machine.requestSent, let c = upstream.connection, let out = c.output {
-            out.appendLastChunk()
-            c.flushSoon()
+        if upstream.machine.requestSent, let c = upstream.connection {
+            c.sendBody(nil, chunked: true)
         }
     }
 

@@ -42,7 +42,7 @@ public final class UpstreamPool {
     /// unsent), else it is closed.
     func checkIn(_ connection: HTTPClientConnection, requestWritten: Bool) {
         guard connection.isOpen else { return }
-        if requestWritten, connection.output?.isEmpty ?? false {
+        if requestWritten, connection.outputIsEmpty {
             put(connection)
         } else {
             connection.close()
