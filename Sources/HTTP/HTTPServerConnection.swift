@@ -18,30 +18,18 @@ public enum ResponseFraming: Equatable {
 /// One client connection: reads requests in order, hands each to a handler,
 /// writes its response, and keeps the connection alive or closes it.
 ///
-/// Request side: `idle` (between requests) -> `head` (bytes of a head
-/// arrived; header_timeout runs from the first one) -> `body` (body_timeout)
-/// -> `done` (the handler owes the response; pipelined bytes wait in the
-/// input buffer). Response side: `none` -> `streaming` -> `done`. When both
-/// sides are done the connection goes back to `idle`, or closes.
+/// Its phases (request side, response side, keep-alive, the close) are
+/// `ServerConnectionMachine`'s; this class owns the socket, the parser, the
+/// timer and the handler, and does what the machine's answers say.
 public final class HTTPServerConnection: ChannelDelegate {
-    enum RequestState { case idle, head, body, done }
-    enum ResponseState { case none, streaming, done }
-
     public let server: HTTPServer
     public let peer: [UInt8]
     public let reader: MessageReader
     public let headWriter = ByteWriter(capacity: 2048)
 
     private let channel: Channel
-    private var requestState = RequestState.idle
-    private var responseState = ResponseState.none
+    private var machine = ServerConnectionMachine()
     private var handler: (any RequestHandler)?
-    private var keepAlive = true
-    private var closing = false
-    private var chunkedResponse = false
-    private var suppressBody = false
-    private var readingPaused = false
-    private var wantsDrainCallback = false
     private var retained: Unmanaged<HTTPServerConnection>?
     private var timer: Timer!
     private let scratch = EventBuffer()
@@ -106,16 +94,17 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
         let input = channel.rawInput
         while !isClosed {
-            switch requestState {
+            guard let request = machine.request else {
+                // Closing: what still arrives is discarded.
+                evbuffer_drain(input, evbuffer_get_length(input))
+                return
+            }
+            switch request {
             case .idle, .head:
-                if closing {
-                    evbuffer_drain(input, evbuffer_get_length(input))
-                    return
-                }
-                if requestState == .idle {
+                if request == .idle {
                     skipEmptyLines(input)
                     if evbuffer_get_length(input) == 0 { return }
-                    requestState = .head
+                    _ = machine.headBegins()
                     requestStart = monotonicNanos()
                     if requestCount > 0 { timer.schedule(after: server.limits.headerTimeout) }
                 }
@@ -128,14 +117,10 @@ public final class HTTPServerConnection: ChannelDelegate {
                 }
                 guard result == .complete else { return }
                 requestCount += 1
-                requestState = .body
-                readingPaused = false
-                wantsDrainCallback = false
-                responseState = .none
+                machine.headComplete(keepAlive: reader.keepAlive && !server.draining)
                 responseStatus = 0
                 logUpstream = nil
                 logJob = nil
-                keepAlive = reader.keepAlive && !server.draining
                 if case .length(let n) = reader.framing, n > server.limits.maxRequestBody {
                     fail(.bodyTooLarge)
                     return
@@ -160,8 +145,8 @@ public final class HTTPServerConnection: ChannelDelegate {
                 handler = server.service.handler(for: reader, on: self)
                 if let done = early, !deliverBody(done: done) { return }
 
-            case .body:
-                if readingPaused { return }
+            case .body(let paused):
+                if paused { return }
                 guard let done = readBody(input), deliverBody(done: done) else { return }
 
             case .done:
@@ -194,13 +179,14 @@ public final class HTTPServerConnection: ChannelDelegate {
         if evbuffer_get_length(rawScratch) > 0 {
             handler?.requestBody(scratch, connection: self)
             evbuffer_drain(rawScratch, evbuffer_get_length(rawScratch))
-            if isClosed || requestState != .body { return true }
+            if isClosed { return true }
+            guard case .body? = machine.request else { return true }
         }
         guard done else { return false }
-        requestState = .done
+        let finished = machine.bodyComplete()
         timer.cancel()
         handler?.requestEnd(connection: self)
-        if requestState == .done && responseState == .done {
+        if finished && machine.request == .done && machine.response == .done {
             finishExchange()
         }
         return true
@@ -214,12 +200,11 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     /// Stops handing request body to the handler (its upstream is congested).
-    public func pauseReadingBody() { readingPaused = true }
+    public func pauseReadingBody() { machine.pauseBody() }
 
     /// Resumes after `pauseReadingBody`, first with what is already buffered.
     public func resumeReadingBody() {
-        guard readingPaused else { return }
-        readingPaused = false
+        guard machine.resumeBody() else { return }
         process()
     }
 
@@ -229,24 +214,31 @@ public final class HTTPServerConnection: ChannelDelegate {
     public var isOutputCongested: Bool {
         let congested = evbuffer_get_length(channel.rawOutput) > HTTPServerConnection.outputHighWater
         if congested {
-            wantsDrainCallback = true
+            machine.outputCongested()
             channel.wantsWritable = true
         }
         return congested
     }
 
     public var isRequestHead: Bool { reader.isHead }
-    public var hasResponseStarted: Bool { responseState != .none }
+    public var hasResponseStarted: Bool { machine.hasResponseStarted }
     public var isClientHTTP10: Bool { reader.versionMinor == 0 }
 
     /// Writes the status line, the caller's headers, the framing and
     /// Connection headers. The caller's closure appends end-to-end headers.
     public func startResponse(status: Int, reason: UnsafeBufferPointer<UInt8>? = nil, framing: ResponseFraming,
                               headers: (ByteWriter) -> Void) {
-        guard !isClosed, responseState == .none else { return }
-        responseState = .streaming
+        var bodyless = reader.isHead
+        var streamed = false
+        switch framing {
+        case .none: bodyless = true
+        case .contentLength: break
+        case .streamed: streamed = true
+        }
+        guard !isClosed, let (chunked, keepAlive) = machine.startResponse(
+            streamed: streamed, bodyless: bodyless, http10: reader.versionMinor == 0, draining: server.draining)
+        else { return }
         responseStatus = status
-        if server.draining || closing { keepAlive = false }
         let w = headWriter
         w.reset()
         w.append("HTTP/1.1 ")
@@ -260,21 +252,13 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
         w.append("\r\n")
         headers(w)
-        suppressBody = reader.isHead
-        chunkedResponse = false
         switch framing {
         case .none(let length):
-            suppressBody = true
             if let length { w.header("Content-Length", decimal: length) }
         case .contentLength(let n):
             w.header("Content-Length", decimal: n)
         case .streamed:
-            if reader.versionMinor == 0 {
-                keepAlive = false
-            } else if !suppressBody {
-                chunkedResponse = true
-                w.header("Transfer-Encoding", "chunked")
-            }
+            if chunked { w.header("Transfer-Encoding", "chunked") }
         }
         if !keepAlive {
             w.header("Connection", "close")
@@ -289,8 +273,8 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// Moves all of `buffer` to the client, framed.
     public func writeBody(_ buffer: EventBuffer) {
         let n = evbuffer_get_length(buffer.raw)
-        guard !isClosed, responseState == .streaming, n > 0 else { return }
-        if suppressBody {
+        guard !isClosed, case .streaming(let chunkedResponse, let bodyless, _)? = machine.response, n > 0 else { return }
+        if bodyless {
             buffer.drain(n)
             return
         }
@@ -306,7 +290,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>) {
-        guard !isClosed, responseState == .streaming, bytes.count > 0, !suppressBody else { return }
+        guard !isClosed, case .streaming(let chunkedResponse, false, _)? = machine.response, bytes.count > 0 else { return }
         let out = channel.rawOutput
         channel.flushSoon()
         if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
@@ -316,20 +300,20 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// The response is complete.
     public func endResponse() {
-        guard !isClosed, responseState == .streaming else { return }
-        if chunkedResponse {
+        guard !isClosed, case .streaming(let chunked, _, _)? = machine.response else { return }
+        if chunked {
             evbuffer_add(channel.rawOutput, "0\r\n\r\n", 5)
         }
-        responseState = .done
+        let after = machine.endResponse(bodyReadWhole: reader.isMessageComplete)
         channel.flush()
-        if requestState == .done {
+        switch after {
+        case .finishExchange:
             finishExchange()
-        } else if requestState == .body && reader.isMessageComplete {
-            // Bodyless request answered at once: `process` finishes it.
-        } else {
+        case .awaitBodyEnd, .none:
+            break  // a bodyless request answered at once: `process` finishes it
+        case .closeAfterFlush:
             // Answered before the request body ended: the rest of the body
             // is not read, so the connection cannot be reused.
-            keepAlive = false
             dropHandler()
             closeAfterFlush()
         }
@@ -340,7 +324,7 @@ public final class HTTPServerConnection: ChannelDelegate {
                         headers: (ByteWriter) -> Void = { _ in }) {
         // Answered before the request body was read: the connection will
         // close after this response, so say so in its head.
-        if requestState == .body && !reader.isMessageComplete { keepAlive = false }
+        if case .body? = machine.request, !reader.isMessageComplete { machine.refuseKeepAlive() }
         startResponse(status: status, framing: .contentLength(Int64(body.count))) { w in
             w.header("Content-Type", contentType)
             headers(w)
@@ -376,13 +360,11 @@ public final class HTTPServerConnection: ChannelDelegate {
     private func finishExchange() {
         dropHandler()
         server.onExchangeEnd?(self)
-        if !keepAlive || closing {
+        guard machine.finishExchange() else {
             closeAfterFlush()
             return
         }
         reader.reset()
-        requestState = .idle
-        responseState = .none
         timer.schedule(after: server.limits.idleTimeout)
         // Pipelined requests already buffered are served now, in order.
         if !processing, evbuffer_get_length(channel.rawInput) > 0 {
@@ -392,30 +374,26 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// An error the connection answers itself, then closes.
     private func fail(_ error: HTTPError) {
-        if responseState == .none {
-            keepAlive = false
-            let h = handler
-            handler = nil
-            h?.connectionClosed(connection: self)
-            h?.detached(from: self)
-            if isClosed { return }
-            requestState = .done
-            if requestStart == 0 { requestStart = monotonicNanos() }
-            // Answered and logged through endResponse, which then closes.
-            respondError(error)
-        } else {
+        guard machine.requestFailed() else {
             close()
+            return
         }
+        let h = handler
+        handler = nil
+        h?.connectionClosed(connection: self)
+        h?.detached(from: self)
+        if isClosed { return }
+        if requestStart == 0 { requestStart = monotonicNanos() }
+        // Answered and logged through endResponse, which then closes.
+        respondError(error)
     }
 
     /// Sends what is buffered, half-closes, discards input briefly, closes:
     /// closing with unread input would reset the connection and could
     /// destroy the response before the client reads it.
     private func closeAfterFlush() {
-        guard !isClosed, !closing else { return }
-        closing = true
+        guard !isClosed, machine.closeAfterFlush() else { return }
         dropHandler()
-        requestState = .idle
         channel.outputLowWater = 0
         channel.inputHighWater = 0
         channel.flush()
@@ -427,11 +405,8 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
     }
 
-    private var lingering = false
-
     private func lingeringClose() {
-        guard !isClosed, !lingering else { return }
-        lingering = true
+        guard !isClosed, machine.linger() else { return }
         channel.shutdownOutput()
         evbuffer_drain(channel.rawInput, evbuffer_get_length(channel.rawInput))
         channel.startReading()
@@ -440,48 +415,36 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// Finish the current exchange, then close (SIGTERM drain).
     func drain() {
-        keepAlive = false
-        if closing { return }
-        if requestState == .idle && responseState != .streaming && evbuffer_get_length(channel.rawInput) == 0 {
-            // Idle, but the last response may still be on its way out.
-            if channel.pendingOutput > 0 { closeAfterFlush() } else { close() }
+        switch machine.drain(inputPending: evbuffer_get_length(channel.rawInput) > 0,
+                             outputPending: channel.pendingOutput > 0) {
+        case .none: break
+        case .close: close()
+        case .closeAfterFlush: closeAfterFlush()  // the last response is still on its way out
         }
     }
 
     public func channelWritable(_ channel: Channel) {
-        if closing {
+        if machine.isClosing {
             if channel.pendingOutput == 0 { lingeringClose() }
             return
         }
-        if wantsDrainCallback {
-            wantsDrainCallback = false
+        if machine.outputDrained() {
             handler?.outputDrained(connection: self)
         }
     }
 
     public func channelClosed(_ channel: Channel, error: Int32) {
-        if error == 0 {
-            if closing { close(); return }
-            // Half-close after a complete request: answer it, then close.
-            if requestState == .done && responseState != .done {
-                keepAlive = false
-                return
-            }
-        }
+        // Half-close after a complete request: answer it, then close.
+        if machine.peerClosed(cleanly: error == 0) { return }
         close()
     }
 
     private func timerFired() {
-        if closing { close(); return }
-        switch requestState {
-        case .idle:
-            close()
-        case .head:
-            fail(.headerTimeout)
-        case .body:
-            fail(.bodyTimeout)
-        case .done:
-            break
+        switch machine.timerFired() {
+        case .close: close()
+        case .timedOut(.header): fail(.headerTimeout)
+        case .timedOut: fail(.bodyTimeout)
+        case .none: break
         }
     }
 
@@ -491,7 +454,7 @@ public final class HTTPServerConnection: ChannelDelegate {
         timer.cancel()
         let h = handler
         handler = nil
-        if requestState != .idle || responseState == .streaming {
+        if machine.closed() {
             h?.connectionClosed(connection: self)
         }
         h?.detached(from: self)

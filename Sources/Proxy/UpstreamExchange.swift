@@ -171,6 +171,8 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
 public final class UpstreamExchange {
     public private(set) var machine: UpstreamExchangeMachine
     public private(set) var target: UpstreamTarget!
+    /// `target.gate`, which `target` keeps: not counted per use.
+    private unowned(unsafe) var gate: (any ConcurrencyGate)?
     /// The connection of the current try, while there is one.
     public private(set) var connection: HTTPClientConnection?
     /// The whole request went out: a completed exchange's connection may be
@@ -194,6 +196,7 @@ public final class UpstreamExchange {
     public func begin(owner: any HTTPClientDelegate, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
         self.owner = owner
         self.target = target
+        self.gate = target.gate
         self.isHead = isHead
         machine = UpstreamExchangeMachine(resendable: resendable)
         connection = nil
@@ -222,13 +225,13 @@ public final class UpstreamExchange {
         case .complete:
             if let c = connection { proxy.checkIn(c, to: target, requestWritten: requestComplete) }
             connection = nil
-            target.gate.release()
+            gate!.release()
         case .fail(_, let release), .abandon(let release):
             connection?.close()
             connection = nil
-            if release { target.gate.release() }
+            if release { gate!.release() }
         case .releaseSlot:
-            target.gate.release()
+            gate!.release()
         case .none, .send, .deliverHead, .refuse:
             break
         }
