@@ -70,16 +70,19 @@ struct ServerConnectionMachine: Equatable {
 
     // MARK: Reading
 
+    @inline(__always)
     var request: Request? {
         if case .open(let r, _, _) = state { return r }
         return nil
     }
 
+    @inline(__always)
     var response: Response? {
         if case .open(_, let r, _) = state { return r }
         return nil
     }
 
+    @inline(__always)
     var isClosing: Bool {
         switch state {
         case .closing, .closed: return true
@@ -87,6 +90,7 @@ struct ServerConnectionMachine: Equatable {
         }
     }
 
+    @inline(__always)
     var hasResponseStarted: Bool {
         switch response {
         case .none?: return false
@@ -94,12 +98,14 @@ struct ServerConnectionMachine: Equatable {
         }
     }
 
+    @inline(__always)
     var isStreaming: Bool {
         if case .streaming? = response { return true }
         return false
     }
 
     /// Bytes of a new request arrived: true if a head begins (it was idle).
+    @inline(__always)
     mutating func headBegins() -> Bool {
         guard case .open(.idle, let response, let keepAlive) = state else { return false }
         state = .open(.head, response, keepAlive: keepAlive)
@@ -107,10 +113,12 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// A whole head; `keepAlive` as the request asks (and no drain began).
+    @inline(__always)
     mutating func headComplete(keepAlive: Bool) {
         state = .open(.body(paused: false), .none, keepAlive: keepAlive)
     }
 
+    @inline(__always)
     mutating func pauseBody() {
         if case .open(.body, let response, let keepAlive) = state {
             state = .open(.body(paused: true), response, keepAlive: keepAlive)
@@ -118,6 +126,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// True if the body was paused (reading goes on now).
+    @inline(__always)
     mutating func resumeBody() -> Bool {
         guard case .open(.body(paused: true), let response, let keepAlive) = state else { return false }
         state = .open(.body(paused: false), response, keepAlive: keepAlive)
@@ -125,6 +134,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// The body is whole: true when the response is done too.
+    @inline(__always)
     mutating func bodyComplete() -> Bool {
         guard case .open(.body, let response, let keepAlive) = state else { return false }
         state = .open(.done, response, keepAlive: keepAlive)
@@ -135,6 +145,7 @@ struct ServerConnectionMachine: Equatable {
 
     /// The answer will not let the connection be reused (the body was not
     /// read, an error closes it): say so in its head.
+    @inline(__always)
     mutating func refuseKeepAlive() {
         if case .open(let request, let response, _) = state {
             state = .open(request, response, keepAlive: false)
@@ -145,6 +156,7 @@ struct ServerConnectionMachine: Equatable {
     /// no body bytes; `http10`: the client speaks HTTP/1.0; `draining`: the
     /// server stops. Returns the framing to write and whether the
     /// connection stays open after, or nil if no response may start now.
+    @inline(__always)
     mutating func startResponse(streamed: Bool, bodyless: Bool, http10: Bool, draining: Bool)
         -> (chunked: Bool, keepAlive: Bool)? {
         guard case .open(let request, .none, var keepAlive) = state else { return nil }
@@ -162,6 +174,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// The output passed its high-water mark while streaming: a producer waits.
+    @inline(__always)
     mutating func outputCongested() {
         if case .open(let request, .streaming(let chunked, let bodyless, _), let keepAlive) = state {
             state = .open(request, .streaming(chunked: chunked, bodyless: bodyless, congested: true), keepAlive: keepAlive)
@@ -169,6 +182,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// The output drained: true if a producer waited for it.
+    @inline(__always)
     mutating func outputDrained() -> Bool {
         guard case .open(let request, .streaming(let chunked, let bodyless, true), let keepAlive) = state else { return false }
         state = .open(request, .streaming(chunked: chunked, bodyless: bodyless, congested: false), keepAlive: keepAlive)
@@ -177,6 +191,7 @@ struct ServerConnectionMachine: Equatable {
 
     /// The response is complete. `bodyReadWhole`: the parser has the whole
     /// request body (so an unfinished read loop will end it).
+    @inline(__always)
     mutating func endResponse(bodyReadWhole: Bool) -> AfterResponse {
         guard case .open(let request, .streaming, let keepAlive) = state else { return .none }
         switch request {
@@ -194,6 +209,7 @@ struct ServerConnectionMachine: Equatable {
 
     /// Both sides are done: true if the connection waits for the next
     /// request (`idle_timeout`), false if it closes after the flush.
+    @inline(__always)
     mutating func finishExchange() -> Bool {
         guard case .open(_, _, true) = state else { return false }
         state = .open(.idle, .none, keepAlive: true)
@@ -204,6 +220,7 @@ struct ServerConnectionMachine: Equatable {
 
     /// The request broke a rule or ran out of time: true if it is to be
     /// answered with the error (nothing was sent yet), false to close at once.
+    @inline(__always)
     mutating func requestFailed() -> Bool {
         guard case .open(_, .none, _) = state else { return false }
         state = .open(.done, .none, keepAlive: false)
@@ -211,6 +228,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// Starts the close after the buffered output: false if already closing.
+    @inline(__always)
     mutating func closeAfterFlush() -> Bool {
         guard case .open = state else { return false }
         state = .closing(lingering: false)
@@ -218,6 +236,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// The output is sent: true if the linger begins now.
+    @inline(__always)
     mutating func linger() -> Bool {
         guard case .closing(lingering: false) = state else { return false }
         state = .closing(lingering: true)
@@ -225,6 +244,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// The timer fired.
+    @inline(__always)
     func timerFired() -> TimerAction {
         switch state {
         case .closing: return .close
@@ -237,6 +257,7 @@ struct ServerConnectionMachine: Equatable {
 
     /// The peer closed its side (`cleanly`: EOF, not an error). True if the
     /// connection stays to answer a request it has whole (then closes).
+    @inline(__always)
     mutating func peerClosed(cleanly: Bool) -> Bool {
         guard cleanly, case .open(.done, let response, _) = state, response != .done else { return false }
         state = .open(.done, response, keepAlive: false)
@@ -247,6 +268,7 @@ struct ServerConnectionMachine: Equatable {
     /// for an idle connection.
     enum DrainAction: Equatable { case none, close, closeAfterFlush }
 
+    @inline(__always)
     mutating func drain(inputPending: Bool, outputPending: Bool) -> DrainAction {
         guard case .open(let request, let response, _) = state else { return .none }
         state = .open(request, response, keepAlive: false)
@@ -257,6 +279,7 @@ struct ServerConnectionMachine: Equatable {
 
     /// The connection is closed: true if the handler must hear that its
     /// exchange was cut short.
+    @inline(__always)
     mutating func closed() -> Bool {
         let cut: Bool
         switch state {
