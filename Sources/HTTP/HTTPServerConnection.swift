@@ -94,14 +94,14 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
         let input = channel.rawInput
         while !isClosed {
-            guard let request = machine.request else {
+            guard machine.isOpen else {
                 // Closing: what still arrives is discarded.
                 evbuffer_drain(input, evbuffer_get_length(input))
                 return
             }
-            switch request {
+            switch machine.request {
             case .idle, .head:
-                if request == .idle {
+                if machine.request == .idle {
                     skipEmptyLines(input)
                     if evbuffer_get_length(input) == 0 { return }
                     _ = machine.headBegins()
@@ -145,11 +145,10 @@ public final class HTTPServerConnection: ChannelDelegate {
                 handler = server.service.handler(for: reader, on: self)
                 if let done = early, !deliverBody(done: done) { return }
 
-            case .body(let paused):
-                if paused { return }
+            case .body:
                 guard let done = readBody(input), deliverBody(done: done) else { return }
 
-            case .done:
+            case .bodyPaused, .done:
                 return
             }
         }
@@ -180,13 +179,13 @@ public final class HTTPServerConnection: ChannelDelegate {
             handler?.requestBody(scratch, connection: self)
             evbuffer_drain(rawScratch, evbuffer_get_length(rawScratch))
             if isClosed { return true }
-            guard case .body? = machine.request else { return true }
+            guard machine.isReadingBody else { return true }
         }
         guard done else { return false }
         let finished = machine.bodyComplete()
         timer.cancel()
         handler?.requestEnd(connection: self)
-        if finished && machine.request == .done && machine.response == .done {
+        if finished && machine.isOpen && machine.request == .done && machine.response == .done {
             finishExchange()
         }
         return true
@@ -273,11 +272,12 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// Moves all of `buffer` to the client, framed.
     public func writeBody(_ buffer: EventBuffer) {
         let n = evbuffer_get_length(buffer.raw)
-        guard !isClosed, case .streaming(let chunkedResponse, let bodyless, _)? = machine.response, n > 0 else { return }
-        if bodyless {
+        guard !isClosed, machine.isStreaming, n > 0 else { return }
+        if machine.response == .streamingBodyless {
             buffer.drain(n)
             return
         }
+        let chunkedResponse = machine.response == .streamingChunked
         let out = channel.rawOutput
         channel.flushSoon()
         if chunkedResponse {
@@ -290,7 +290,8 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>) {
-        guard !isClosed, case .streaming(let chunkedResponse, false, _)? = machine.response, bytes.count > 0 else { return }
+        guard !isClosed, machine.isStreaming, machine.response != .streamingBodyless, bytes.count > 0 else { return }
+        let chunkedResponse = machine.response == .streamingChunked
         let out = channel.rawOutput
         channel.flushSoon()
         if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
@@ -300,8 +301,8 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// The response is complete.
     public func endResponse() {
-        guard !isClosed, case .streaming(let chunked, _, _)? = machine.response else { return }
-        if chunked {
+        guard !isClosed, machine.isStreaming else { return }
+        if machine.response == .streamingChunked {
             evbuffer_add(channel.rawOutput, "0\r\n\r\n", 5)
         }
         let after = machine.endResponse(bodyReadWhole: reader.isMessageComplete)
@@ -324,7 +325,7 @@ public final class HTTPServerConnection: ChannelDelegate {
                         headers: (ByteWriter) -> Void = { _ in }) {
         // Answered before the request body was read: the connection will
         // close after this response, so say so in its head.
-        if case .body? = machine.request, !reader.isMessageComplete { machine.refuseKeepAlive() }
+        if machine.isReadingBody, !reader.isMessageComplete { machine.refuseKeepAlive() }
         startResponse(status: status, framing: .contentLength(Int64(body.count))) { w in
             w.header("Content-Type", contentType)
             headers(w)

@@ -3,53 +3,56 @@
 /// its close. `HTTPServerConnection` owns the socket, the parser and the
 /// timer, reports events here and performs what comes back.
 ///
-///     open(idle) --bytes--> open(head) --head--> open(body) --body end--> open(done)
-///     response:  none --start--> streaming --end--> done
-///     request done + response done: keep-alive -> open(idle, none); else closing
-///     closing(lingering: false) --output sent--> closing(lingering: true) --timer/EOF--> closed
+///     request:  idle --bytes--> head --head--> body (bodyPaused) --body end--> done
+///     response: none --start--> streaming (chunked, bodyless) --end--> done
+///     both done: keep-alive -> idle/none; else phase flushing
+///     phase: open --closeAfterFlush--> flushing --output sent--> lingering --timer/EOF--> closed
+///
+/// Every field is a one-byte value: this runs several times per request,
+/// and a flat layout costs the data path no payload packing.
 struct ServerConnectionMachine: Equatable {
-    enum Request: Equatable {
+    enum Request: UInt8 {
         /// Between requests (`idle_timeout` runs).
         case idle
         /// Bytes of a head arrived (`header_timeout` runs from the first).
         case head
-        /// The body is being read (`body_timeout`); `paused` while the
-        /// handler's consumer lags.
-        case body(paused: Bool)
+        /// The body is being read (`body_timeout`) ...
+        case body
+        /// ... or would be, but the handler's consumer lags.
+        case bodyPaused
         /// Read whole; the handler owes (the rest of) the response.
         case done
     }
 
-    enum Response: Equatable {
+    enum Response: UInt8 {
         case none
-        /// The head is written. `chunked`: body bytes go out as chunks;
-        /// `bodyless`: no body bytes go out (HEAD, 204, 304...);
-        /// `congested`: a producer waits for the output to drain.
-        case streaming(chunked: Bool, bodyless: Bool, congested: Bool)
+        /// The head is written; body bytes go out as they are ...
+        case streaming
+        /// ... as chunks ...
+        case streamingChunked
+        /// ... or not at all (HEAD, 204, 304...).
+        case streamingBodyless
         case done
     }
 
-    enum State: Equatable {
-        /// Serving; `keepAlive`: another request may follow this one.
-        case open(Request, Response, keepAlive: Bool)
-        /// The last bytes are being sent before the close; `lingering` once
-        /// they are and the output is shut: input is discarded for a moment,
-        /// so closing does not reset the connection under the response.
-        case closing(lingering: Bool)
+    enum Phase: UInt8 {
+        /// Serving requests in order.
+        case open
+        /// The last bytes are being sent before the close.
+        case flushing
+        /// Sent and the output shut: input is discarded for a moment, so the
+        /// close does not reset the connection under the response.
+        case lingering
         case closed
     }
 
     /// What the connection's timer means now.
-    enum Deadline: Equatable {
-        case idle, header, body
-        /// A closing connection: its client stopped reading, or the linger is over.
-        case close
-    }
+    enum Deadline: Equatable { case header, body }
 
     enum TimerAction: Equatable {
         case none
         case close
-        /// The request did not come in time: answer `error` (408).
+        /// The request did not come in time: answer 408.
         case timedOut(Deadline)
     }
 
@@ -66,90 +69,82 @@ struct ServerConnectionMachine: Equatable {
         case none
     }
 
-    private(set) var state = State.open(.idle, .none, keepAlive: true)
+    enum DrainAction: Equatable { case none, close, closeAfterFlush }
 
-    // MARK: Reading
-
-    @inline(__always)
-    var request: Request? {
-        if case .open(let r, _, _) = state { return r }
-        return nil
-    }
-
-    @inline(__always)
-    var response: Response? {
-        if case .open(_, let r, _) = state { return r }
-        return nil
-    }
+    private(set) var phase = Phase.open
+    /// The request side; meaningful while `open`.
+    private(set) var request = Request.idle
+    /// The response side; meaningful while `open`.
+    private(set) var response = Response.none
+    /// Another request may follow this one on the connection.
+    private(set) var keepAlive = true
+    /// While streaming: a producer waits for the output to drain.
+    private(set) var congested = false
 
     @inline(__always)
-    var isClosing: Bool {
-        switch state {
-        case .closing, .closed: return true
-        case .open: return false
-        }
-    }
+    var isOpen: Bool { phase == .open }
 
     @inline(__always)
-    var hasResponseStarted: Bool {
-        switch response {
-        case .none?: return false
-        default: return true
-        }
-    }
+    var isClosing: Bool { phase != .open }
+
+    @inline(__always)
+    var isReadingBody: Bool { phase == .open && (request == .body || request == .bodyPaused) }
 
     @inline(__always)
     var isStreaming: Bool {
-        if case .streaming? = response { return true }
-        return false
+        phase == .open && (response == .streaming || response == .streamingChunked || response == .streamingBodyless)
     }
+
+    @inline(__always)
+    var hasResponseStarted: Bool { phase != .open || response != .none }
+
+    // MARK: Reading
 
     /// Bytes of a new request arrived: true if a head begins (it was idle).
     @inline(__always)
     mutating func headBegins() -> Bool {
-        guard case .open(.idle, let response, let keepAlive) = state else { return false }
-        state = .open(.head, response, keepAlive: keepAlive)
+        guard phase == .open, request == .idle else { return false }
+        request = .head
         return true
     }
 
     /// A whole head; `keepAlive` as the request asks (and no drain began).
     @inline(__always)
     mutating func headComplete(keepAlive: Bool) {
-        state = .open(.body(paused: false), .none, keepAlive: keepAlive)
+        request = .body
+        response = .none
+        congested = false
+        self.keepAlive = keepAlive
     }
 
     @inline(__always)
     mutating func pauseBody() {
-        if case .open(.body, let response, let keepAlive) = state {
-            state = .open(.body(paused: true), response, keepAlive: keepAlive)
-        }
+        if phase == .open && request == .body { request = .bodyPaused }
     }
 
     /// True if the body was paused (reading goes on now).
     @inline(__always)
     mutating func resumeBody() -> Bool {
-        guard case .open(.body(paused: true), let response, let keepAlive) = state else { return false }
-        state = .open(.body(paused: false), response, keepAlive: keepAlive)
+        guard phase == .open, request == .bodyPaused else { return false }
+        request = .body
         return true
     }
 
     /// The body is whole: true when the response is done too.
     @inline(__always)
     mutating func bodyComplete() -> Bool {
-        guard case .open(.body, let response, let keepAlive) = state else { return false }
-        state = .open(.done, response, keepAlive: keepAlive)
+        guard isReadingBody else { return false }
+        request = .done
         return response == .done
     }
 
     // MARK: Writing
 
-    /// The answer will not let the connection be reused (the body was not
-    /// read, an error closes it): say so in its head.
+    /// The answer will not let the connection be reused (its request body
+    /// is not read): say so in its head.
     @inline(__always)
     mutating func refuseKeepAlive() {
-        if case .open(let request, let response, _) = state {
-            state = .open(request, response, keepAlive: false)
-        }
+        if phase == .open { keepAlive = false }
     }
 
     /// The response head goes out. `streamed`: no length known; `bodyless`:
@@ -159,7 +154,7 @@ struct ServerConnectionMachine: Equatable {
     @inline(__always)
     mutating func startResponse(streamed: Bool, bodyless: Bool, http10: Bool, draining: Bool)
         -> (chunked: Bool, keepAlive: Bool)? {
-        guard case .open(let request, .none, var keepAlive) = state else { return nil }
+        guard phase == .open, response == .none else { return nil }
         if draining { keepAlive = false }
         var chunked = false
         if streamed {
@@ -169,23 +164,21 @@ struct ServerConnectionMachine: Equatable {
                 chunked = true
             }
         }
-        state = .open(request, .streaming(chunked: chunked, bodyless: bodyless, congested: false), keepAlive: keepAlive)
+        response = bodyless ? .streamingBodyless : chunked ? .streamingChunked : .streaming
         return (chunked, keepAlive)
     }
 
     /// The output passed its high-water mark while streaming: a producer waits.
     @inline(__always)
     mutating func outputCongested() {
-        if case .open(let request, .streaming(let chunked, let bodyless, _), let keepAlive) = state {
-            state = .open(request, .streaming(chunked: chunked, bodyless: bodyless, congested: true), keepAlive: keepAlive)
-        }
+        if isStreaming { congested = true }
     }
 
     /// The output drained: true if a producer waited for it.
     @inline(__always)
     mutating func outputDrained() -> Bool {
-        guard case .open(let request, .streaming(let chunked, let bodyless, true), let keepAlive) = state else { return false }
-        state = .open(request, .streaming(chunked: chunked, bodyless: bodyless, congested: false), keepAlive: keepAlive)
+        guard isStreaming, congested else { return false }
+        congested = false
         return true
     }
 
@@ -193,16 +186,16 @@ struct ServerConnectionMachine: Equatable {
     /// request body (so an unfinished read loop will end it).
     @inline(__always)
     mutating func endResponse(bodyReadWhole: Bool) -> AfterResponse {
-        guard case .open(let request, .streaming, let keepAlive) = state else { return .none }
+        guard isStreaming else { return .none }
+        response = .done
+        congested = false
         switch request {
         case .done:
-            state = .open(.done, .done, keepAlive: keepAlive)
             return .finishExchange
-        case .body where bodyReadWhole:
-            state = .open(request, .done, keepAlive: keepAlive)
+        case .body where bodyReadWhole, .bodyPaused where bodyReadWhole:
             return .awaitBodyEnd
         default:
-            state = .open(request, .done, keepAlive: false)
+            keepAlive = false
             return .closeAfterFlush
         }
     }
@@ -211,8 +204,9 @@ struct ServerConnectionMachine: Equatable {
     /// request (`idle_timeout`), false if it closes after the flush.
     @inline(__always)
     mutating func finishExchange() -> Bool {
-        guard case .open(_, _, true) = state else { return false }
-        state = .open(.idle, .none, keepAlive: true)
+        guard phase == .open, keepAlive else { return false }
+        request = .idle
+        response = .none
         return true
     }
 
@@ -220,75 +214,63 @@ struct ServerConnectionMachine: Equatable {
 
     /// The request broke a rule or ran out of time: true if it is to be
     /// answered with the error (nothing was sent yet), false to close at once.
-    @inline(__always)
     mutating func requestFailed() -> Bool {
-        guard case .open(_, .none, _) = state else { return false }
-        state = .open(.done, .none, keepAlive: false)
+        guard phase == .open, response == .none else { return false }
+        request = .done
+        keepAlive = false
         return true
     }
 
     /// Starts the close after the buffered output: false if already closing.
-    @inline(__always)
     mutating func closeAfterFlush() -> Bool {
-        guard case .open = state else { return false }
-        state = .closing(lingering: false)
+        guard phase == .open else { return false }
+        phase = .flushing
         return true
     }
 
     /// The output is sent: true if the linger begins now.
-    @inline(__always)
     mutating func linger() -> Bool {
-        guard case .closing(lingering: false) = state else { return false }
-        state = .closing(lingering: true)
+        guard phase == .flushing else { return false }
+        phase = .lingering
         return true
     }
 
     /// The timer fired.
-    @inline(__always)
     func timerFired() -> TimerAction {
-        switch state {
-        case .closing: return .close
-        case .open(.idle, _, _): return .close
-        case .open(.head, _, _): return .timedOut(.header)
-        case .open(.body, _, _): return .timedOut(.body)
-        case .open(.done, _, _), .closed: return .none
+        switch phase {
+        case .flushing, .lingering: return .close
+        case .closed: return .none
+        case .open:
+            switch request {
+            case .idle: return .close
+            case .head: return .timedOut(.header)
+            case .body, .bodyPaused: return .timedOut(.body)
+            case .done: return .none
+            }
         }
     }
 
     /// The peer closed its side (`cleanly`: EOF, not an error). True if the
     /// connection stays to answer a request it has whole (then closes).
-    @inline(__always)
     mutating func peerClosed(cleanly: Bool) -> Bool {
-        guard cleanly, case .open(.done, let response, _) = state, response != .done else { return false }
-        state = .open(.done, response, keepAlive: false)
+        guard cleanly, phase == .open, request == .done, response != .done else { return false }
+        keepAlive = false
         return true
     }
 
-    /// SIGTERM: finish the exchange under way, then close. What to do now
-    /// for an idle connection.
-    enum DrainAction: Equatable { case none, close, closeAfterFlush }
-
-    @inline(__always)
+    /// SIGTERM: finish the exchange under way, then close. What to do now.
     mutating func drain(inputPending: Bool, outputPending: Bool) -> DrainAction {
-        guard case .open(let request, let response, _) = state else { return .none }
-        state = .open(request, response, keepAlive: false)
-        if case .streaming = response { return .none }
-        guard request == .idle, !inputPending else { return .none }
+        guard phase == .open else { return .none }
+        keepAlive = false
+        guard !isStreaming, request == .idle, !inputPending else { return .none }
         return outputPending ? .closeAfterFlush : .close
     }
 
     /// The connection is closed: true if the handler must hear that its
     /// exchange was cut short.
-    @inline(__always)
     mutating func closed() -> Bool {
-        let cut: Bool
-        switch state {
-        case .open(.idle, let response, _):
-            if case .streaming = response { cut = true } else { cut = false }
-        case .open: cut = true
-        case .closing, .closed: cut = false
-        }
-        state = .closed
+        let cut = phase == .open && (request != .idle || isStreaming)
+        phase = .closed
         return cut
     }
 }

@@ -24,7 +24,7 @@ import Testing
         #expect(!v3)
         #expect(m.timerFired() == .timedOut(.header))
         m.headComplete(keepAlive: true)
-        #expect(m.request == .body(paused: false))
+        #expect(m.request == .body)
         #expect(m.timerFired() == .timedOut(.body))
         let v4 = m.bodyComplete()
         #expect(!v4)  // no response yet
@@ -37,7 +37,7 @@ import Testing
         #expect(v5 == .finishExchange)
         let v6 = m.finishExchange()
         #expect(v6)
-        #expect(m.state == .open(.idle, .none, keepAlive: true))
+        #expect(m.request == .idle && m.response == .none && m.keepAlive && m.isOpen)
     }
 
     @Test func aResponseBeforeTheBodyEnds() {
@@ -46,7 +46,7 @@ import Testing
         _ = m.startResponse(streamed: false, bodyless: false, http10: false, draining: false)
         let v7 = m.endResponse(bodyReadWhole: false)
         #expect(v7 == .closeAfterFlush)
-        #expect(m.state == .open(.body(paused: false), .done, keepAlive: false))
+        #expect(m.request == .body && m.response == .done && !m.keepAlive)
         // A bodyless request answered at once: the read loop ends it, then
         // both sides are done.
         var b = Self.afterHead()
@@ -63,7 +63,7 @@ import Testing
         var chunked = Self.afterHead()
         let v11 = chunked.startResponse(streamed: true, bodyless: false, http10: false, draining: false)
         #expect(v11! == (true, true))
-        #expect(chunked.response == .streaming(chunked: true, bodyless: false, congested: false))
+        #expect(chunked.response == .streamingChunked)
         let v12 = chunked.startResponse(streamed: false, bodyless: false, http10: false, draining: false)
         #expect(v12 == nil)
         var http10 = Self.afterHead()
@@ -94,10 +94,10 @@ import Testing
         let v20 = m.resumeBody()
         #expect(!v20)
         m.pauseBody()
-        #expect(m.request == .body(paused: true))
+        #expect(m.request == .bodyPaused)
         let v21 = m.resumeBody()
         #expect(v21)
-        #expect(m.request == .body(paused: false))
+        #expect(m.request == .body)
         _ = m.bodyComplete()
         m.pauseBody()  // only a body being read pauses
         #expect(m.request == .done)
@@ -120,7 +120,7 @@ import Testing
         var m = Self.afterHead()
         let v25 = m.requestFailed()
         #expect(v25)
-        #expect(m.state == .open(.done, .none, keepAlive: false))
+        #expect(m.request == .done && m.response == .none && !m.keepAlive)
         var started = Self.afterHead()
         _ = started.startResponse(streamed: true, bodyless: false, http10: false, draining: false)
         let v26 = started.requestFailed()
@@ -133,7 +133,7 @@ import Testing
         #expect(v27)
         let v28 = m.closeAfterFlush()
         #expect(!v28)
-        #expect(m.isClosing && m.request == nil)
+        #expect(m.isClosing && !m.isOpen)
         #expect(m.timerFired() == .close)  // the client stopped reading
         let v29 = m.linger()
         #expect(v29)
@@ -142,7 +142,7 @@ import Testing
         #expect(m.timerFired() == .close)
         let v31 = m.closed()
         #expect(!v31)  // the handler was let go at the close's start
-        #expect(m.state == .closed)
+        #expect(m.phase == .closed)
     }
 
     @Test func thePeerClosing() {
@@ -151,7 +151,7 @@ import Testing
         _ = m.bodyComplete()
         let v32 = m.peerClosed(cleanly: true)
         #expect(v32)
-        #expect(m.state == .open(.done, .none, keepAlive: false))
+        #expect(m.request == .done && m.response == .none && !m.keepAlive)
         var reset = Self.afterHead()
         _ = reset.bodyComplete()
         let v33 = reset.peerClosed(cleanly: false)
@@ -174,7 +174,7 @@ import Testing
         var busy = Self.afterHead()
         let v38 = busy.drain(inputPending: false, outputPending: false)
         #expect(v38 == .none)
-        #expect(busy.state == .open(.body(paused: false), .none, keepAlive: false))
+        #expect(busy.request == .body && !busy.keepAlive)
         var closing = Self.afterHead()
         _ = closing.closeAfterFlush()
         let v39 = closing.drain(inputPending: false, outputPending: false)
