@@ -182,10 +182,11 @@ public final class HTTPServerConnection: ChannelDelegate {
             guard machine.isReadingBody else { return true }
         }
         guard done else { return false }
-        let finished = machine.bodyComplete()
+        machine.bodyComplete()
         timer.cancel()
         handler?.requestEnd(connection: self)
-        if finished && machine.isOpen && machine.request == .done && machine.response == .done {
+        // The handler may have answered (and finished the exchange) inside.
+        if machine.isOpen && machine.request == .done && machine.response == .done {
             finishExchange()
         }
         return true

@@ -131,7 +131,7 @@ struct ServerConnectionMachine: Equatable {
     }
 
     /// The body is whole: true when the response is done too.
-    @inline(__always)
+    @inline(__always) @discardableResult
     mutating func bodyComplete() -> Bool {
         guard isReadingBody else { return false }
         request = .done

@@ -169,8 +169,9 @@ final class JobIntake: RequestHandler {
             }
         }
         if route.mode == .async || preference == .respondAsync {
+            // Prefer: wait=N on an async route (respond-async excludes it).
             var wait = false
-            if case .wait = preference { wait = route.mode == .async }
+            if case .wait = preference { wait = true }
             perform(.accept(reserved: target.gate.tryReserve(), wait: wait, claim: claimed))
             return
         }
@@ -277,11 +278,11 @@ final class JobIntake: RequestHandler {
             withdraw = { gate.withdraw(token) }
         }
         jobs.table.insert(record, request: request, withdraw: withdraw, on: jobs.loop) { error in
-            bound.value.committed(record, error: error)
+            bound.value.committed(error: error)
         }
     }
 
-    private func committed(_ record: JobRecord, error: StoreError?) {
+    private func committed(error: StoreError?) {
         if let error {
             jobs.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
             perform(.commitFailed)

@@ -144,7 +144,7 @@ final class JobRunner: HTTPClientDelegate {
         phase = .ended
         timer.cancel()
         jobs.engine.exchangeEnded()
-        if outcome == nil || isFailure(outcome) { capture.discard() }
+        capture.discard()  // after `finish` the file is the response's: only a partial capture goes
         let done = finished
         finished = nil
         if let outcome { done?(outcome) }
@@ -152,11 +152,6 @@ final class JobRunner: HTTPClientDelegate {
 
     private var isEnded: Bool {
         if case .ended = phase { return true }
-        return false
-    }
-
-    private func isFailure(_ outcome: Outcome?) -> Bool {
-        if case .failure = outcome { return true }
         return false
     }
 
