@@ -32,11 +32,12 @@ let package = Package(
         .systemLibrary(name: "CLibevent", path: "Sources/CLibevent"),
         .systemLibrary(name: "CHTTPParser", path: "Sources/CHTTPParser"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
 
         // One event_base per thread; cross-thread hand-off; timers.
         .target(name: "Loop", dependencies: ["CLibevent"], swiftSettings: strict),
-        // HTTP/1.1 server and client connections on bufferevents + http_parser.
-        .target(name: "HTTP", dependencies: ["Loop", "CLibevent", "CHTTPParser"], swiftSettings: strict),
+        // HTTP/1.1 server and client connections on libevent + http_parser; TLS clients on OpenSSL.
+        .target(name: "HTTP", dependencies: ["Loop", "CLibevent", "CHTTPParser", "COpenSSL"], swiftSettings: strict),
         // The YAML configuration model and loader.
         .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
         // Routes, upstream pools, header rules, the sync exchange, jobs on the wire.

@@ -62,6 +62,12 @@ public final class Channel {
     /// The last read filled its room: the peer is sending a lot.
     private var bulkReads = false
     public private(set) var isClosed = false
+    /// TLS over the socket (an `https://` peer); nil for plain TCP.
+    private var tls: TLSSession?
+    /// Connected, the TLS handshake under way: `channelConnected` waits for it.
+    private var handshaking = false
+    /// Why the TLS handshake failed (`tls: certificate verify failed: ...`).
+    public var tlsFailure: String? { tls?.failure }
 
     /// The loop whose base the events belong to: it must outlive them.
     private let loop: EventLoop
@@ -92,13 +98,20 @@ public final class Channel {
         }, ctx)
     }
 
-    /// A new socket connecting to `address`; `channelConnected` follows.
-    public static func connect(loop: EventLoop, to address: ResolvedAddress) -> Channel? {
+    /// A new socket connecting to `address`; `channelConnected` follows,
+    /// after the TLS handshake with `serverName` when `tls` is given.
+    public static func connect(
+        loop: EventLoop, to address: ResolvedAddress, tls: TLSClientContext? = nil, serverName: String = ""
+    ) -> Channel? {
         var address = address
         let family = Int32(address.storage.ss_family)
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
         let channel = Channel(loop: loop, fd: fd)
+        if let tls {
+            guard let session = TLSSession(context: tls, fd: fd, serverName: serverName) else { return nil }
+            channel.tls = session
+        }
         let rc = address.withSockaddr { Glibc.connect(fd, $0, socklen_t($1)) }
         if rc != 0 && errno != EINPROGRESS {
             channel.pendingConnectError = errno
@@ -149,10 +162,15 @@ public final class Channel {
         } else if !readArmed {
             readArmed = true
             event_add(readEvent, nil)
+            if let tls, tls.hasPendingInput { event_active(readEvent, EV_READ, 0) }
         }
     }
 
     private func readReady() {
+        if handshaking {
+            continueHandshake()
+            return
+        }
         var room = bulkReads ? Channel.readSize : Channel.smallReadSize
         if inputHighWater > 0 {
             room = min(room, inputHighWater - evbuffer_get_length(rawInput))
@@ -164,6 +182,10 @@ public final class Channel {
         // One contiguous extent, one recv(2): cheaper than readv over two.
         var extent = iovec()
         guard evbuffer_reserve_space(rawInput, room, &extent, 1) == 1 else { return }
+        if let tls {
+            readTLS(tls, into: &extent, room: room)
+            return
+        }
         let n = recv(fd, extent.iov_base, min(extent.iov_len, room), 0)
         if n > 0 {
             bulkReads = n >= Channel.smallReadSize
@@ -194,8 +216,8 @@ public final class Channel {
             flushScheduled = false
             event_del(flushEvent)
         }
-        guard !isClosed, !connecting, evbuffer_get_length(rawOutput) > 0 else { return }
-        let n = evbuffer_write(rawOutput, fd)
+        guard !isClosed, !connecting, !handshaking, evbuffer_get_length(rawOutput) > 0 else { return }
+        let n = tls == nil ? evbuffer_write(rawOutput, fd) : writeTLS()
         if n < 0 && errno != EAGAIN && errno != EINTR {
             failWrite(errno)
             return
@@ -223,13 +245,22 @@ public final class Channel {
                 var len = socklen_t(MemoryLayout<Int32>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len)
             }
+            if error == 0 && tls != nil {
+                handshaking = true
+                continueHandshake()
+                return
+            }
             if evbuffer_get_length(rawOutput) == 0 { event_del(writeEvent) }
             delegate?.channelConnected(self, error: error)
             if error == 0 && !isClosed { flush() }
             return
         }
+        if handshaking {
+            continueHandshake()
+            return
+        }
         if evbuffer_get_length(rawOutput) > 0 {
-            let n = evbuffer_write(rawOutput, fd)
+            let n = tls == nil ? evbuffer_write(rawOutput, fd) : writeTLS()
             if n < 0 && errno != EAGAIN && errno != EINTR {
                 failWrite(errno)
                 return
@@ -250,7 +281,9 @@ public final class Channel {
 
     /// Half-close: no more output; reading goes on.
     public func shutdownOutput() {
-        if !isClosed { shutdown(fd, Int32(SHUT_WR)) }
+        guard !isClosed else { return }
+        tls?.shutdown()
+        shutdown(fd, Int32(SHUT_WR))
     }
 
     public func close() {
@@ -260,7 +293,96 @@ public final class Channel {
         disarmRead()
         event_del(writeEvent)
         event_del(flushEvent)
+        if !handshaking && !connecting { tls?.shutdown() }
         Glibc.close(fd)
+    }
+
+    // MARK: TLS
+
+    /// Drives the handshake on read and write readiness; reports
+    /// `channelConnected` when it is done or has failed.
+    private func continueHandshake() {
+        guard let tls, !isClosed else { return }
+        switch tls.handshake() {
+        case .wantRead:
+            event_del(writeEvent)
+            if !readArmed {
+                readArmed = true
+                event_add(readEvent, nil)
+            }
+        case .wantWrite:
+            event_add(writeEvent, nil)
+        case .done:
+            handshaking = false
+            if !readWanted { disarmRead() }
+            if evbuffer_get_length(rawOutput) == 0 { event_del(writeEvent) }
+            delegate?.channelConnected(self, error: 0)
+            if !isClosed { flush() }
+        case .failed:
+            handshaking = false
+            disarmRead()
+            event_del(writeEvent)
+            delegate?.channelConnected(self, error: EPROTO)
+        }
+    }
+
+    /// One `SSL_read` into the reserved extent: the TLS form of the plain
+    /// `recv` above. Plaintext left inside OpenSSL brings the read event
+    /// back in this loop turn.
+    private func readTLS(_ tls: TLSSession, into extent: inout iovec, room: Int) {
+        switch tls.read(into: extent.iov_base, count: min(extent.iov_len, room)) {
+        case .bytes(let n):
+            bulkReads = n >= Channel.smallReadSize
+            extent.iov_len = n
+            evbuffer_commit_space(rawInput, &extent, 1)
+            if inputHighWater > 0 && evbuffer_get_length(rawInput) >= inputHighWater {
+                disarmRead()
+            } else if tls.hasPendingInput {
+                event_active(readEvent, EV_READ, 0)
+            }
+            delegate?.channelReadable(self)
+            // A write that waited for the peer's record can go on now.
+            if !isClosed && evbuffer_get_length(rawOutput) > 0 { flush() }
+        case .wantRead, .wantWrite:
+            break
+        case .closed:
+            disarmRead()
+            readWanted = false
+            delegate?.channelClosed(self, error: 0)
+        case .failed(let e):
+            disarmRead()
+            readWanted = false
+            delegate?.channelClosed(self, error: e)
+        }
+    }
+
+    /// Writes `output` through TLS until it is empty or the socket is full,
+    /// in records of up to 16 KiB; -1 with `errno` set on a fatal error or
+    /// when nothing could be written.
+    private func writeTLS() -> Int32 {
+        guard let tls else { return -1 }
+        var total = 0
+        while true {
+            let length = evbuffer_get_length(rawOutput)
+            if length == 0 { return Int32(clamping: total) }
+            // Small pieces (a head, a chunk header) leave as one record.
+            let count = min(length, 16 * 1024)
+            guard let bytes = evbuffer_pullup(rawOutput, count) else { return Int32(clamping: total) }
+            switch tls.write(bytes, count: count) {
+            case .bytes(let n):
+                evbuffer_drain(rawOutput, n)
+                total += n
+            case .wantRead, .wantWrite:
+                errno = EAGAIN
+                return total > 0 ? Int32(clamping: total) : -1
+            case .closed:
+                errno = EPIPE
+                return -1
+            case .failed(let e):
+                errno = e
+                return -1
+            }
+        }
     }
 }
 

@@ -10,6 +10,9 @@ public enum ClientFailure: Error, Sendable, Equatable {
     /// Connection refused or the address unreachable.
     case unreachable
     case connectTimeout
+    /// The TLS handshake or the peer's certificate failed; says why
+    /// (`tls: certificate verify failed: ...`).
+    case tlsFailed(String)
     /// Closed or reset before any response byte.
     case reset
     /// A head that does not parse or breaks the strict rules.
@@ -71,9 +74,11 @@ public final class HTTPClientConnection: ChannelDelegate {
         self.connectTimer = Timer(loop: loop) { [unowned self] in self.connectTimedOut() }
     }
 
-    /// Starts connecting; `delegate.clientConnected` or `clientFailed` follows.
-    public func connect(to address: ResolvedAddress, timeout: Duration) {
-        guard let channel = Channel.connect(loop: loop, to: address) else {
+    /// Starts connecting, then the TLS handshake with `serverName` if `tls`
+    /// is given (the connect timeout covers both); `delegate.clientConnected`
+    /// or `clientFailed` follows.
+    public func connect(to address: ResolvedAddress, timeout: Duration, tls: TLSClientContext? = nil, serverName: String = "") {
+        guard let channel = Channel.connect(loop: loop, to: address, tls: tls, serverName: serverName) else {
             fail(.unreachable)
             return
         }
@@ -276,7 +281,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     public func channelConnected(_ channel: Channel, error: Int32) {
         connectTimer.cancel()
         guard error == 0 else {
-            fail(.unreachable)
+            fail(channel.tlsFailure.map { .tlsFailed($0) } ?? .unreachable)
             return
         }
         setNoDelay(channel.fd)

@@ -127,6 +127,7 @@ final class JobRunner: HTTPClientDelegate {
     static func describe(_ failure: UpstreamFailure) -> (JobErrorCode, String, Retry) {
         switch failure {
         case .connection(.unreachable): return (.upstreamUnreachable, "upstream refused or unreachable", .unsent)
+        case .connection(.tlsFailed(let reason)): return (.upstreamUnreachable, reason, .unsent)
         case .connection(.connectTimeout): return (.upstreamTimeout, "upstream connect timed out", .unsent)
         case .connection(.reset): return (.upstreamReset, "upstream closed the connection before responding", .sentNoResponse)
         case .connection(.badResponse): return (.upstreamBadResponse, "upstream sent a malformed response", .no)
@@ -230,6 +231,9 @@ final class JobRunner: HTTPClientDelegate {
     }
 
     func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
+        if case .tlsFailed(let reason) = failure {
+            jobs.log.warning("upstream \(upstream.target.name): \(reason)", metadata: ["job": "\(id)"])
+        }
         perform(.failed(.connection(failure)))
     }
 

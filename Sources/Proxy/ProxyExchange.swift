@@ -1,5 +1,6 @@
 import Config
 import HTTP
+import Logging
 import Loop
 
 /// One proxied request in `sync` mode: client request -> upstream -> client.
@@ -96,7 +97,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     static func error(_ failure: UpstreamFailure) -> HTTPError {
         switch failure {
-        case .connection(.unreachable): return .upstreamUnreachable
+        case .connection(.unreachable), .connection(.tlsFailed): return .upstreamUnreachable
         case .connection(.connectTimeout): return .upstreamConnectTimeout
         case .connection(.reset): return .upstreamReset
         case .connection(.badResponse), .badResponseHead: return .badResponse
@@ -202,6 +203,9 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     func clientFailed(_ connection: HTTPClientConnection, failure: ClientFailure) {
+        if case .tlsFailed(let reason) = failure {
+            proxy.log.warning("upstream \(target.name): \(reason)")
+        }
         perform(.failed(.connection(failure)))
     }
 

@@ -28,7 +28,15 @@ public final class RuntimeConfig: Sendable {
             } else {
                 gate = LocalConcurrencyGate(limit: u.maxConcurrency, maxQueued: u.maxQueued)
             }
-            targets.append(UpstreamTarget(config: u, address: address, gate: gate))
+            var tls: TLSClientContext?
+            if u.url.scheme == "https" {
+                do {
+                    tls = try TLSClientContext(caFile: u.caFile)
+                } catch {
+                    throw SocketError(message: "upstream '\(u.name)': \(error)")
+                }
+            }
+            targets.append(UpstreamTarget(config: u, address: address, gate: gate, tls: tls))
         }
         self.upstreams = targets
         var routes: [CompiledRoute] = []

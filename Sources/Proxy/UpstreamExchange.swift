@@ -242,6 +242,6 @@ public final class UpstreamExchange {
         let c = proxy.newUpstream(delegate: owner!, isHead: isHead)
         // Stored first: `connect` may fail at once, through the delegate.
         connection = c
-        c.connect(to: target.address, timeout: target.config.connectTimeout)
+        c.connect(to: target.address, timeout: target.config.connectTimeout, tls: target.tls, serverName: target.config.url.host)
     }
 }

@@ -9,12 +9,15 @@ public final class UpstreamTarget: Sendable {
     public let address: ResolvedAddress
     public let pathPrefix: [UInt8]
     public let gate: any ConcurrencyGate
+    /// For an `https://` upstream: its trust store and verification; nil for `http://`.
+    public let tls: TLSClientContext?
 
-    init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate) {
+    init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
         self.name = config.name
         self.config = config
         self.address = address
         self.gate = gate
+        self.tls = tls
         self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }
 }

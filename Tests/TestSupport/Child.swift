@@ -27,8 +27,9 @@ public final class Child: @unchecked Sendable {
     private let exitStatus = Box<Int32?>(nil)
     private let stdoutPipe = Pipe(), stderrPipe = Pipe()
 
-    public init(_ arguments: [String], environment: [String: String]? = nil) throws {
-        process.executableURL = URL(fileURLWithPath: coatcheckBinary)
+    /// Runs `executable` (default: the built `coatcheck`) with `arguments`.
+    public init(_ arguments: [String], environment: [String: String]? = nil, executable: String? = nil) throws {
+        process.executableURL = URL(fileURLWithPath: executable ?? coatcheckBinary)
         process.arguments = arguments
         if let environment { process.environment = environment }
         // Each child in a directory of its own: the default store
