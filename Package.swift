@@ -50,7 +50,10 @@ let package = Package(
         // the runner, retries, the job API and its JSON. Above Proxy.
         .target(
             name: "Jobs",
-            dependencies: ["Proxy", "HTTP", "Loop", "Config", "Store", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Proxy", "HTTP", "Loop", "Config", "Store",
+                .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict
         ),
         // Job ids, records, the lifecycle, the stores (memory, SQLite) and the job table.

@@ -1,4 +1,7 @@
 import Yams
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Walks a composed YAML tree into a `Configuration`. Every error carries the
 /// mark of the offending key or value and its key path, e.g. `limits.body_timeout`.
@@ -184,6 +187,7 @@ struct Walker {
             }
             var route = Route(upstream: "")
             var upstreamNode: Node?
+            var callbackKey: Node?
             for f in try entries(item, path, ["name", "match", "upstream", "mode", "async_after", "callback"]) {
                 switch f.key {
                 case "name":
@@ -199,11 +203,16 @@ struct Walker {
                     upstreamNode = f.value
                 case "mode": route.mode = try value(f, "sync, async or auto", parseMode)
                 case "async_after": route.asyncAfter = try duration(f, allowZero: true)
-                case "callback": route.callback = try callback(f)
+                case "callback":
+                    route.callback = try callback(f)
+                    callbackKey = f.keyNode
                 default: break
                 }
             }
             guard let upstreamNode else { throw error(item, "\(path): missing key 'upstream'") }
+            if let callbackKey, route.mode == .sync {
+                throw error(callbackKey, "\(path).callback: callbacks need a job: the route's mode must be async or auto")
+            }
             result.append((route, upstreamNode, path))
         }
         return result
@@ -229,38 +238,67 @@ struct Walker {
     func callback(_ e: Entry) throws(ConfigError) -> Callback {
         var c = Callback()
         var allowGiven = false
-        var secretEntry: Entry?
-        var secretEnvEntry: Entry?
-        for f in try entries(e.value, e.path, ["allow", "secret", "secret_env", "retry", "ca_file"]) {
+        var secretEntries: [Entry] = []
+        for f in try entries(e.value, e.path,
+                             ["allow", "secret", "secret_env", "secrets", "retry", "timeout", "max_concurrency", "ca_file"]) {
             switch f.key {
             case "allow":
                 allowGiven = true
                 for item in try list(f) {
-                    c.allow.append(try value(item, "an http(s) URL prefix", parseCallbackPrefix))
+                    c.allow.append(try value(item, "an http(s) URL prefix without userinfo or fragment", parseCallbackPrefix))
                 }
                 if c.allow.isEmpty { throw error(f.value, "\(f.path): expected at least one URL prefix") }
             case "secret":
-                c.secret = try string(f)
-                secretEntry = f
+                c.secrets = [try secret(f)]
+                secretEntries.append(f)
             case "secret_env":
                 let name = try string(f)
                 guard let v = lookupEnv(name), !v.isEmpty else {
                     throw error(f.value, "\(f.path): environment variable \(name) is not set")
                 }
+                try checkSecret(v, f)
                 c.secretEnv = name
-                c.secret = v
-                secretEnvEntry = f
+                c.secrets = [v]
+                secretEntries.append(f)
+            case "secrets":
+                c.secrets = []
+                for item in try list(f) { c.secrets.append(try secret(item)) }
+                if c.secrets.isEmpty { throw error(f.value, "\(f.path): expected at least one secret") }
+                secretEntries.append(f)
             case "retry": c.retry = try retry(f, defaults: c.retry)
-            case "ca_file": c.caFile = try optionalString(f)
+            case "timeout": c.timeout = try duration(f, allowZero: false)
+            case "max_concurrency": c.maxConcurrency = try int(f, min: 1)
+            case "ca_file":
+                c.caFile = try optionalString(f)
+                if let path = c.caFile, access(path, R_OK) != 0 {
+                    throw error(f.value, "\(f.path): cannot read \(path)")
+                }
             default: break
             }
         }
-        if let a = secretEntry, let b = secretEnvEntry {
-            let later = a.keyNode.mark?.line ?? 0 > b.keyNode.mark?.line ?? 0 ? a : b
-            throw error(later.keyNode, "\(e.path): secret and secret_env are mutually exclusive")
+        if secretEntries.count > 1 {
+            let later = secretEntries.max { ($0.keyNode.mark?.line ?? 0) < ($1.keyNode.mark?.line ?? 0) }!
+            throw error(later.keyNode, "\(e.path): secret, secret_env and secrets are mutually exclusive")
         }
         if !allowGiven { throw error(e.keyNode, "\(e.path): missing key 'allow' (the permitted callback URL prefixes)") }
+        if secretEntries.isEmpty {
+            throw error(e.keyNode, "\(e.path): missing key 'secret' (or secret_env, or secrets): deliveries are signed")
+        }
         return c
+    }
+
+    /// A signing secret: not empty; after a `whsec_` prefix, base64.
+    func secret(_ e: Entry) throws(ConfigError) -> String {
+        let s = try string(e)
+        try checkSecret(s, e)
+        return s
+    }
+
+    func checkSecret(_ s: String, _ e: Entry) throws(ConfigError) {
+        if s.isEmpty { throw error(e.value, "\(e.path): must not be empty") }
+        if s.hasPrefix("whsec_"), !isBase64(s.dropFirst(6)) {
+            throw error(e.value, "\(e.path): a whsec_ secret must be base64 after the prefix")
+        }
     }
 
     // MARK: - Values
@@ -427,7 +465,19 @@ private func parsePublicURL(_ s: String) -> Result<String, Problem> {
     }
 }
 
-/// Kept as written: a trailing slash matters to prefix matching.
-private func parseCallbackPrefix(_ s: String) -> Result<String, Problem> {
-    parseUpstreamURL(s).map { _ in s }
+/// Parsed as `X-Callback-Url` values are, so both meet on the same terms.
+private func parseCallbackPrefix(_ s: String) -> Result<CallbackURL, Problem> {
+    CallbackURL.parse(s).map { .success($0) } ?? .failure(Problem("expected http(s)://HOST[:PORT][/PATH], no userinfo or fragment"))
+}
+
+/// Standard base64 with padding, not empty.
+private func isBase64(_ s: Substring) -> Bool {
+    let bytes = Array(s.utf8)
+    guard !bytes.isEmpty, bytes.count % 4 == 0 else { return false }
+    let body = bytes.prefix { $0 != UInt8(ascii: "=") }
+    guard bytes.count - body.count <= 2, bytes[body.count...].allSatisfy({ $0 == UInt8(ascii: "=") }) else { return false }
+    return body.allSatisfy { b in
+        (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39)
+            || b == UInt8(ascii: "+") || b == UInt8(ascii: "/")
+    }
 }

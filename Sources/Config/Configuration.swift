@@ -168,13 +168,20 @@ public struct Route: Sendable, Equatable {
     public var label: String { name ?? pathPrefix }
 }
 
-/// `routes[].callback` (SPEC §4, webhooks). Parsed now; used by the jobs layer.
+/// `routes[].callback` (SPEC §4, webhooks).
 public struct Callback: Sendable, Equatable {
-    public var allow: [String] = []
-    /// The literal secret, or the value read from `secret_env` at load time.
-    public var secret: String?
+    /// The permitted URL prefixes, parsed as callback URLs are.
+    public var allow: [CallbackURL] = []
+    /// Signing secrets, newest first: `secret`, the value of `secret_env`
+    /// (read at load time), or `secrets` (rotation). Every delivery is
+    /// signed with each.
+    public var secrets: [String] = []
     public var secretEnv: String?
     public var retry: RetryPolicy = .init(attempts: 8, backoff: .seconds(5), maxBackoff: .seconds(3600))
+    /// One attempt, connect to last byte.
+    public var timeout: Duration = .seconds(30)
+    /// Deliveries in flight for the route.
+    public var maxConcurrency = 64
     public var caFile: String?
 
     public init() {}

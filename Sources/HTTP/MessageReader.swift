@@ -592,6 +592,11 @@ public final class MessageReader {
         fields.first { headerName(name($0), equals: lower) }
     }
 
+    /// How many fields are named `lower` (a lower-case literal), any case.
+    public func count(named lower: StaticString) -> Int {
+        fields.reduce(0) { $0 + (headerName(name($1), equals: lower) ? 1 : 0) }
+    }
+
     /// True if a Connection field of this message names `f`'s field name.
     public func isNominatedByConnection(_ f: HeaderField) -> Bool {
         guard connectionNominates else { return false }

@@ -48,6 +48,8 @@ final class JobIntake: RequestHandler {
     private let declaresBody: Bool
     private let credential: [UInt8]?
     private let idempotencyKey: String?
+    /// The webhook asked for (`X-Callback-Url`), already checked against the route's `allow`.
+    private let callback: JobCallback?
     /// The key as the table indexes it (within the credential).
     private var keyIndex: String? { idempotencyKey.map { JobRecord.keyIndex(key: $0, credential: credential) } }
     private let preference: Preference
@@ -71,8 +73,9 @@ final class JobIntake: RequestHandler {
     private var jobsConfig: Config.Jobs { jobs.config.configuration.jobs }
 
     init(jobs: JobLoop, client: HTTPServerConnection, request r: MessageReader, route: CompiledRoute,
-         credential: [UInt8]?, base: [UInt8]) {
+         credential: [UInt8]?, base: [UInt8], callback: JobCallback?) {
         self.jobs = jobs
+        self.callback = callback
         self.client = client
         self.route = route
         self.id = jobs.jobIDs.make()
@@ -196,7 +199,7 @@ final class JobIntake: RequestHandler {
     private func record(status: JobStatus) -> JobRecord {
         var r = JobRecord(id: id, status: status, upstream: target.name, route: route.label, method: method, path: path,
                           createdAt: createdAt, resendable: resendable, credential: credential,
-                          idempotencyKey: idempotencyKey, fingerprint: fingerprint)
+                          idempotencyKey: idempotencyKey, fingerprint: fingerprint, callback: callback)
         if status == .running {
             r.startedAt = runnerStartedAt
             r.attempts = 1

@@ -70,6 +70,21 @@ enum JobJSON {
             w.appendJSONEscaped(r.errorMessage ?? code.defaultMessage)
             w.append("\"}")
         }
+        if let callback = r.callback {
+            w.append(",\"callback\":{\"url\":")
+            w.appendJSONString(callback.url)
+            w.append(",\"status\":\"")
+            w.append(string: callback.status.json)
+            w.append("\",\"attempts\":")
+            w.append(decimal: Int64(callback.attempts))
+            w.append(",\"last_error\":")
+            w.appendJSONString(callback.lastError)
+            if callback.status.json == "pending" {
+                w.append(",\"next_attempt_at\":")
+                time(callback.nextAttemptAt, w)
+            }
+            w.append("}")
+        }
         w.append(",\"status_url\":\"")
         url(r.id, c, result: false, w)
         w.append("\",\"result_url\":\"")

@@ -30,6 +30,23 @@ public final class JobLoop: JobService {
         proxy.jobs = self
     }
 
+    /// Webhook deliveries, on the one loop that runs them (`startDeliveries`).
+    var deliverer: WebhookDeliverer?
+
+    /// Makes this loop the one that delivers webhooks: due callbacks are
+    /// handed here from any loop (and from the store's context), and the
+    /// ones a previous run left pending are scheduled now.
+    public func startDeliveries() {
+        loop.preconditionInEventLoop()
+        let deliverer = WebhookDeliverer(jobs: self)
+        self.deliverer = deliverer
+        let bound = LoopBound(self, loop: loop)
+        table.onCallbackDue { record in
+            bound.loop.execute { bound.value.deliverer?.schedule(record) }
+        }
+        for record in table.pendingCallbacks() { deliverer.schedule(record) }
+    }
+
     var config: RuntimeConfig { proxy.config }
     var log: Logger { proxy.log }
     var table: JobTable { engine.table }
@@ -42,10 +59,20 @@ public final class JobLoop: JobService {
 
     public func handler(for request: MessageReader, route: CompiledRoute,
                         on connection: HTTPServerConnection) -> any RequestHandler {
-        if request.first(named: "x-callback-url") != nil {
-            return proxy.refuse(.callbackNotAllowed, on: connection)
+        var callback: JobCallback?
+        if let header = request.first(named: "x-callback-url") {
+            // Refused before any job exists (SPEC §4), however it is spelled.
+            guard let settings = config.configuration.routes[route.index].callback else {
+                return proxy.refuse(.callbackNotAllowed, on: connection)
+            }
+            guard request.count(named: "x-callback-url") == 1,
+                  let url = CallbackURL.parse(String(decoding: request.value(header), as: UTF8.self)),
+                  url.isAllowed(byAny: settings.allow) else {
+                return proxy.refuse(.callbackURLRefused, on: connection)
+            }
+            callback = JobCallback(url: url.description)
         }
         return JobIntake(jobs: self, client: connection, request: request, route: route,
-                         credential: credential(of: request), base: publicBase(for: request))
+                         credential: credential(of: request), base: publicBase(for: request), callback: callback)
     }
 }

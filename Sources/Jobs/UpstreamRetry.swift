@@ -33,9 +33,7 @@ enum UpstreamRetry {
         case .failure(_, _, .no):
             return nil
         }
-        var delay = policy.backoff
-        for _ in 1..<max(1, attempts) where delay < policy.maxBackoff { delay *= 2 }
-        delay = min(delay, policy.maxBackoff)
+        var delay = policy.delay(afterAttempt: attempts)
         if let hinted { delay = max(delay, hinted) }
         return delay
     }

@@ -124,7 +124,7 @@ public final class ProxyLoop: HTTPService {
             lastPool = pool
             return pool
         }
-        guard !draining, config.upstream(named: target.name) === target else { return nil }
+        guard !draining, target.isStandalone || config.upstream(named: target.name) === target else { return nil }
         let pool = UpstreamPool(loop: loop, target: target)
         pools[key] = pool
         lastPool = pool

@@ -11,6 +11,10 @@ public final class UpstreamTarget: Sendable {
     public let gate: any ConcurrencyGate
     /// For an `https://` upstream: its trust store and verification; nil for `http://`.
     public let tls: TLSClientContext?
+    /// Made by a layer above for a peer that is not one of the configured
+    /// upstreams (a webhook receiver): pooled on each loop like them, for as
+    /// long as the configuration lasts.
+    public let isStandalone: Bool
 
     init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
         self.name = config.name
@@ -18,6 +22,19 @@ public final class UpstreamTarget: Sendable {
         self.address = address
         self.gate = gate
         self.tls = tls
+        self.isStandalone = false
+        self.pathPrefix = Array(config.url.pathPrefix.utf8)
+    }
+
+    /// A standalone target: `config` names the peer and its timeouts;
+    /// `gate` bounds the exchanges in flight to it.
+    public init(standalone config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
+        self.name = config.name
+        self.config = config
+        self.address = address
+        self.gate = gate
+        self.tls = tls
+        self.isStandalone = true
         self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }
 }

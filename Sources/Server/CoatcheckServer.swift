@@ -112,6 +112,8 @@ public final class CoatcheckServer: Sendable {
             let jobs = jobLoops[i % jobLoops.count]
             jobs.loop.execute { jobs.value.dispatch(record) }
         }
+        let deliveries = jobLoops[0]
+        deliveries.loop.execute { deliveries.value.startDeliveries() }
         let sweepLoop = group.loops[0]
         let sweeper = try? sweepLoop.submitAndWait { [self] in
             LoopBound(ExpirySweeper(loop: sweepLoop, server: self), loop: sweepLoop)

@@ -85,11 +85,13 @@ public struct JobRecord: Sendable, Equatable {
     public var responseSize: Int64?
     public var error: JobErrorCode?
     public var errorMessage: String?
+    /// The webhook the client asked for (`X-Callback-Url`), if any.
+    public var callback: JobCallback?
 
     public init(id: JobID, status: JobStatus, upstream: String, route: String = "", method: String, path: String,
                 createdAt: Int64, startedAt: Int64? = nil, completedAt: Int64? = nil, attempts: Int = 0,
                 resendable: Bool, credential: [UInt8]? = nil, idempotencyKey: String? = nil,
-                fingerprint: [UInt8]? = nil) {
+                fingerprint: [UInt8]? = nil, callback: JobCallback? = nil) {
         self.id = id
         self.status = status
         self.upstream = upstream
@@ -104,6 +106,7 @@ public struct JobRecord: Sendable, Equatable {
         self.credential = credential
         self.idempotencyKey = idempotencyKey
         self.fingerprint = fingerprint
+        self.callback = callback
     }
 }
 

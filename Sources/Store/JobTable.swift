@@ -107,8 +107,17 @@ public final class JobTable: Sendable {
     /// whichever loops race. Never taken inside `state`.
     private let ordering = Mutex(())
 
+    /// Told of each job whose callback became due, once that is durable.
+    private let callbackDue = Mutex<(@Sendable (JobRecord) -> Void)?>(nil)
+
     public init(store: any JobStore) {
         self.store = store
+    }
+
+    /// Sets who is told when a job's end makes its callback due (the
+    /// delivery scheduler); called on the store's context.
+    public func onCallbackDue(_ handler: @escaping @Sendable (JobRecord) -> Void) {
+        callbackDue.withLock { $0 = handler }
     }
 
     // MARK: Reading
@@ -253,6 +262,12 @@ public final class JobTable: Sendable {
                 if r.errorMessage == nil { r.errorMessage = error.defaultMessage }
             }
             fill(&r)
+            if to.isTerminal, let callback = r.callback, callback.status == .waiting {
+                // The end and its delivery in one write (DESIGN "Webhook deliveries").
+                r.callback = to == .canceled
+                    ? callback.with(status: .failed, lastError: "job_canceled")
+                    : callback.with(status: .pending, nextAttemptAt: r.completedAt ?? wallClockMillis())
+            }
             if let ahead = e.ahead {
                 ahead.record = r
                 ahead.writes += 1
@@ -273,11 +288,45 @@ public final class JobTable: Sendable {
             return (r, Hooks(abort: abort, withdraw: withdraw))
         }
         guard let updated else { return (nil, Hooks()) }
+        let due = updated.status.isTerminal && updated.callback?.isPending == true
         store.update(updated, response: response) { [self] error in
             publish(updated, stored: error == nil)
+            if due && error == nil, let handler = callbackDue.withLock({ $0 }) { handler(updated) }
             done(error)
         }
         return (updated, hooks)
+    }
+
+    /// Writes a new state of a terminal job's callback (a delivery attempt's
+    /// outcome, a re-arm): `change` gets the latest one and returns the next,
+    /// or nil to write nothing. Returns the record written. A callback made
+    /// pending again (re-armed) is handed to `onCallbackDue` once durable.
+    @discardableResult
+    public func updateCallback(of id: JobID, _ change: (JobCallback) -> JobCallback?,
+                               done: @escaping @Sendable (StoreError?) -> Void = { _ in }) -> JobRecord? {
+        ordering.withLock { _ in
+            var armed = false
+            let updated: JobRecord? = state.withLock { s in
+                guard let e = s.jobs[id], let callback = e.latest.callback, let next = change(callback) else { return nil }
+                armed = next.isPending && !callback.isPending && e.latest.status.isTerminal
+                var r = e.latest
+                r.callback = next
+                if let ahead = e.ahead {
+                    ahead.record = r
+                    ahead.writes += 1
+                } else {
+                    e.ahead = Ahead(r)
+                }
+                return r
+            }
+            guard let updated else { return nil }
+            store.update(updated, response: nil) { [self, armed] error in
+                publish(updated, stored: error == nil)
+                if armed && error == nil, let handler = callbackDue.withLock({ $0 }) { handler(updated) }
+                done(error)
+            }
+            return updated
+        }
     }
 
     /// What a transition took from the entry, to run outside the lock.
@@ -385,6 +434,20 @@ public final class JobTable: Sendable {
             }
         }
         return ids
+    }
+
+    /// Ended jobs whose callback is still to be delivered (after a start).
+    public func pendingCallbacks() -> [JobRecord] {
+        var records: [JobRecord] = []
+        for shard in 0..<JobIDMap<Entry>.shardCount {
+            state.withLock { s in
+                s.jobs.forEach(inShard: shard) { _, e in
+                    let r = e.latest
+                    if r.status.isTerminal, r.callback?.isPending == true { records.append(r) }
+                }
+            }
+        }
+        return records
     }
 
     // MARK: Long polls

@@ -429,47 +429,75 @@ func minimal(_ extra: String = "") -> String {
 
     // MARK: - Callbacks
 
-    func callbackYAML(_ body: String) -> String {
-        "upstreams:\n  app: { url: \"http://a\" }\nroutes:\n  - upstream: app\n    callback:\n\(body)\n"
+    func callbackYAML(_ body: String, mode: String = "async") -> String {
+        "upstreams:\n  app: { url: \"http://a\" }\nroutes:\n  - upstream: app\n    mode: \(mode)\n    callback:\n\(body)\n"
     }
 
     @Test func callbackWithLiteralSecret() throws {
+        let caFile = try writeTempFile("-----BEGIN CERTIFICATE-----\n", suffix: ".pem")
+        defer { unlink(caFile) }
         let yaml = callbackYAML("""
                   allow: ["https://hooks.example.com/"]
-                  secret: "whsec_abc"
-                  retry: { attempts: 8, backoff: 5s, max_backoff: 1h }
-                  ca_file: /etc/ssl/internal.pem
+                  secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+                  retry: { attempts: 3, backoff: 1s, max_backoff: 1m }
+                  timeout: 5s
+                  max_concurrency: 8
+                  ca_file: \(caFile)
             """)
         let cb = try #require(try ConfigLoader.parse(yaml: yaml, file: "f").routes[0].callback)
-        #expect(cb.allow == ["https://hooks.example.com/"])
-        #expect(cb.secret == "whsec_abc")
+        #expect(cb.allow == [CallbackURL.parse("https://hooks.example.com/")!])
+        #expect(cb.secrets == ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
         #expect(cb.secretEnv == nil)
-        #expect(cb.retry == RetryPolicy(attempts: 8, backoff: .seconds(5), maxBackoff: .seconds(3600)))
-        #expect(cb.caFile == "/etc/ssl/internal.pem")
+        #expect(cb.retry == RetryPolicy(attempts: 3, backoff: .seconds(1), maxBackoff: .seconds(60)))
+        #expect(cb.timeout == .seconds(5))
+        #expect(cb.maxConcurrency == 8)
+        #expect(cb.caFile == caFile)
     }
 
     @Test func callbackDefaultsAndSecretEnv() throws {
         let yaml = callbackYAML("      allow: https://hooks.example.com/\n      secret_env: HOOK_SECRET")
-        let c = try ConfigLoader.parse(yaml: yaml, file: "f", environment: ["HOOK_SECRET": "whsec_xyz"])
+        let c = try ConfigLoader.parse(yaml: yaml, file: "f", environment: ["HOOK_SECRET": "raw-secret"])
         let cb = try #require(c.routes[0].callback)
-        #expect(cb.allow == ["https://hooks.example.com/"])
-        #expect(cb.secret == "whsec_xyz")
+        #expect(cb.allow == [CallbackURL.parse("https://hooks.example.com/")!])
+        #expect(cb.secrets == ["raw-secret"])
         #expect(cb.secretEnv == "HOOK_SECRET")
         #expect(cb.retry == RetryPolicy(attempts: 8, backoff: .seconds(5), maxBackoff: .seconds(3600)))
+        #expect(cb.timeout == .seconds(30))
+        #expect(cb.maxConcurrency == 64)
 
         #expect(parseError(yaml)?.description
-            == "coatcheck.yaml:7:19: routes[0].callback.secret_env: environment variable HOOK_SECRET is not set")
+            == "coatcheck.yaml:8:19: routes[0].callback.secret_env: environment variable HOOK_SECRET is not set")
     }
 
-    @Test func callbackSecretAndSecretEnvAreExclusive() {
+    @Test func callbackSecretsRotate() throws {
+        let yaml = callbackYAML("      allow: [\"https://h/\"]\n      secrets: [\"new-one\", \"whsec_b2xk\"]")
+        let cb = try #require(try ConfigLoader.parse(yaml: yaml, file: "f").routes[0].callback)
+        #expect(cb.secrets == ["new-one", "whsec_b2xk"])
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secrets: []"))?.message
+            == "routes[0].callback.secrets: expected at least one secret")
+    }
+
+    @Test func callbackSecretsAreExclusiveAndRequired() {
         let yaml = callbackYAML("      allow: [\"https://h/\"]\n      secret: s\n      secret_env: HOOK_SECRET")
         #expect(parseError(yaml, environment: ["HOOK_SECRET": "x"])?.description
-            == "coatcheck.yaml:8:7: routes[0].callback: secret and secret_env are mutually exclusive")
+            == "coatcheck.yaml:9:7: routes[0].callback: secret, secret_env and secrets are mutually exclusive")
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]"))?.message.hasPrefix(
+            "routes[0].callback: missing key 'secret'") == true)
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secret: \"\""))?.description
+            == "coatcheck.yaml:8:15: routes[0].callback.secret: must not be empty")
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secret: whsec_not*base64"))?.description
+            == "coatcheck.yaml:8:15: routes[0].callback.secret: a whsec_ secret must be base64 after the prefix")
     }
 
-    @Test func callbackNeedsValidAllowList() {
+    @Test func callbackNeedsValidSettings() {
         #expect(parseError(callbackYAML("      secret: s"))?.message.hasPrefix("routes[0].callback: missing key 'allow'") == true)
         #expect(parseError(callbackYAML("      allow: []"))?.message == "routes[0].callback.allow: expected at least one URL prefix")
-        #expect(parseError(callbackYAML("      allow: [\"hooks.example.com\"]"))?.message.hasPrefix("routes[0].callback.allow[0]: expected http://") == true)
+        #expect(parseError(callbackYAML("      allow: [\"hooks.example.com\"]"))?.message.hasPrefix("routes[0].callback.allow[0]: expected http") == true)
+        #expect(parseError(callbackYAML("      allow: [\"https://u@h/\"]\n      secret: s"))?.message.hasPrefix("routes[0].callback.allow[0]: expected http") == true)
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secret: s\n      max_concurrency: 0"))?.message.hasPrefix("routes[0].callback.max_concurrency") == true)
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secret: s\n      ca_file: /nonexistent.pem"))?.description
+            == "coatcheck.yaml:9:16: routes[0].callback.ca_file: cannot read /nonexistent.pem")
+        #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secret: s", mode: "sync"))?.description
+            == "coatcheck.yaml:6:5: routes[0].callback: callbacks need a job: the route's mode must be async or auto")
     }
 }

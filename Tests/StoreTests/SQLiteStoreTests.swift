@@ -422,9 +422,10 @@ private func inOneBatch(_ store: SQLiteStore, _ submit: () -> Void) -> JobRecord
         #expect(try store.loadAll().count == 51)
     }
 
-    /// A database of the previous schema (no route column) opens, keeps its
-    /// jobs with an empty route label, and takes new jobs with theirs.
-    @Test func aVersion2DatabaseIsMigrated() throws {
+    /// Databases of earlier schemas open and keep their jobs: version 2 had
+    /// no route column (its jobs keep an empty label) and neither it nor
+    /// version 3 had callbacks. New jobs are stored whole, callback included.
+    @Test(arguments: [2, 3]) func anOlderDatabaseIsMigrated(version: Int) throws {
         let dir = TempDir()
         let old = record()
         do {
@@ -432,13 +433,20 @@ private func inOneBatch(_ store: SQLiteStore, _ submit: () -> Void) -> JobRecord
             #expect(store.insertSync(old, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
             store.close()
         }
-        #expect(rawExecute(dir.db, "ALTER TABLE jobs DROP COLUMN route; PRAGMA user_version = 2"))
+        let callbackColumns = ["callback_url", "callback_status", "callback_attempts", "callback_round",
+                               "callback_error", "callback_next_at"]
+        let dropped = (version < 3 ? ["route"] : []) + callbackColumns
+        let downgrade = dropped.map { "ALTER TABLE jobs DROP COLUMN \($0);" }.joined() + " PRAGMA user_version = \(version)"
+        #expect(rawExecute(dir.db, downgrade))
         let store = try SQLiteStore(path: dir.db)
         defer { store.close() }
         let loaded = try store.loadAll()
         #expect(loaded.map(\.id) == [old.id])
-        #expect(loaded.first?.route == "")
-        let new = record()
+        #expect(loaded.first?.route == (version < 3 ? "" : old.route))
+        #expect(loaded.first?.callback == nil)
+        var new = record()
+        new.callback = JobCallback(url: "https://hooks.example.com/x", status: .pending, attempts: 2,
+                                   lastError: "http_500", nextAttemptAt: 1_700_000_000_000)
         #expect(store.insertSync(new, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
         #expect(try store.loadAll().last == new)
     }

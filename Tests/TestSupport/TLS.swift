@@ -67,3 +67,36 @@ public final class TLSServer: Sendable {
         self.port = port
     }
 }
+
+/// A webhook receiver process (`Tests/Fixtures/webhook_receiver.py`) that
+/// records each delivery and checks its signatures with Python's hmac.
+public final class WebhookReceiver: Sendable {
+    public let child: Child
+    public let port: Int
+
+    /// `answers`: the statuses to answer in turn (`CODE` or `CODE/RETRY_AFTER`), the last repeating.
+    public init(secrets: [String], answers: [String] = ["204"], port: Int = 0,
+                tls: (cert: String, key: String)? = nil) throws {
+        var arguments = [fixturePath("webhook_receiver.py"), "--secrets", secrets.joined(separator: ","),
+                         "--answers", answers.joined(separator: ","), "--port", "\(port)"]
+        if let tls { arguments += ["--tls", tls.cert, tls.key] }
+        child = try Child(arguments, executable: "/usr/bin/python3")
+        let line = try child.waitForLine(containing: "listening on")
+        guard let port = portIn(line) else { throw TestError("no port in \(line)") }
+        self.port = port
+    }
+
+    /// The `n`th request received (1-based), once it has arrived: `path`,
+    /// `headers` (lower-case names), `size`, `sha256`, `verified` (a bool per
+    /// secret), `answered`.
+    public func delivery(_ n: Int, timeout: Double = 15) throws -> [String: Any] {
+        let line = try child.waitForLine(containing: "\"n\": \(n),", timeout: timeout)
+        guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+            throw TestError("not a delivery record: \(line)")
+        }
+        return object
+    }
+
+    /// Requests received so far.
+    public var count: Int { child.output.filter { $0.hasPrefix("{") }.count }
+}

@@ -117,7 +117,7 @@ final class Connection {
         }
         if version < SQLiteStore.schemaVersion {
             do throws(StoreError) {
-                try execute(version == 0 ? createSchema : migrateFrom2)
+                try execute(version == 0 ? createSchema : migration(from: version))
             } catch {
                 if !isAutocommit { try? execute("ROLLBACK") }
                 throw error

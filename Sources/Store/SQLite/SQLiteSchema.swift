@@ -31,36 +31,55 @@ let createSchema = """
         resp_body         BLOB,
         resp_body_path    TEXT,
         resp_body_size    INTEGER,
-        route             TEXT NOT NULL DEFAULT ''
+        route             TEXT NOT NULL DEFAULT '',
+        callback_url      TEXT,
+        callback_status   TEXT,
+        callback_attempts INTEGER,
+        callback_round    INTEGER,
+        callback_error    TEXT,
+        callback_next_at  INTEGER
     );
     PRAGMA user_version = \(SQLiteStore.schemaVersion);
     COMMIT;
     """
 
-/// Version 2 had no route column: its jobs keep an empty label.
-let migrateFrom2 = """
-    BEGIN IMMEDIATE;
-    ALTER TABLE jobs ADD COLUMN route TEXT NOT NULL DEFAULT '';
-    PRAGMA user_version = \(SQLiteStore.schemaVersion);
-    COMMIT;
+/// Version 3 had no callbacks.
+private let addCallbackColumns = """
+    ALTER TABLE jobs ADD COLUMN callback_url TEXT;
+    ALTER TABLE jobs ADD COLUMN callback_status TEXT;
+    ALTER TABLE jobs ADD COLUMN callback_attempts INTEGER;
+    ALTER TABLE jobs ADD COLUMN callback_round INTEGER;
+    ALTER TABLE jobs ADD COLUMN callback_error TEXT;
+    ALTER TABLE jobs ADD COLUMN callback_next_at INTEGER;
     """
+
+/// The script that brings a database of `version` (2 or 3) to the current one.
+func migration(from version: Int) -> String {
+    // Version 2 had no route column either: its jobs keep an empty label.
+    let route = version < 3 ? "ALTER TABLE jobs ADD COLUMN route TEXT NOT NULL DEFAULT '';\n" : ""
+    return "BEGIN IMMEDIATE;\n\(route)\(addCallbackColumns)PRAGMA user_version = \(SQLiteStore.schemaVersion);\nCOMMIT;\n"
+}
 
 let recordColumns = """
     id, status, upstream, method, path, created_at, started_at, completed_at, attempts, resendable, \
     credential, idempotency_key, fingerprint, response_status, content_type, response_size, error_code, error_message, \
-    route
+    route, callback_url, callback_status, callback_attempts, callback_round, callback_error, callback_next_at
     """
 
+/// Parameters: the record's 19 fields, the request (20-24), the callback (25-30).
 let insertSQL = """
     INSERT INTO jobs (\(recordColumns), \
     req_head, req_body, req_body_path, req_body_size, req_declares_body) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+    ?25, ?26, ?27, ?28, ?29, ?30, ?20, ?21, ?22, ?23, ?24)
     """
 
 /// The mutable part of a record; the rest never changes after insert.
 let updateStateSQL = """
     UPDATE jobs SET status = ?2, started_at = ?3, completed_at = ?4, attempts = ?5, response_status = ?6, \
-    content_type = ?7, response_size = ?8, error_code = ?9, error_message = ?10 WHERE seq = ?1
+    content_type = ?7, response_size = ?8, error_code = ?9, error_message = ?10, callback_url = ?11, \
+    callback_status = ?12, callback_attempts = ?13, callback_round = ?14, callback_error = ?15, callback_next_at = ?16 \
+    WHERE seq = ?1
     """
 
 let setResponseSQL = """
@@ -70,7 +89,7 @@ let setResponseSQL = """
 
 let selectFilesSQL = "SELECT req_body_path, resp_body_path FROM jobs WHERE seq = ?1"
 let deleteSQL = "DELETE FROM jobs WHERE seq = ?1"
-/// The record's columns, then (column 19) the rowid.
+/// The record's columns, then (column 25) the rowid.
 let loadAllSQL = "SELECT \(recordColumns), seq FROM jobs ORDER BY seq"
 let requestSQL = "SELECT req_head, req_body, req_body_path, req_body_size, req_declares_body FROM jobs WHERE seq = ?1"
 let responseSQL = """
@@ -99,7 +118,22 @@ func decodeRecord(_ s: Statement) -> JobRecord? {
     record.responseSize = s.int64(15)
     record.error = error
     record.errorMessage = s.text(17)
+    if let url = s.text(19) {
+        guard let status = s.text(20).flatMap(JobCallback.Status.init(rawValue:)) else { return nil }
+        record.callback = JobCallback(url: url, status: status, attempts: Int(s.int64(21) ?? 0),
+                                      round: Int(s.int64(22) ?? 1), lastError: s.text(23), nextAttemptAt: s.int64(24))
+    }
     return record
+}
+
+/// The callback columns of `record` at `first` ... `first + 5` (insert and update).
+func bindCallback(_ callback: JobCallback?, _ s: Statement, from first: Int32) {
+    s.bind(callback?.url, at: first)
+    s.bind(callback?.status.rawValue, at: first + 1)
+    s.bind(callback.map { Int64($0.attempts) }, at: first + 2)
+    s.bind(callback.map { Int64($0.round) }, at: first + 3)
+    s.bind(callback?.lastError, at: first + 4)
+    s.bind(callback?.nextAttemptAt, at: first + 5)
 }
 
 func decodeBody(_ s: Statement, blob: Int32, path: Int32, size: Int32) -> StoredBody {

@@ -26,7 +26,7 @@ import Glibc
 /// 0600 (SQLite creates `-wal` with the database's mode; there is no `-shm`).
 public final class SQLiteStore: LocalJobStore {
     /// `PRAGMA user_version` of the schema (`createSchema`, SQLiteSchema.swift).
-    static let schemaVersion = 3
+    static let schemaVersion = 4
     /// Idle read connections kept open; busier moments open more, briefly.
     static let maxIdleReaders = 4
     static let busyTimeoutMillis: Int32 = 5000
@@ -110,7 +110,7 @@ public final class SQLiteStore: LocalJobStore {
             var records: [JobRecord] = []
             var found: [JobID: Int64] = [:]
             while try s.step() {
-                if let record = decodeRecord(s), let seq = s.int64(19) {
+                if let record = decodeRecord(s), let seq = s.int64(25) {
                     records.append(record)
                     found[record.id] = seq
                 }

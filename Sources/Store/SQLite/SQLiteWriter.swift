@@ -230,6 +230,7 @@ final class Writer {
             s.bind(request.head, at: 20)
             bindBody(request.body, s, blob: 21, path: 22, size: 23)
             s.bind(Int64(request.declaresBody ? 1 : 0), at: 24)
+            bindCallback(record.callback, s, from: 25)
             try s.run()
             if let path = request.body.filePath { toSync.insert(path) }
             inserted[record.id] = connection.lastInsertRowID
@@ -248,6 +249,7 @@ final class Writer {
             s.bind(record.responseSize, at: 8)
             s.bind(record.error?.rawValue, at: 9)
             s.bind(record.errorMessage, at: 10)
+            bindCallback(record.callback, s, from: 11)
             try s.run()
             guard connection.changes > 0 else { throw StoreError("sqlite: no such job") }
             if let response {

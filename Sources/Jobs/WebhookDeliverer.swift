@@ -1,0 +1,230 @@
+import Config
+import HTTP
+import Logging
+import Loop
+import Proxy
+import Store
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The webhook deliveries of this process (SPEC §4; DESIGN "Webhook
+/// deliveries"), on one loop. A delivery is the job's callback state in the
+/// store, made due in the commit that ends the job; this schedules the due
+/// ones on a timer set for the earliest (no polling), runs at most
+/// `callback.max_concurrency` attempts per route, and writes each attempt's
+/// outcome back. Attempts go through the upstream-exchange core and its
+/// pools, with gates of their own: they never hold an upstream slot.
+final class WebhookDeliverer {
+    unowned let jobs: JobLoop
+    let loop: EventLoop
+    /// Due times, earliest first (a binary heap); a job appears once per
+    /// scheduling, stale entries are skipped when popped.
+    private var due: [(at: Int64, id: JobID)] = []
+    private var timer: Timer!
+    private var timerAt: Int64?
+    /// Attempts under way, by job: one at a time per job.
+    private var attempts: [JobID: WebhookAttempt] = [:]
+    /// Receivers by route and origin, with their resolved address, kept for
+    /// a minute (then resolved again).
+    private var receivers: [String: (target: UpstreamTarget, until: Int64)] = [:]
+    /// `callback.max_concurrency`, per route label.
+    private var gates: [String: LocalConcurrencyGate] = [:]
+    /// TLS contexts by `ca_file` ("" for none).
+    private var contexts: [String: TLSClientContext] = [:]
+    /// Name resolution and signing of large bodies: blocking work, off the loops.
+    let blocking: EventLoopGroup
+
+    init(jobs: JobLoop) {
+        self.jobs = jobs
+        self.loop = jobs.loop
+        blocking = EventLoopGroup(count: 1)
+        blocking.start()
+        timer = Timer(loop: loop) { [unowned self] in self.timerFired() }
+    }
+
+    deinit { blocking.shutdown() }
+
+    var log: Logger { jobs.log }
+
+    /// A job whose callback is due now or later.
+    func schedule(_ record: JobRecord) {
+        guard !stopped, let callback = record.callback, callback.isPending else { return }
+        push(callback.nextAttemptAt ?? 0, record.id)
+        arm()
+    }
+
+    /// After SIGTERM no new attempt starts: pending ones stay in the store
+    /// for the next start.
+    private var stopped: Bool { jobs.engine.isStopping }
+
+    // MARK: The due heap
+
+    private func push(_ at: Int64, _ id: JobID) {
+        due.append((at, id))
+        var i = due.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard due[i].at < due[parent].at else { break }
+            due.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    private func pop() -> (at: Int64, id: JobID)? {
+        guard !due.isEmpty else { return nil }
+        due.swapAt(0, due.count - 1)
+        let top = due.removeLast()
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = l + 1
+            var m = i
+            if l < due.count && due[l].at < due[m].at { m = l }
+            if r < due.count && due[r].at < due[m].at { m = r }
+            if m == i { break }
+            due.swapAt(i, m)
+            i = m
+        }
+        return top
+    }
+
+    private func arm() {
+        guard let first = due.first?.at else { return }
+        if let at = timerAt, at <= first { return }
+        timerAt = first
+        timer.schedule(after: .milliseconds(max(0, first - wallClockMillis())))
+    }
+
+    private func timerFired() {
+        timerAt = nil
+        guard !stopped else { return }
+        let now = wallClockMillis()
+        while let top = due.first, top.at <= now {
+            _ = pop()
+            start(top.id, now: now)
+        }
+        arm()
+    }
+
+    // MARK: Attempts
+
+    private func start(_ id: JobID, now: Int64) {
+        guard attempts[id] == nil, let record = jobs.table.lookup(id),
+              let callback = record.callback, callback.isPending else { return }
+        if let at = callback.nextAttemptAt, at > now {
+            push(at, id)  // moved later since it was scheduled
+            return
+        }
+        guard let route = jobs.config.configuration.routes.first(where: { $0.label == record.route && $0.callback != nil }),
+              let settings = route.callback else {
+            finish(id, round: callback.round, .unsendable("callback_not_configured"))
+            return
+        }
+        guard let url = CallbackURL.parse(callback.url) else {
+            finish(id, round: callback.round, .unsendable("bad_url"))
+            return
+        }
+        let attempt = WebhookAttempt(deliverer: self, record: record, callback: callback, url: url, settings: settings)
+        attempts[id] = attempt
+        receiver(for: url, route: record.route, settings: settings) { [weak attempt] target in
+            guard let attempt else { return }
+            guard let target else {
+                attempt.fail(.connectFailed)
+                return
+            }
+            attempt.prepare(target: target)
+        }
+    }
+
+    /// The receiver `url` names, as a pooled target; nil when its name does not resolve.
+    private func receiver(for url: CallbackURL, route: String, settings: Callback,
+                          _ done: @escaping (UpstreamTarget?) -> Void) {
+        let key = "\(route) \(url.isTLS ? "https" : "http")://\(url.host):\(url.port)"
+        let now = wallClockMillis()
+        if let cached = receivers[key], cached.until > now {
+            done(cached.target)
+            return
+        }
+        let gate = gates[route] ?? {
+            let g = LocalConcurrencyGate(limit: settings.maxConcurrency, maxQueued: Int.max)
+            gates[route] = g
+            return g
+        }()
+        gate.update(limit: settings.maxConcurrency, maxQueued: Int.max)
+        var tls: TLSClientContext?
+        if url.isTLS {
+            let caKey = settings.caFile ?? ""
+            if let context = contexts[caKey] {
+                tls = context
+            } else {
+                do {
+                    let context = try TLSClientContext(caFile: settings.caFile)
+                    contexts[caKey] = context
+                    tls = context
+                } catch {
+                    log.error("callback tls: \(error)")
+                    done(nil)
+                    return
+                }
+            }
+        }
+        var upstream = Upstream(name: "callback \(key)", url: UpstreamURL(
+            scheme: url.isTLS ? "https" : "http", host: url.host, port: url.port, pathPrefix: ""))
+        upstream.connectTimeout = settings.timeout
+        upstream.timeout = settings.timeout
+        let host = url.host, port = url.port
+        let bound = LoopBound(self, loop: loop)
+        let boundDone = LoopBound(done, loop: loop)
+        let (tlsContext, peer) = (tls, upstream)
+        blocking.loops[0].execute {
+            let address = try? SocketAddress.resolve(host: host, port: port)
+            bound.loop.execute {
+                guard let address else {
+                    boundDone.value(nil)
+                    return
+                }
+                let target = UpstreamTarget(standalone: peer, address: address, gate: gate, tls: tlsContext)
+                bound.value.receivers[key] = (target, wallClockMillis() + 60_000)
+                boundDone.value(target)
+            }
+        }
+    }
+
+    /// Writes an attempt's outcome; a retry is scheduled once it is durable.
+    func finish(_ id: JobID, round: Int, _ result: AttemptResult) {
+        attempts[id] = nil
+        let now = wallClockMillis()
+        let bound = LoopBound(self, loop: loop)
+        let log = self.log
+        let route = jobs.table.lookup(id)?.route
+        let policy = jobs.config.configuration.routes.first { $0.label == route }?.callback?.retry ?? Callback().retry
+        jobs.table.updateCallback(of: id, { callback in
+            guard callback.isPending, callback.round == round else { return nil }
+            let tried = callback.attempts + 1
+            switch DeliveryRule.decide(result, attempts: tried, policy: policy, now: now, jitter: Double.random(in: 0..<1)) {
+            case .delivered:
+                return callback.with(status: .delivered, attempts: tried, lastError: .some(nil))
+            case .failed(let lastError):
+                log.warning("callback failed", metadata: ["job": "\(id)", "error": "\(lastError)", "attempts": "\(tried)"])
+                return callback.with(status: .failed, attempts: tried, lastError: lastError)
+            case .retry(let lastError, let at):
+                return callback.with(attempts: tried, lastError: lastError, nextAttemptAt: at)
+            }
+        }, done: { error in
+            if let error {
+                log.error("callback outcome not stored", metadata: ["job": "\(id)", "error": "\(error)"])
+            }
+            bound.loop.execute {
+                let me = bound.value
+                if error != nil {
+                    // Not stored: the store's state stands; tried again in a second.
+                    me.push(wallClockMillis() + 1000, id)
+                    me.arm()
+                } else if let record = me.jobs.table.lookup(id) {
+                    me.schedule(record)  // a retry
+                }
+            }
+        })
+    }
+}
