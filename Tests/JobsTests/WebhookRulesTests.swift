@@ -1,0 +1,118 @@
+import Config
+@testable import Jobs
+import Testing
+
+// The pure parts of webhooks (SPEC §4), without sockets: the outcome of one
+// attempt, the Standard Webhooks signature.
+
+private let policy = RetryPolicy(attempts: 4, backoff: .seconds(5), maxBackoff: .seconds(3600))
+private let now: Int64 = 1_000_000
+
+@Suite struct DeliveryRuleTests {
+    @Test(arguments: [200, 201, 204, 299])
+    func any2xxIsDelivered(status: Int) {
+        #expect(DeliveryRule.decide(.answered(status: status, retryAfter: nil), attempts: 1, policy: policy,
+                                    now: now, jitter: 0.5) == .delivered)
+    }
+
+    @Test func a410EndsTheDeliveryAtOnce() {
+        #expect(DeliveryRule.decide(.answered(status: 410, retryAfter: nil), attempts: 1, policy: policy,
+                                    now: now, jitter: 0.5) == .failed(lastError: "http_410"))
+    }
+
+    @Test(arguments: [
+        (AttemptResult.answered(status: 301, retryAfter: nil), "redirect"),
+        (.answered(status: 308, retryAfter: nil), "redirect"),
+        (.answered(status: 500, retryAfter: nil), "http_500"),
+        (.answered(status: 404, retryAfter: nil), "http_404"),
+        (.answered(status: 429, retryAfter: nil), "http_429"),
+        (.timedOut, "timeout"),
+        (.connectFailed, "connect_failed"),
+        (.tlsFailed, "tls_failed"),
+        (.broken, "connection_broken"),
+    ])
+    func otherOutcomesAreRetriedThenFail(result: AttemptResult, lastError: String) {
+        #expect(DeliveryRule.decide(result, attempts: 1, policy: policy, now: now, jitter: 0)
+            == .retry(lastError: lastError, at: now + 2_500))
+        #expect(DeliveryRule.decide(result, attempts: 4, policy: policy, now: now, jitter: 0)
+            == .failed(lastError: lastError), "attempts ran out")
+    }
+
+    @Test func delaysDoubleUpToMaxBackoffWithEqualJitter() {
+        func at(_ attempts: Int, _ jitter: Double, _ p: RetryPolicy = policy) -> Int64? {
+            if case .retry(_, let at) = DeliveryRule.decide(.connectFailed, attempts: attempts, policy: p,
+                                                            now: now, jitter: jitter) { return at - now }
+            return nil
+        }
+        #expect(at(1, 0) == 2_500)
+        #expect(at(1, 0.999_999) == 4_999)
+        #expect(at(2, 0) == 5_000)
+        #expect(at(3, 0) == 10_000)
+        let capped = RetryPolicy(attempts: 10, backoff: .seconds(5), maxBackoff: .seconds(12))
+        #expect(at(8, 0, capped) == 6_000, "max_backoff caps the doubling")
+    }
+
+    @Test(arguments: [429, 503])
+    func retryAfterOn429And503IsWaitedAtLeast(status: Int) {
+        #expect(DeliveryRule.decide(.answered(status: status, retryAfter: 120), attempts: 1, policy: policy,
+                                    now: now, jitter: 0) == .retry(lastError: "http_\(status)", at: now + 120_000))
+        #expect(DeliveryRule.decide(.answered(status: status, retryAfter: 1), attempts: 1, policy: policy,
+                                    now: now, jitter: 0) == .retry(lastError: "http_\(status)", at: now + 2_500),
+                "a shorter hint does not shorten the proxy's own delay")
+        #expect(DeliveryRule.decide(.answered(status: status, retryAfter: 90_000), attempts: 1, policy: policy,
+                                    now: now, jitter: 0) == .retry(lastError: "http_\(status)", at: now + 3_600_000),
+                "at most an hour")
+    }
+
+    @Test func retryAfterOnOtherStatusesIsNotAHint() {
+        #expect(DeliveryRule.decide(.answered(status: 500, retryAfter: 120), attempts: 1, policy: policy,
+                                    now: now, jitter: 0) == .retry(lastError: "http_500", at: now + 2_500))
+    }
+
+    @Test func anUnsendableDeliveryFailsAtOnce() {
+        #expect(DeliveryRule.decide(.unsendable("result_missing"), attempts: 1, policy: policy, now: now, jitter: 0)
+            == .failed(lastError: "result_missing"))
+    }
+}
+
+@Suite struct WebhookSignatureTests {
+    // The reference example of the Standard Webhooks specification.
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    let id = "msg_p5jXN8AQM9LWM0D4loKWxJek"
+    let timestamp: Int64 = 1_614_265_330
+    let body = Array(#"{"test": 2432232314}"#.utf8)
+
+    @Test func theReferenceVector() {
+        #expect(WebhookSigner.sign(secrets: [secret], id: id, timestamp: timestamp, body: body)
+            == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+    }
+
+    @Test func streamingInAnyPiecesEqualsOneShot() {
+        let big = (0..<100_000).map { UInt8(($0 * 31) & 0xFF) }
+        let whole = WebhookSigner.sign(secrets: [secret], id: id, timestamp: timestamp, body: big)
+        for piece in [1, 7, 4096, 65_537] {
+            var signer = WebhookSigner(secrets: [secret], id: id, timestamp: timestamp)
+            var i = 0
+            while i < big.count {
+                let end = min(i + piece, big.count)
+                big[i..<end].withUnsafeBytes { signer.update($0) }
+                i = end
+            }
+            #expect(signer.finalize() == whole, "pieces of \(piece)")
+        }
+    }
+
+    @Test func oneSignaturePerSecretSpaceSeparated() {
+        let both = WebhookSigner.sign(secrets: [secret, "raw secret"], id: id, timestamp: timestamp, body: body)
+        let parts = both.split(separator: " ").map(String.init)
+        #expect(parts.count == 2)
+        #expect(parts[0] == WebhookSigner.sign(secrets: [secret], id: id, timestamp: timestamp, body: body))
+        #expect(parts[1] == WebhookSigner.sign(secrets: ["raw secret"], id: id, timestamp: timestamp, body: body))
+        #expect(parts[0] != parts[1])
+    }
+
+    @Test func aSecretWithoutThePrefixIsItsOwnBytes() {
+        #expect(WebhookSigner.key(of: "abc") == Array("abc".utf8))
+        #expect(WebhookSigner.key(of: "whsec_YWJj") == Array("abc".utf8))
+    }
+}
