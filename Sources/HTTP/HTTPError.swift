@@ -75,6 +75,8 @@ public struct HTTPError: Error, Sendable, Equatable {
     public static let idempotencyKeyInUse = HTTPError(
         409, "idempotency_key_in_use", "a request with this Idempotency-Key is being accepted")
     public static let callbackNotAllowed = HTTPError(400, "callback_not_allowed", "callbacks are not enabled on this route")
+    public static let callbackNotRearmable = HTTPError(
+        409, "callback_not_rearmable", "only the callback of a completed or failed job can be re-armed")
     public static let callbackURLRefused = HTTPError(
         400, "callback_not_allowed", "X-Callback-Url is malformed or not under an allowed prefix")
 }

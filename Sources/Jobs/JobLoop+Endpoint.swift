@@ -5,13 +5,16 @@ public import Logging
 public import Loop
 public import Proxy
 
-/// `{jobs.path}/{id}` and `{jobs.path}/{id}/result` (SPEC §4): status,
-/// result replay, cancel and delete, long polls. Unknown, expired, deleted
-/// and other credentials' jobs all get the same 404.
+/// `{jobs.path}/{id}`, `{jobs.path}/{id}/result` and
+/// `{jobs.path}/{id}/callback` (SPEC §4): status, result replay, cancel and
+/// delete, long polls, re-arming a callback. Unknown, expired, deleted and
+/// other credentials' jobs all get the same 404.
 extension JobLoop {
     struct JobTarget {
         var id: JobID
         var result: Bool
+        /// `/callback`: POST re-arms the job's callback.
+        var callback = false
         /// `?wait=S`, capped by `jobs.max_wait`.
         var wait: Int?
     }
@@ -23,6 +26,13 @@ extension JobLoop {
         logJob(record.id, on: client)
         let base = publicBase(for: r)
         let method = r.methodName
+        if t.callback {
+            guard bytesEqual(method, Self.post) else {
+                client.respondError(.jobMethodNotAllowed) { h in h.header("Allow", "POST") }
+                return proxy.answered
+            }
+            return JobCallbackRearm(jobs: self, client: client, record: record, base: base)
+        }
         let isGet = bytesEqual(method, Self.get) || r.isHead
         if isGet {
             if let seconds = t.wait, seconds > 0, !record.status.isTerminal {
@@ -46,6 +56,7 @@ extension JobLoop {
 
     static let get: [UInt8] = Array("GET".utf8)
     static let delete: [UInt8] = Array("DELETE".utf8)
+    static let post: [UInt8] = Array("POST".utf8)
 
     /// The job if this request may see it: it exists, has not outlived
     /// `result_ttl`, and carries the credential it was bound to.
@@ -75,11 +86,14 @@ extension JobLoop {
             query = UnsafeBufferPointer(rebasing: path[(q + 1)...])
         }
         var rest = UnsafeBufferPointer(rebasing: path[(prefix + 1)..<end])
-        var result = false
-        let suffix = "/result".utf8
+        var result = false, callback = false
+        let suffix = "/result".utf8, callbackSuffix = "/callback".utf8
         if rest.count > suffix.count, rest.suffix(suffix.count).elementsEqual(suffix) {
             result = true
             rest = UnsafeBufferPointer(rebasing: rest[..<(rest.count - suffix.count)])
+        } else if rest.count > callbackSuffix.count, rest.suffix(callbackSuffix.count).elementsEqual(callbackSuffix) {
+            callback = true
+            rest = UnsafeBufferPointer(rebasing: rest[..<(rest.count - callbackSuffix.count)])
         }
         guard let id = JobID(utf8: rest) else { return nil }
         var wait: Int?
@@ -90,7 +104,7 @@ extension JobLoop {
                 }
             }
         }
-        return JobTarget(id: id, result: result, wait: wait)
+        return JobTarget(id: id, result: result, callback: callback, wait: wait)
     }
 }
 

@@ -19,6 +19,7 @@ import hmac
 import http.server
 import json
 import ssl
+import sys
 import threading
 
 parser = argparse.ArgumentParser()
@@ -78,7 +79,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "http://127.0.0.1:1/elsewhere")
         self.send_header("Content-Length", "0")
         self.end_headers()
-        print(json.dumps(record, sort_keys=True), flush=True)
+        with lock:  # one whole line per record, whatever the threads do
+            sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+            sys.stdout.flush()
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

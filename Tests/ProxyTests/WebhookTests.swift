@@ -206,5 +206,94 @@ extension JobTests {
             #expect(headers(d)["job-id"] == id)
             #expect(try awaitCallback(proxy.port, id).string("status") == "delivered")
         }
+
+        @Test func aFailedCallbackIsReArmedForAnotherRound() throws {
+            let receiver = try WebhookReceiver(secrets: secrets, answers: ["410", "204"])
+            let upstream = try FakeUpstream(gated: true)
+            let proxy = try webhookProxy(upstreamPort: upstream.port, allow: ["http://127.0.0.1:\(receiver.port)/"])
+            let job = try createJob(proxy.port, headers: ["X-Callback-Url: http://127.0.0.1:\(receiver.port)/"])
+            let early = try sendRequest(proxy.port, path: "/jobs/\(job.id)/callback", body: "")
+            expectJSONError(early, status: 409, code: "callback_not_rearmable")
+            upstream.releaseAll()
+            #expect(try awaitCallback(proxy.port, job.id).string("last_error") == "http_410")
+
+            let rearm = try sendRequest(proxy.port, path: "/jobs/\(job.id)/callback", body: "")
+            #expect(rearm.status == 202)
+            #expect(jsonObject(rearm)?.object("callback")?.string("status") == "pending")
+            let second = try receiver.delivery(2)
+            #expect(headers(second)["webhook-id"] == "\(job.id)-2", "a new round is a new message")
+            #expect(second["verified"] as? [Bool] == [true, true])
+            let callback = try awaitCallback(proxy.port, job.id)
+            #expect(callback.string("status") == "delivered")
+            #expect(callback.int("attempts") == 1)
+
+            let get = try sendRequest(proxy.port, method: "GET", path: "/jobs/\(job.id)/callback")
+            #expect(get.status == 405)
+            #expect(get.header("allow") == "POST")
+            let plain = try createJob(proxy.port, body: "x")
+            _ = try awaitTerminal(proxy.port, plain.id)
+            expectJSONError(try sendRequest(proxy.port, path: "/jobs/\(plain.id)/callback", body: ""),
+                            status: 409, code: "callback_not_rearmable")
+            expectJSONError(try sendRequest(proxy.port, path: "/jobs/\(unknownJobID())/callback", body: ""),
+                            status: 404, code: "not_found")
+        }
+
+        @Test func a50MiBResultIsDeliveredIntactAndSigned() throws {
+            let size = 50 << 20
+            let receiver = try WebhookReceiver(secrets: secrets)
+            let body = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 7) }
+            let reply = Array("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: \(size)\r\n\r\n".utf8) + body
+            let upstream = try FakeUpstream { isWholeRequest($0) ? reply : nil }
+            let proxy = try webhookProxy(upstreamPort: upstream.port, allow: ["http://127.0.0.1:\(receiver.port)/"])
+            let job = try createJob(proxy.port, headers: ["X-Callback-Url: http://127.0.0.1:\(receiver.port)/big"])
+            let d = try receiver.delivery(1, timeout: 60)
+            #expect(d["size"] as? Int == size)
+            #expect(d["verified"] as? [Bool] == [true, true], "signed over the whole 50 MiB, checked by the receiver")
+            #expect(try awaitCallback(proxy.port, job.id, timeout: 30).string("status") == "delivered")
+        }
+
+        @Test func deliveriesPendingAtAKill9ArriveAfterTheRestart() throws {
+            let port = try closedPort()
+            let upstream = try FakeUpstream()
+            let dir = makeTempDirectory()
+            let config = try writeTempFile("""
+                listen: "127.0.0.1:0"
+                store: "sqlite:\(dir)/coatcheck.db"
+                jobs: { dir: "\(dir)" }
+                upstreams:
+                  app: { url: "http://127.0.0.1:\(upstream.port)" }
+                routes:
+                  - match: { path_prefix: "/" }
+                    upstream: app
+                    mode: async
+                    callback:
+                      allow: ["http://127.0.0.1:\(port)/"]
+                      secrets: ["\(secrets[0])", "\(secrets[1])"]
+                      retry: { attempts: 1000, backoff: 50ms, max_backoff: 200ms }
+                """)
+            var ids: [String] = []
+            do {
+                let (child, proxyPort, _) = try serveProcess(["--config", config])
+                for i in 0..<5 {
+                    ids.append(try createJob(proxyPort, headers: ["X-Callback-Url: http://127.0.0.1:\(port)/k/\(i)"]).id)
+                }
+                #expect(waitUntil(timeout: 10) {
+                    ids.allSatisfy { (try? jobStatus(proxyPort, $0))?.1.object("callback")?.string("last_error") == "connect_failed" }
+                })
+                child.signal(SIGKILL)
+                #expect(child.waitForExit() != nil)
+            }
+            let receiver = try WebhookReceiver(secrets: secrets, port: port)
+            let (restarted, proxyPort, _) = try serveProcess(["--config", config])
+            defer { withExtendedLifetime(restarted) {} }
+            var delivered: Set<String> = []
+            for n in 1...5 {
+                let d = try receiver.delivery(n)
+                #expect(d["verified"] as? [Bool] == [true, true])
+                delivered.insert(headers(d)["job-id"] ?? "")
+            }
+            #expect(delivered == Set(ids), "every delivery arrives, none is lost")
+            for id in ids { #expect(try awaitCallback(proxyPort, id).string("status") == "delivered") }
+        }
     }
 }
