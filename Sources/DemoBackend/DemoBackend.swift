@@ -2,6 +2,10 @@ public import HTTP
 public import Loop
 public import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `coatcheck demo-backend`: a small, slow, synchronous HTTP service for the
 /// quick start and the tests (SPEC §1).
 ///
@@ -11,6 +15,8 @@ public import Synchronization
 ///   and its Content-Type; `X-Echo-Method` and `X-Echo-Path` name the request
 /// - `/bytes/N`: answers N bytes (a repeating pattern), streamed
 /// - `/stats`: requests seen, in flight now, and the most ever in flight
+/// - `/webhook`: a webhook receiver for the quick start: prints one line
+///   per delivery (its job, status, webhook id and size) and answers 204
 public final class DemoBackend: HTTPService {
     public let loop: EventLoop
     public private(set) var server: HTTPServer!
@@ -46,8 +52,10 @@ public final class DemoBackend: HTTPService {
             h.echo(request: request)
         } else if path.hasPrefix("/bytes/"), let n = Int64(path.dropFirst(7)), n >= 0 {
             h.bytes(n)
+        } else if path == "/webhook" {
+            h.receiveWebhook(request)
         } else {
-            h.respond(404, body: Array("{\"error\":{\"code\":\"not_found\",\"message\":\"try /sleep?ms=N /status/CODE /echo /bytes/N\"}}".utf8))
+            h.respond(404, body: Array("{\"error\":{\"code\":\"not_found\",\"message\":\"try /sleep?ms=N /status/CODE /echo /bytes/N /webhook\"}}".utf8))
         }
         return h
     }
@@ -81,6 +89,8 @@ final class DemoRequest: RequestHandler {
     private var echoing = false
     private var remaining: Int64 = 0
     private var finished = false
+    /// `/webhook`: the delivery's headers as printed, and its body size so far.
+    private var webhook: (line: String, size: Int)?
 
     init(backend: DemoBackend, connection: HTTPServerConnection) {
         self.backend = backend
@@ -160,7 +170,20 @@ final class DemoRequest: RequestHandler {
 
     static let pattern: [UInt8] = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
 
+    func receiveWebhook(_ request: MessageReader) {
+        func header(_ name: StaticString) -> String {
+            request.first(named: name).map { String(decoding: request.value($0), as: UTF8.self) } ?? "-"
+        }
+        webhook = ("webhook: job \(header("job-id")) \(header("job-status")) response \(header("job-response-status"))"
+                   + " webhook-id \(header("webhook-id")) timestamp \(header("webhook-timestamp"))"
+                   + " signature \(header("webhook-signature"))", 0)
+    }
+
     func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {
+        if webhook != nil {
+            webhook!.size += buffer.count
+            buffer.removeAll()
+        }
         if echoing {
             connection.writeBody(buffer)
             if connection.isOutputCongested { connection.pauseReadingBody() }
@@ -168,6 +191,12 @@ final class DemoRequest: RequestHandler {
     }
 
     func requestEnd(connection: HTTPServerConnection) {
+        if let webhook {
+            let line = Array("\(webhook.line) bytes \(webhook.size)\n".utf8)
+            _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            respond(204, body: [])
+            return
+        }
         if echoing {
             finish()
             connection.endResponse()
