@@ -125,6 +125,7 @@ struct Walker {
             let path = "upstreams.\(k.string)"
             var url: UpstreamURL?
             var u = Upstream(name: k.string, url: UpstreamURL(scheme: "http", host: "", port: 80, pathPrefix: ""))
+            var caFileEntry: Entry?
             let keys = [
                 "url", "max_concurrency", "max_queued", "connect_timeout", "timeout", "sync_timeout", "ca_file", "retry",
             ]
@@ -136,12 +137,16 @@ struct Walker {
                 case "connect_timeout": u.connectTimeout = try duration(f, allowZero: false)
                 case "timeout": u.timeout = try duration(f, allowZero: false)
                 case "sync_timeout": u.syncTimeout = try duration(f, allowZero: false)
-                case "ca_file": u.caFile = try optionalString(f)
+                case "ca_file":
+                    u.caFile = try optionalString(f)
+                    caFileEntry = f
                 case "retry": u.retry = try retry(f, defaults: u.retry)
                 default: break
                 }
             }
             guard let url else { throw error(keyNode, "\(path): missing key 'url'") }
+            // Only https:// upstreams use it (SPEC §2's example gives one to an http:// upstream).
+            if url.scheme == "https", let f = caFileEntry { try checkReadable(u.caFile, f) }
             u.url = url
             result.append(u)
         }
@@ -270,9 +275,7 @@ struct Walker {
             case "max_concurrency": c.maxConcurrency = try int(f, min: 1)
             case "ca_file":
                 c.caFile = try optionalString(f)
-                if let path = c.caFile, access(path, R_OK) != 0 {
-                    throw error(f.value, "\(f.path): cannot read \(path)")
-                }
+                try checkReadable(c.caFile, f)
             default: break
             }
         }
@@ -285,6 +288,15 @@ struct Walker {
             throw error(e.keyNode, "\(e.path): missing key 'secret' (or secret_env, or secrets): deliveries are signed")
         }
         return c
+    }
+
+    /// A `ca_file`: nil, or a file this process can read.
+    func checkReadable(_ path: String?, _ e: Entry) throws(ConfigError) {
+        guard let path else { return }
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFREG, access(path, R_OK) == 0 else {
+            throw error(e.value, "\(e.path): cannot read \(path)")
+        }
     }
 
     /// A signing secret: not empty; after a `whsec_` prefix, base64.
@@ -465,9 +477,17 @@ private func parsePublicURL(_ s: String) -> Result<String, Problem> {
     }
 }
 
-/// Parsed as `X-Callback-Url` values are, so both meet on the same terms.
+/// Parsed as `X-Callback-Url` values are, so both meet on the same terms;
+/// without a query, which prefix matching would ignore.
 private func parseCallbackPrefix(_ s: String) -> Result<CallbackURL, Problem> {
-    CallbackURL.parse(s).map { .success($0) } ?? .failure(Problem("expected http(s)://HOST[:PORT][/PATH], no userinfo or fragment"))
+    switch CallbackURL.parsing(s) {
+    case .success(let u) where u.query != nil:
+        return .failure(Problem("expected http(s)://HOST[:PORT][/PATH] without a query, got \(quoted(s))"))
+    case .success(let u):
+        return .success(u)
+    case .failure(let refusal):
+        return .failure(Problem("expected http(s)://HOST[:PORT][/PATH]: \(refusal), got \(quoted(s))"))
+    }
 }
 
 /// Standard base64 with padding, not empty.

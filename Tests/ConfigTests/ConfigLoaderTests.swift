@@ -500,4 +500,91 @@ func minimal(_ extra: String = "") -> String {
         #expect(parseError(callbackYAML("      allow: [\"https://h/\"]\n      secret: s", mode: "sync"))?.description
             == "coatcheck.yaml:6:5: routes[0].callback: callbacks need a job: the route's mode must be async or auto")
     }
+
+    func callbackError(_ body: String, mode: String = "async", environment: [String: String] = [:]) -> String? {
+        parseError(callbackYAML(body, mode: mode), environment: environment)?.description
+    }
+
+    @Test func callbackDefaultsWithOnlyAllowAndSecret() throws {
+        let yaml = callbackYAML("      allow: [\"https://h/a\", \"http://[::1]:9000/\"]\n      secret: s", mode: "auto")
+        let cb = try #require(try ConfigLoader.parse(yaml: yaml, file: "f").routes[0].callback)
+        #expect(cb == {
+            var d = Callback()
+            d.allow = [CallbackURL.parse("https://h/a")!, CallbackURL.parse("http://[::1]:9000/")!]
+            d.secrets = ["s"]
+            return d
+        }())
+        #expect(cb.retry == RetryPolicy(attempts: 8, backoff: .seconds(5), maxBackoff: .seconds(3600)))
+        #expect(cb.timeout == .seconds(30) && cb.maxConcurrency == 64 && cb.caFile == nil && cb.secretEnv == nil)
+        let partial = callbackYAML("      allow: [\"https://h/\"]\n      secret: s\n      retry: { attempts: 2 }")
+        #expect(try ConfigLoader.parse(yaml: partial, file: "f").routes[0].callback?.retry
+            == RetryPolicy(attempts: 2, backoff: .seconds(5), maxBackoff: .seconds(3600)), "the callback's defaults, not an upstream's")
+    }
+
+    @Test func callbackOnARouteWithoutModeIsRefused() {
+        let yaml = "upstreams:\n  app: { url: \"http://a\" }\nroutes:\n  - upstream: app\n    callback:\n      allow: [\"https://h/\"]\n      secret: s\n"
+        #expect(parseError(yaml)?.description
+            == "coatcheck.yaml:5:5: routes[0].callback: callbacks need a job: the route's mode must be async or auto")
+    }
+
+    @Test func callbackSecretErrorsPointAtTheValue() {
+        let allow = "      allow: [\"https://h/\"]\n"
+        #expect(callbackError(allow + "      secret: whsec_")
+            == "coatcheck.yaml:8:15: routes[0].callback.secret: a whsec_ secret must be base64 after the prefix")
+        #expect(callbackError(allow + "      secret: whsec_abc")
+            == "coatcheck.yaml:8:15: routes[0].callback.secret: a whsec_ secret must be base64 after the prefix")
+        #expect(callbackError(allow + "      secrets: [\"ok\", \"whsec_!!!!\"]")
+            == "coatcheck.yaml:8:23: routes[0].callback.secrets[1]: a whsec_ secret must be base64 after the prefix")
+        #expect(callbackError(allow + "      secrets: [\"ok\", \"\"]")
+            == "coatcheck.yaml:8:23: routes[0].callback.secrets[1]: must not be empty")
+        #expect(callbackError(allow + "      secret_env: S", environment: ["S": "whsec_%%%%"])
+            == "coatcheck.yaml:8:19: routes[0].callback.secret_env: a whsec_ secret must be base64 after the prefix")
+        #expect(callbackError(allow + "      secret_env: S", environment: ["S": ""])
+            == "coatcheck.yaml:8:19: routes[0].callback.secret_env: environment variable S is not set")
+        #expect(callbackError(allow + "      secret: s\n      secrets: [t]")
+            == "coatcheck.yaml:9:7: routes[0].callback: secret, secret_env and secrets are mutually exclusive")
+        #expect(callbackError(allow + "      secret: [s]")?.hasPrefix("coatcheck.yaml:8:15: routes[0].callback.secret: expected a string") == true)
+    }
+
+    @Test func callbackSettingErrors() throws {
+        let head = "      allow: [\"https://h/\"]\n      secret: s\n"
+        #expect(callbackError(head + "      timeout: 0s")?.hasPrefix("coatcheck.yaml:9:16: routes[0].callback.timeout:") == true)
+        #expect(callbackError(head + "      timeout: soon")?.hasPrefix("coatcheck.yaml:9:16: routes[0].callback.timeout: expected a duration") == true)
+        #expect(callbackError(head + "      max_concurrency: -1")
+            == "coatcheck.yaml:9:24: routes[0].callback.max_concurrency: expected a positive integer, got \"-1\"")
+        #expect(callbackError(head + "      max_concurrency: many")?.hasPrefix("coatcheck.yaml:9:24: routes[0].callback.max_concurrency") == true)
+        #expect(callbackError(head + "      retry: { attempts: 0 }")?.hasPrefix("coatcheck.yaml:9:26: routes[0].callback.retry.attempts") == true)
+        #expect(callbackError(head + "      retry: { backoff: 1m, max_backoff: 1s }")
+            == "coatcheck.yaml:9:42: routes[0].callback.retry.max_backoff: must be at least backoff (1m)")
+        #expect(callbackError(head + "      ca_file: /tmp")
+            == "coatcheck.yaml:9:16: routes[0].callback.ca_file: cannot read /tmp", "a directory is not a CA file")
+        #expect(callbackError(head + "      url: https://h/")
+            == "coatcheck.yaml:9:7: unknown key 'url' in routes[0].callback")
+        #expect(callbackError("      allow: \"https://h/\"\n      secret: s") == nil, "a single prefix may be a scalar")
+    }
+
+    @Test func callbackAllowPrefixErrorsSayWhy() {
+        func allowError(_ prefix: String) -> String? { callbackError("      allow: [\"\(prefix)\"]\n      secret: s") }
+        #expect(allowError("https://h/x?token=1")
+            == "coatcheck.yaml:7:15: routes[0].callback.allow[0]: expected http(s)://HOST[:PORT][/PATH] without a query, got \"https://h/x?token=1\"")
+        #expect(allowError("https://h:0/")
+            == "coatcheck.yaml:7:15: routes[0].callback.allow[0]: expected http(s)://HOST[:PORT][/PATH]: the port must be 1-65535, got \"https://h:0/\"")
+        #expect(allowError("https://u@h/")?.contains("no userinfo (@) is allowed") == true)
+        #expect(allowError("https://h/#x")?.contains("no fragment (#) is allowed") == true)
+        #expect(allowError("ftp://h/")?.contains("the scheme must be http:// or https://") == true)
+        #expect(allowError("https://h/a/..%2F")?.contains("hides a dot segment") == true)
+        #expect(allowError("https://127.1/")?.contains("dotted-decimal IPv4") == true)
+    }
+
+    @Test func upstreamCAFileIsCheckedForHTTPSUpstreams() throws {
+        func upstream(_ url: String, _ ca: String) -> String {
+            "upstreams:\n  app: { ca_file: \"\(ca)\", url: \"\(url)\" }\nroutes:\n  - upstream: app\n"
+        }
+        #expect(parseError(upstream("https://a", "/nonexistent.pem"))?.description
+            == "coatcheck.yaml:2:19: upstreams.app.ca_file: cannot read /nonexistent.pem")
+        #expect(parseError(upstream("http://a", "/nonexistent.pem")) == nil, "unused by an http:// upstream")
+        let caFile = try writeTempFile("-----BEGIN CERTIFICATE-----\n", suffix: ".pem")
+        defer { unlink(caFile) }
+        #expect(try ConfigLoader.parse(yaml: upstream("https://a", caFile), file: "f").upstreams[0].caFile == caFile)
+    }
 }

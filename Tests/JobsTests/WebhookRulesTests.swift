@@ -111,6 +111,27 @@ private let now: Int64 = 1_000_000
         #expect(parts[0] != parts[1])
     }
 
+    // Expected values computed with Python's hmac module, independently of this code.
+    @Test func twoSecretsGiveTwoSignaturesEachOfItsOwnKey() {
+        let header = WebhookSigner.sign(secrets: ["whsec_b2xk", "raw secret"], id: id, timestamp: timestamp, body: body)
+        #expect(header == "v1,CcMrCYxu2nGkW3RMERBdyXGTc/4IIfNEPUPNJdo5PWg= v1,ejzB03xbiX+BYE2p5UprnxYMT3NDCs3S0jg3homzfN0=")
+    }
+
+    @Test func rawSecretsAreTheirUTF8Bytes() {
+        #expect(WebhookSigner.sign(secrets: ["ünï"], id: id, timestamp: timestamp, body: body)
+            == "v1,dNSMLDmn+Ep+xcL4FDjnRn5H0cw9neCflQZKzVmO1n4=")
+    }
+
+    @Test func anEmptyBodyAndEmptyPiecesSignTheSame() {
+        #expect(WebhookSigner.sign(secrets: [secret], id: "msg_1", timestamp: 0, body: [])
+            == "v1,ij2G0S51rXTp+PMwqJOjeWFLEpktT32X6cQ9P08rbws=")
+        var signer = WebhookSigner(secrets: [secret, "raw secret"], id: id, timestamp: timestamp)
+        for piece in [[], Array(body.prefix(3)), [], Array(body.dropFirst(3)), []] as [[UInt8]] {
+            piece.withUnsafeBytes { signer.update($0) }
+        }
+        #expect(signer.finalize() == WebhookSigner.sign(secrets: [secret, "raw secret"], id: id, timestamp: timestamp, body: body))
+    }
+
     @Test func aSecretWithoutThePrefixIsItsOwnBytes() {
         #expect(WebhookSigner.key(of: "abc") == Array("abc".utf8))
         #expect(WebhookSigner.key(of: "whsec_YWJj") == Array("abc".utf8))
