@@ -125,6 +125,11 @@ final class WebhookDeliverer {
             finish(id, round: callback.round, .unsendable("bad_url"))
             return
         }
+        // A reload may have narrowed `allow`: the configuration in force decides.
+        guard url.isAllowed(byAny: settings.allow) else {
+            finish(id, round: callback.round, .unsendable("callback_not_allowed"))
+            return
+        }
         let attempt = WebhookAttempt(deliverer: self, record: record, callback: callback, url: url, settings: settings)
         attempts[id] = attempt
         receiver(for: url, route: record.route, settings: settings) { [weak attempt] target in
