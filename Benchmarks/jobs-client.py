@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmarks/jobs-client.py: create jobs and wait for them (stdlib only).
 
-  jobs-client.py submit URL COUNT IDS_FILE [--connections N]
+  jobs-client.py submit URL COUNT IDS_FILE [--connections N] [--header 'NAME: VALUE']...
       POSTs COUNT jobs to URL over N keep-alive connections (default 16),
       writes the job ids to IDS_FILE in submission order and prints one line:
       "submitted N accepted N other N seconds S"  (other: non-202 answers)
@@ -58,6 +58,10 @@ def epoch_ms(stamp):
 def submit(args):
     host, port, target = split_url(args.url)
     count, connections = args.count, max(1, min(args.connections, args.count))
+    headers = {"Content-Type": "application/json"}
+    for h in args.header:
+        name, _, value = h.partition(":")
+        headers[name.strip()] = value.strip()
     ids = [None] * count
     other = []
     next_index = [0]
@@ -73,7 +77,7 @@ def submit(args):
                     if i >= count or failure:
                         return
                     next_index[0] += 1
-                conn.request("POST", target, body=BODY, headers={"Content-Type": "application/json"})
+                conn.request("POST", target, body=BODY, headers=headers)
                 resp = conn.getresponse()
                 payload = resp.read()
                 if resp.status == 202:
@@ -199,6 +203,7 @@ def main():
     s.add_argument("count", type=int)
     s.add_argument("ids_file")
     s.add_argument("--connections", type=int, default=16)
+    s.add_argument("--header", action="append", default=[], help="NAME: VALUE, sent with every job")
     a = commands.add_parser("await")
     a.add_argument("base")
     a.add_argument("ids_file")
