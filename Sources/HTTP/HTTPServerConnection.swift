@@ -174,6 +174,7 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// Hands decoded body bytes to the handler, then the body's end once
     /// `done`. False when `process` must stop reading for now.
+    @inline(__always)
     private func deliverBody(done: Bool) -> Bool {
         if evbuffer_get_length(rawScratch) > 0 {
             handler?.requestBody(scratch, connection: self)

@@ -67,7 +67,9 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         }
     }
 
-    /// Feeds the upstream core and does this side of its action.
+    /// Feeds the upstream core and does this side of its action. Inlined:
+    /// each caller's event is a constant, so the core's switch folds.
+    @inline(__always)
     private func perform(_ event: UpstreamExchangeMachine.Event) {
         switch upstream.handle(event) {
         case .send:
@@ -122,7 +124,8 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         guard let connection = upstream.connection,
               connection.sendRequest(head: head, body: pending, lastChunk: upstream.requestComplete && chunkedUpstream)
         else { return }
-        client.resumeReadingBody()
+        // Only a body's reading can have been paused.
+        if requestHasBody { client.resumeReadingBody() }
     }
 
     // MARK: Client side

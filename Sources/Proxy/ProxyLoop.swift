@@ -131,6 +131,11 @@ public final class ProxyLoop: HTTPService {
         return pool
     }
 
+    /// An idle pooled connection to `target`, or nil when a new one must be made.
+    public func takeIdleConnection(for target: UpstreamTarget) -> HTTPClientConnection? {
+        pool(for: target)?.take()
+    }
+
     /// An exchange's connection after a whole response: kept in its pool,
     /// or closed.
     public func checkIn(_ connection: HTTPClientConnection, to target: UpstreamTarget, requestWritten: Bool) {

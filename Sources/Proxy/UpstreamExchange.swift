@@ -182,13 +182,22 @@ public final class UpstreamExchange {
     /// and the proxy of its loop. Both outlive it: not counted (this is on
     /// the path of every proxied request).
     private unowned(unsafe) var owner: (any HTTPClientDelegate)?
-    private unowned(unsafe) let proxy: ProxyLoop
+    private let proxy: Unmanaged<ProxyLoop>
+    /// `target` again, borrowed for calls (the strong one keeps it).
+    private var borrowedTarget: Unmanaged<UpstreamTarget>?
     private var isHead = false
 
     /// `begin` names the owner and the request before the first event.
     public init(proxy: ProxyLoop) {
-        self.proxy = proxy
+        self.proxy = Unmanaged.passUnretained(proxy)
         self.machine = UpstreamExchangeMachine(resendable: false)
+    }
+
+    /// Calls `body` with the proxy and the target, neither counted: calls
+    /// through stored references would retain and release each per use.
+    @inline(__always)
+    private func withProxyAndTarget<R>(_ body: (ProxyLoop, UpstreamTarget) -> R) -> R {
+        proxy._withUnsafeGuaranteedRef { p in borrowedTarget!._withUnsafeGuaranteedRef { t in body(p, t) } }
     }
 
     /// Starts (or, for reused exchanges, starts over) for one request, on
@@ -196,6 +205,7 @@ public final class UpstreamExchange {
     public func begin(owner: any HTTPClientDelegate, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
         self.owner = owner
         self.target = target
+        self.borrowedTarget = Unmanaged.passUnretained(target)
         self.gate = target.gate
         self.isHead = isHead
         machine = UpstreamExchangeMachine(resendable: resendable)
@@ -212,9 +222,9 @@ public final class UpstreamExchange {
         let action = machine.handle(event)
         switch action {
         case .connect:
-            if let pooled = proxy.pool(for: target)?.take() {
-                connection = pooled
+            if let pooled = withProxyAndTarget({ $0.takeIdleConnection(for: $1) }) {
                 pooled.beginExchange(delegate: owner!, isHead: isHead)
+                connection = pooled
                 return machine.handle(.pooledConnection)
             }
             connectFresh()
@@ -223,12 +233,13 @@ public final class UpstreamExchange {
             connectFresh()
             return .none
         case .complete:
-            if let c = connection { proxy.checkIn(c, to: target, requestWritten: requestComplete) }
-            connection = nil
+            if let c = connection.take() {
+                let written = requestComplete
+                withProxyAndTarget { $0.checkIn(c, to: $1, requestWritten: written) }
+            }
             gate!.release()
         case .fail(_, let release), .abandon(let release):
-            connection?.close()
-            connection = nil
+            connection.take()?.close()
             if release { gate!.release() }
         case .releaseSlot:
             gate!.release()
@@ -239,7 +250,7 @@ public final class UpstreamExchange {
     }
 
     private func connectFresh() {
-        let c = proxy.newUpstream(delegate: owner!, isHead: isHead)
+        let c = proxy.takeUnretainedValue().newUpstream(delegate: owner!, isHead: isHead)
         // Stored first: `connect` may fail at once, through the delegate.
         connection = c
         c.connect(to: target.address, timeout: target.config.connectTimeout)
