@@ -19,7 +19,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     private let upstream: UpstreamExchange
     var target: UpstreamTarget { upstream.target! }
 
-    private var timer: Timer!
+    private let timer: Timer
     /// The serialized upstream request head, kept for one retry on a stale
     /// keep-alive connection.
     private let head = ByteWriter(capacity: 1024)
@@ -32,7 +32,8 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     init(proxy: ProxyLoop) {
         self.proxy = proxy
         self.upstream = UpstreamExchange(proxy: proxy)
-        timer = Timer(loop: proxy.loop) { [unowned self] in self.timedOut() }
+        timer = Timer(loop: proxy.loop)
+        timer.setAction { [unowned self] in self.timedOut() }
     }
 
     func begin(client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {

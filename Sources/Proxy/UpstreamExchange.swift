@@ -171,8 +171,6 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
 public final class UpstreamExchange {
     public private(set) var machine: UpstreamExchangeMachine
     public private(set) var target: UpstreamTarget!
-    /// `target.gate`, which `target` keeps: not counted per use.
-    private unowned(unsafe) var gate: (any ConcurrencyGate)?
     /// The connection of the current try, while there is one.
     public private(set) var connection: HTTPClientConnection?
     /// The whole request went out: a completed exchange's connection may be
@@ -200,13 +198,21 @@ public final class UpstreamExchange {
         proxy._withUnsafeGuaranteedRef { p in borrowedTarget!._withUnsafeGuaranteedRef { t in body(p, t) } }
     }
 
+    /// Gives the slot back to the target's gate (a `let` of the target: not counted).
+    @inline(__always)
+    private func releaseSlot() {
+        borrowedTarget!._withUnsafeGuaranteedRef { $0.gate.release() }
+    }
+
     /// Starts (or, for reused exchanges, starts over) for one request, on
     /// behalf of `owner`.
     public func begin(owner: any HTTPClientDelegate, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
         self.owner = owner
-        self.target = target
-        self.borrowedTarget = Unmanaged.passUnretained(target)
-        self.gate = target.gate
+        // Mostly the same target as the last request's: not stored again.
+        if self.target !== target {
+            self.target = target
+            borrowedTarget = Unmanaged.passUnretained(target)
+        }
         self.isHead = isHead
         machine = UpstreamExchangeMachine(resendable: resendable)
         connection = nil
@@ -237,12 +243,12 @@ public final class UpstreamExchange {
                 let written = requestComplete
                 withProxyAndTarget { $0.checkIn(c, to: $1, requestWritten: written) }
             }
-            gate!.release()
+            releaseSlot()
         case .fail(_, let release), .abandon(let release):
             connection.take()?.close()
-            if release { gate!.release() }
+            if release { releaseSlot() }
         case .releaseSlot:
-            gate!.release()
+            releaseSlot()
         case .none, .send, .deliverHead, .refuse:
             break
         }
