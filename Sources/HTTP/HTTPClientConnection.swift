@@ -152,7 +152,7 @@ public final class HTTPClientConnection: ChannelDelegate {
     }
 
     /// Prepares to read the response of a request about to be written.
-    public func beginExchange(delegate: any HTTPClientDelegate, isHead: Bool) {
+    public func beginExchange(delegate: consuming any HTTPClientDelegate, isHead: Bool) {
         self.delegate = delegate
         reader.reset()
         reader.requestWasHead = isHead

@@ -31,7 +31,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     private var machine = ServerConnectionMachine()
     private var handler: (any RequestHandler)?
     private var retained: Unmanaged<HTTPServerConnection>?
-    private var timer: Timer!
+    private let timer: Timer
     private let scratch = EventBuffer()
     private let rawScratch: OpaquePointer
     /// Monotonic time the current request's first byte arrived.
@@ -56,7 +56,8 @@ public final class HTTPServerConnection: ChannelDelegate {
         setNoDelay(fd)
         self.channel = Channel(loop: server.loop, fd: fd)
         self.rawScratch = scratch.raw
-        self.timer = Timer(loop: server.loop) { [unowned self] in self.timerFired() }
+        self.timer = Timer(loop: server.loop)
+        timer.setAction { [unowned self] in self.timerFired() }
     }
 
     func start() {
@@ -174,6 +175,7 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// Hands decoded body bytes to the handler, then the body's end once
     /// `done`. False when `process` must stop reading for now.
+    @inline(__always)
     private func deliverBody(done: Bool) -> Bool {
         if evbuffer_get_length(rawScratch) > 0 {
             handler?.requestBody(scratch, connection: self)

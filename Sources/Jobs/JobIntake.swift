@@ -273,12 +273,10 @@ final class JobIntake: RequestHandler {
         // A queued job's way out of its upstream's queue (DELETE) comes with
         // its entry: the gate token it holds (auto, switched while waiting),
         // or the one it will queue with (async).
-        var withdraw: (@Sendable () -> Void)?
+        var withdraw: WithdrawHook?
         if record.status == .queued {
-            let gate = target.gate
-            if route.mode == .async || preference == .respondAsync { gateToken = gate.makeToken() }
-            let token = gateToken
-            withdraw = { gate.withdraw(token) }
+            if route.mode == .async || preference == .respondAsync { gateToken = target.gate.makeToken() }
+            withdraw = WithdrawHook(token: gateToken, leave: target.withdraw)
         }
         jobs.table.insert(record, request: request, withdraw: withdraw, on: jobs.loop) { error in
             bound.value.committed(error: error)

@@ -28,7 +28,7 @@ extension JobLoop {
         case .queued:
             // A DELETE takes it out of the queue; a grant racing that is
             // released by `slotGranted`, which finds the job canceled.
-            if preset == nil { table.setWithdraw(id) { gate.withdraw(token) } }
+            if preset == nil { table.setWithdraw(id, WithdrawHook(token: token, leave: target.withdraw)) }
         case .rejected:
             break
         }

@@ -6,8 +6,9 @@ import Glibc
 
 /// A one-shot timer on one loop. The owner keeps it; `deinit` frees the event.
 ///
-/// The action is set once at creation. It usually captures its owner unowned,
-/// since the owner holds the timer.
+/// The action is set once, at creation or (for an owner that keeps the timer
+/// in a `let`, so calls on it count no reference) just after with `setAction`.
+/// It usually captures its owner unowned, since the owner holds the timer.
 ///
 /// Lazy, in the spirit of nginx's timers: most timers are timeouts that are
 /// armed and cancelled once per request (a connection's header and idle
@@ -21,7 +22,7 @@ import Glibc
 /// per timeout period instead of two per request.
 public final class Timer {
     private var event: OpaquePointer?
-    private let action: () -> Void
+    private var action: () -> Void
     /// Armed to run `action` at `deadline` (coarse monotonic nanoseconds).
     private var armed = false
     private var deadline: UInt64 = 0
@@ -34,8 +35,14 @@ public final class Timer {
     /// The loop whose base the event belongs to: it must outlive the event.
     private let loop: EventLoop
 
-    public init(loop: EventLoop, action: @escaping () -> Void) {
+    public convenience init(loop: EventLoop, action: @escaping () -> Void) {
+        self.init(loop: loop)
         self.action = action
+    }
+
+    /// A timer that does nothing when it fires until `setAction`.
+    public init(loop: EventLoop) {
+        self.action = {}
         self.loop = loop
         self.event = nil
         self.event = CLibevent_evtimer_new(loop.base, { _, _, arg in
@@ -49,6 +56,10 @@ public final class Timer {
 
     deinit {
         if let event { event_free(event) }
+    }
+
+    public func setAction(_ action: @escaping () -> Void) {
+        self.action = action
     }
 
     /// (Re)arms the timer to fire once after `after`.

@@ -16,8 +16,9 @@ public final class ProxyLoop: HTTPService {
     public let log: Logger
     let maxResponseHeadBytes = 64 * 1024
     private var pools: [ObjectIdentifier: UpstreamPool] = [:]
-    /// The pool found last: most loops talk to one upstream most of the time.
-    private var lastPool: UpstreamPool?
+    /// The pool found last: most loops talk to one upstream most of the
+    /// time. `pools` holds it: borrowed here, not counted per use.
+    private var lastPool: Unmanaged<UpstreamPool>?
     private var poolSweeper: Timer?
     private var draining = false
     private var accessLog: AccessLog?
@@ -118,26 +119,44 @@ public final class ProxyLoop: HTTPService {
     /// a reload replaced has none (nor has any once draining began): the
     /// connections of exchanges that outlive it are closed, not kept.
     public func pool(for target: UpstreamTarget) -> UpstreamPool? {
-        if let pool = lastPool, pool.target === target { return pool }
+        if let last = lastPool, last._withUnsafeGuaranteedRef({ $0.target === target }) {
+            return last.takeUnretainedValue()
+        }
         let key = ObjectIdentifier(target)
         if let pool = pools[key] {
-            lastPool = pool
+            lastPool = Unmanaged.passUnretained(pool)
             return pool
         }
         guard !draining, target.isStandalone || config.upstream(named: target.name) === target else { return nil }
         let pool = UpstreamPool(loop: loop, target: target)
         pools[key] = pool
-        lastPool = pool
+        lastPool = Unmanaged.passUnretained(pool)
         return pool
+    }
+
+    /// An idle pooled connection to `target`, or nil when a new one must be made.
+    public func takeIdleConnection(for target: UpstreamTarget) -> HTTPClientConnection? {
+        withPool(for: target) { $0?.take() }
+    }
+
+    /// `pool(for:)` for one call: the last pool is lent, not counted.
+    @inline(__always)
+    private func withPool<R>(for target: UpstreamTarget, _ body: (UpstreamPool?) -> R) -> R {
+        if let last = lastPool, last._withUnsafeGuaranteedRef({ $0.target === target }) {
+            return last._withUnsafeGuaranteedRef { body($0) }
+        }
+        return body(pool(for: target))
     }
 
     /// An exchange's connection after a whole response: kept in its pool,
     /// or closed.
     public func checkIn(_ connection: HTTPClientConnection, to target: UpstreamTarget, requestWritten: Bool) {
-        if let pool = pool(for: target) {
-            pool.checkIn(connection, requestWritten: requestWritten)
-        } else {
-            connection.close()
+        withPool(for: target) { pool in
+            if let pool {
+                pool.checkIn(connection, requestWritten: requestWritten)
+            } else {
+                connection.close()
+            }
         }
     }
 

@@ -171,8 +171,6 @@ public struct UpstreamExchangeMachine: Sendable, Equatable {
 public final class UpstreamExchange {
     public private(set) var machine: UpstreamExchangeMachine
     public private(set) var target: UpstreamTarget!
-    /// `target.gate`, which `target` keeps: not counted per use.
-    private unowned(unsafe) var gate: (any ConcurrencyGate)?
     /// The connection of the current try, while there is one.
     public private(set) var connection: HTTPClientConnection?
     /// The whole request went out: a completed exchange's connection may be
@@ -182,21 +180,39 @@ public final class UpstreamExchange {
     /// and the proxy of its loop. Both outlive it: not counted (this is on
     /// the path of every proxied request).
     private unowned(unsafe) var owner: (any HTTPClientDelegate)?
-    private unowned(unsafe) let proxy: ProxyLoop
+    private let proxy: Unmanaged<ProxyLoop>
+    /// `target` again, borrowed for calls (the strong one keeps it).
+    private var borrowedTarget: Unmanaged<UpstreamTarget>?
     private var isHead = false
 
     /// `begin` names the owner and the request before the first event.
     public init(proxy: ProxyLoop) {
-        self.proxy = proxy
+        self.proxy = Unmanaged.passUnretained(proxy)
         self.machine = UpstreamExchangeMachine(resendable: false)
+    }
+
+    /// Calls `body` with the proxy and the target, neither counted: calls
+    /// through stored references would retain and release each per use.
+    @inline(__always)
+    private func withProxyAndTarget<R>(_ body: (ProxyLoop, UpstreamTarget) -> R) -> R {
+        proxy._withUnsafeGuaranteedRef { p in borrowedTarget!._withUnsafeGuaranteedRef { t in body(p, t) } }
+    }
+
+    /// Gives the slot back to the target's gate (a `let` of the target: not counted).
+    @inline(__always)
+    private func releaseSlot() {
+        borrowedTarget!._withUnsafeGuaranteedRef { $0.gate.release() }
     }
 
     /// Starts (or, for reused exchanges, starts over) for one request, on
     /// behalf of `owner`.
     public func begin(owner: any HTTPClientDelegate, target: UpstreamTarget, resendable: Bool, isHead: Bool) {
         self.owner = owner
-        self.target = target
-        self.gate = target.gate
+        // Mostly the same target as the last request's: not stored again.
+        if self.target !== target {
+            self.target = target
+            borrowedTarget = Unmanaged.passUnretained(target)
+        }
         self.isHead = isHead
         machine = UpstreamExchangeMachine(resendable: resendable)
         connection = nil
@@ -212,9 +228,9 @@ public final class UpstreamExchange {
         let action = machine.handle(event)
         switch action {
         case .connect:
-            if let pooled = proxy.pool(for: target)?.take() {
-                connection = pooled
+            if let pooled = withProxyAndTarget({ $0.takeIdleConnection(for: $1) }) {
                 pooled.beginExchange(delegate: owner!, isHead: isHead)
+                connection = pooled
                 return machine.handle(.pooledConnection)
             }
             connectFresh()
@@ -223,15 +239,16 @@ public final class UpstreamExchange {
             connectFresh()
             return .none
         case .complete:
-            if let c = connection { proxy.checkIn(c, to: target, requestWritten: requestComplete) }
-            connection = nil
-            gate!.release()
+            if let c = connection.take() {
+                let written = requestComplete
+                withProxyAndTarget { $0.checkIn(c, to: $1, requestWritten: written) }
+            }
+            releaseSlot()
         case .fail(_, let release), .abandon(let release):
-            connection?.close()
-            connection = nil
-            if release { gate!.release() }
+            connection.take()?.close()
+            if release { releaseSlot() }
         case .releaseSlot:
-            gate!.release()
+            releaseSlot()
         case .none, .send, .deliverHead, .refuse:
             break
         }
@@ -239,7 +256,7 @@ public final class UpstreamExchange {
     }
 
     private func connectFresh() {
-        let c = proxy.newUpstream(delegate: owner!, isHead: isHead)
+        let c = proxy.takeUnretainedValue().newUpstream(delegate: owner!, isHead: isHead)
         // Stored first: `connect` may fail at once, through the delegate.
         connection = c
         c.connect(to: target.address, timeout: target.config.connectTimeout, tls: target.tls, serverName: target.config.url.host)

@@ -40,7 +40,7 @@ public final class UpstreamPool {
     /// An exchange ended with a whole response: the connection goes back to
     /// the pool only if the whole request went out too (nothing of it left
     /// unsent), else it is closed.
-    func checkIn(_ connection: HTTPClientConnection, requestWritten: Bool) {
+    func checkIn(_ connection: consuming HTTPClientConnection, requestWritten: Bool) {
         guard connection.isOpen else { return }
         if requestWritten, connection.outputIsEmpty {
             put(connection)
@@ -49,7 +49,7 @@ public final class UpstreamPool {
         }
     }
 
-    func put(_ connection: HTTPClientConnection) {
+    func put(_ connection: consuming HTTPClientConnection) {
         guard connection.isOpen else { return }
         if idle.count >= maxIdle {
             connection.close()

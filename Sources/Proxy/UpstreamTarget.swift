@@ -15,6 +15,8 @@ public final class UpstreamTarget: Sendable {
     /// upstreams (a webhook receiver): pooled on each loop like them, for as
     /// long as the configuration lasts.
     public let isStandalone: Bool
+    /// `gate.withdraw`, made once: queued jobs keep it with their token.
+    public let withdraw: @Sendable (UInt64) -> Void
 
     init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
         self.name = config.name
@@ -23,6 +25,7 @@ public final class UpstreamTarget: Sendable {
         self.gate = gate
         self.tls = tls
         self.isStandalone = false
+        self.withdraw = { token in gate.withdraw(token) }
         self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }
 
@@ -35,6 +38,7 @@ public final class UpstreamTarget: Sendable {
         self.gate = gate
         self.tls = tls
         self.isStandalone = true
+        self.withdraw = { token in gate.withdraw(token) }
         self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }
 }

@@ -58,9 +58,13 @@ public struct JobResponse: Sendable, Equatable {
 
 /// A job without its bodies: what the status JSON, dispatch and recovery
 /// need, small enough to keep every live job in memory.
+///
+/// Laid out for that: the word-sized fields first, the optional numbers
+/// stored as values with a presence mask (an `Int64?` takes 16 bytes in a
+/// struct) and the one-byte fields last: 208 bytes (8 of them the callback's
+/// reference) where the declared types in their natural order took 248.
 public struct JobRecord: Sendable, Equatable {
     public let id: JobID
-    public var status: JobStatus
     public let upstream: String
     /// The label of the route that accepted it (`name`, or `path_prefix`):
     /// durations are observed per route and method for estimates.
@@ -69,24 +73,59 @@ public struct JobRecord: Sendable, Equatable {
     public let path: String
     /// Unix milliseconds.
     public let createdAt: Int64
-    public var startedAt: Int64?
-    public var completedAt: Int64?
     public var attempts: Int
-    /// Safe to send again after a crash: an idempotent method or an
-    /// Idempotency-Key (SPEC §5).
-    public let resendable: Bool
     /// SHA-256 of the `jobs.bind_to` credential, if bound.
     public let credential: [UInt8]?
     public let idempotencyKey: String?
     /// SHA-256 over method, path, body and credential, with a key.
     public let fingerprint: [UInt8]?
-    public var responseStatus: Int?
     public var contentType: String?
-    public var responseSize: Int64?
-    public var error: JobErrorCode?
     public var errorMessage: String?
     /// The webhook the client asked for (`X-Callback-Url`), if any.
     public var callback: JobCallback?
+    // The optional numbers: a value (0 when absent) and a bit of `present`.
+    private var startedAtValue: Int64 = 0
+    private var completedAtValue: Int64 = 0
+    private var responseStatusValue = 0
+    private var responseSizeValue: Int64 = 0
+    private var present: UInt8 = 0
+    public var status: JobStatus
+    /// Safe to send again after a crash: an idempotent method or an
+    /// Idempotency-Key (SPEC §5).
+    public let resendable: Bool
+    public var error: JobErrorCode?
+
+    /// Unix milliseconds.
+    public var startedAt: Int64? {
+        get { present & 1 != 0 ? startedAtValue : nil }
+        set { (startedAtValue, present) = Self.store(newValue, bit: 1, in: present) }
+    }
+
+    /// Unix milliseconds.
+    public var completedAt: Int64? {
+        get { present & 2 != 0 ? completedAtValue : nil }
+        set { (completedAtValue, present) = Self.store(newValue, bit: 2, in: present) }
+    }
+
+    public var responseStatus: Int? {
+        get { present & 4 != 0 ? responseStatusValue : nil }
+        set {
+            let (value, mask) = Self.store(newValue.map(Int64.init), bit: 4, in: present)
+            (responseStatusValue, present) = (Int(value), mask)
+        }
+    }
+
+    public var responseSize: Int64? {
+        get { present & 8 != 0 ? responseSizeValue : nil }
+        set { (responseSizeValue, present) = Self.store(newValue, bit: 8, in: present) }
+    }
+
+    /// The stored value and mask for an optional: absent is 0 and no bit,
+    /// so equal records compare equal field by field.
+    private static func store(_ value: Int64?, bit: UInt8, in mask: UInt8) -> (Int64, UInt8) {
+        if let value { return (value, mask | bit) }
+        return (0, mask & ~bit)
+    }
 
     public init(id: JobID, status: JobStatus, upstream: String, route: String = "", method: String, path: String,
                 createdAt: Int64, startedAt: Int64? = nil, completedAt: Int64? = nil, attempts: Int = 0,
@@ -99,13 +138,13 @@ public struct JobRecord: Sendable, Equatable {
         self.method = method
         self.path = path
         self.createdAt = createdAt
-        self.startedAt = startedAt
-        self.completedAt = completedAt
         self.attempts = attempts
         self.resendable = resendable
         self.credential = credential
         self.idempotencyKey = idempotencyKey
         self.fingerprint = fingerprint
+        self.startedAt = startedAt
+        self.completedAt = completedAt
         self.callback = callback
     }
 }

@@ -33,7 +33,7 @@ public final class JobTable: Sendable {
         var abort: (loop: EventLoop, run: @Sendable () -> Void)?
         /// Set while the job waits for an upstream slot: takes it out of
         /// the queue (DELETE), so a canceled job holds no place there.
-        var withdraw: (@Sendable () -> Void)?
+        var withdraw: WithdrawHook?
         /// A queued job's request, kept from its insert to its dispatch (within
         /// `requestCacheBytes`), so dispatch need not read it back from the store.
         var request: JobRequest?
@@ -185,7 +185,7 @@ public final class JobTable: Sendable {
     /// set with the entry instead of by a second lookup. Given a `loop`, the
     /// entry is made and `done` runs there: the store's thread only hands
     /// them over, so a group commit's callbacks cost its writer little.
-    public func insert(_ record: JobRecord, request: JobRequest, withdraw: (@Sendable () -> Void)? = nil,
+    public func insert(_ record: JobRecord, request: JobRequest, withdraw: WithdrawHook? = nil,
                        on loop: EventLoop? = nil, done: @escaping @Sendable (StoreError?) -> Void) {
         store.insert(record, request: request) { [self] error in
             guard let loop else {
@@ -200,7 +200,7 @@ public final class JobTable: Sendable {
         }
     }
 
-    private func inserted(_ record: JobRecord, request: JobRequest, withdraw: (@Sendable () -> Void)?,
+    private func inserted(_ record: JobRecord, request: JobRequest, withdraw: WithdrawHook?,
                           error: StoreError?) {
         state.withLock { s in
             if error != nil {
@@ -279,7 +279,7 @@ public final class JobTable: Sendable {
                 abort = e.abort
                 e.abort = nil
             }
-            var withdraw: (@Sendable () -> Void)?
+            var withdraw: WithdrawHook?
             if to != .queued {
                 withdraw = e.withdraw
                 e.withdraw = nil
@@ -332,7 +332,7 @@ public final class JobTable: Sendable {
     /// What a transition took from the entry, to run outside the lock.
     struct Hooks {
         var abort: (loop: EventLoop, run: @Sendable () -> Void)?
-        var withdraw: (@Sendable () -> Void)?
+        var withdraw: WithdrawHook?
     }
 
     /// A write came back from the store: a durable state becomes visible
@@ -381,10 +381,10 @@ public final class JobTable: Sendable {
     }
 
     /// Registers how a queued job leaves its upstream's queue (DELETE).
-    public func setWithdraw(_ id: JobID, _ run: @escaping @Sendable () -> Void) {
+    public func setWithdraw(_ id: JobID, _ hook: WithdrawHook) {
         state.withLock { s in
             guard let e = s.jobs[id], e.latest.status == .queued else { return }
-            e.withdraw = run
+            e.withdraw = hook
         }
     }
 
@@ -394,7 +394,7 @@ public final class JobTable: Sendable {
         let (r, hooks) = ordering.withLock { _ in
             applyInOrder(.cancel, to: id, response: nil, fill: { $0.completedAt = now }, done: done)
         }
-        hooks.withdraw?()
+        hooks.withdraw?.run()
         if let abort = hooks.abort { abort.loop.execute(abort.run) }
         return r
     }
@@ -494,6 +494,21 @@ public final class JobTable: Sendable {
     public func observe(_ workload: Workload, millis: Int64) {
         state.withLock { $0.observe(workload, millis: millis) }
     }
+}
+
+/// How a queued job leaves its upstream's queue: `leave(token)`. `leave`
+/// is its upstream's, one closure shared by all its jobs, so a queued job
+/// holds a token and two words, not a closure of its own.
+public struct WithdrawHook: Sendable {
+    public let token: UInt64
+    public let leave: @Sendable (UInt64) -> Void
+
+    public init(token: UInt64, leave: @escaping @Sendable (UInt64) -> Void) {
+        self.token = token
+        self.leave = leave
+    }
+
+    func run() { leave(token) }
 }
 
 extension JobRecord {
