@@ -49,8 +49,21 @@ final class WebhookAttempt: HTTPClientDelegate {
 
     // MARK: Preparing
 
-    /// Reads the body, signs it, then waits for a delivery slot.
+    /// Waits for a delivery slot, then reads the body and signs it: a burst
+    /// of due deliveries holds at most `max_concurrency` bodies.
     func prepare(target: UpstreamTarget) {
+        guard !ended else { return }
+        let bound = LoopBound(self, loop: deliverer.loop)
+        switch target.gate.acquire(GateWaiter(loop: deliverer.loop) { bound.value.granted(target) }, force: true) {
+        case .acquired: granted(target)
+        case .queued: break
+        case .rejected: fail(.unsendable("queue_full"))
+        }
+    }
+
+    private func granted(_ target: UpstreamTarget) {
+        slot = target.gate
+        guard !ended else { return releaseSlot() }
         let jobs = deliverer.jobs
         timestamp = wallClockMillis() / 1000
         if record.status == .completed {
@@ -77,11 +90,11 @@ final class WebhookAttempt: HTTPClientDelegate {
         case .inline(let bytes):
             bytes.withUnsafeBytes { signer.update($0) }
             signature = signer.finalize()
-            acquire(target)
+            begin(target)
         case .file(let path, let size) where size <= Self.signOnLoopBytes:
             guard signFile(path, into: &signer) else { return fail(.unsendable("result_missing")) }
             signature = signer.finalize()
-            acquire(target)
+            begin(target)
         case .file(let path, _):
             let bound = LoopBound(self, loop: deliverer.loop)
             let (secrets, id, timestamp) = (secrets, webhookID, timestamp)
@@ -93,29 +106,26 @@ final class WebhookAttempt: HTTPClientDelegate {
                     let me = bound.value
                     guard ok else { return me.fail(.unsendable("result_missing")) }
                     me.signature = signature
-                    me.acquire(target)
+                    me.begin(target)
                 }
             }
         }
     }
 
-    private func acquire(_ target: UpstreamTarget) {
-        guard !ended else { return }
-        let bound = LoopBound(self, loop: deliverer.loop)
-        switch target.gate.acquire(GateWaiter(loop: deliverer.loop) { bound.value.begin(target) }, force: true) {
-        case .acquired: begin(target)
-        case .queued: break
-        case .rejected: fail(.unsendable("queue_full"))
-        }
+    /// The delivery slot, while this attempt holds it and its exchange has
+    /// not begun (from then on the exchange core gives it back).
+    private var slot: (any ConcurrencyGate)?
+
+    private func releaseSlot() {
+        slot?.release()
+        slot = nil
     }
 
     // MARK: The exchange
 
     private func begin(_ target: UpstreamTarget) {
-        guard !ended else {
-            target.gate.release()
-            return
-        }
+        guard !ended else { return releaseSlot() }
+        slot = nil  // the exchange core releases it
         timer.schedule(after: settings.timeout)
         upstream.begin(owner: self, target: target, resendable: true, isHead: false)
         perform(.begin(.acquired))
@@ -210,6 +220,7 @@ final class WebhookAttempt: HTTPClientDelegate {
     func fail(_ result: AttemptResult) {
         guard !ended else { return }
         ended = true
+        releaseSlot()
         deliverer.finish(id, round: callback.round, result)
     }
 

@@ -31,6 +31,9 @@ final class WebhookDeliverer {
     private var receivers: [String: (target: UpstreamTarget, until: Int64)] = [:]
     /// `callback.max_concurrency`, per route label.
     private var gates: [String: LocalConcurrencyGate] = [:]
+    /// Receivers being resolved, with who waits for each: a burst of due
+    /// deliveries to one receiver resolves it once (and shares one pool).
+    private var resolving: [String: [(UpstreamTarget?) -> Void]] = [:]
     /// TLS contexts by `ca_file` ("" for none).
     private var contexts: [String: TLSClientContext] = [:]
     /// Name resolution and signing of large bodies: blocking work, off the loops.
@@ -151,6 +154,10 @@ final class WebhookDeliverer {
             done(cached.target)
             return
         }
+        if resolving[key] != nil {
+            resolving[key]!.append(done)
+            return
+        }
         let gate = gates[route] ?? {
             let g = LocalConcurrencyGate(limit: settings.maxConcurrency, maxQueued: Int.max)
             gates[route] = g
@@ -180,18 +187,18 @@ final class WebhookDeliverer {
         upstream.timeout = settings.timeout
         let host = url.host, port = url.port
         let bound = LoopBound(self, loop: loop)
-        let boundDone = LoopBound(done, loop: loop)
         let (tlsContext, peer) = (tls, upstream)
+        resolving[key] = [done]
         blocking.loops[0].execute {
             let address = try? SocketAddress.resolve(host: host, port: port)
             bound.loop.execute {
                 guard let address else {
-                    boundDone.value(nil)
+                    for waiter in bound.value.resolving.removeValue(forKey: key) ?? [] { waiter(nil) }
                     return
                 }
                 let target = UpstreamTarget(standalone: peer, address: address, gate: gate, tls: tlsContext)
                 bound.value.receivers[key] = (target, wallClockMillis() + 60_000)
-                boundDone.value(target)
+                for waiter in bound.value.resolving.removeValue(forKey: key) ?? [] { waiter(target) }
             }
         }
     }
