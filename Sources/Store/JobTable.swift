@@ -108,7 +108,10 @@ public final class JobTable: Sendable {
     private let ordering = Mutex(())
 
     /// Told of each job whose callback became due, once that is durable.
-    private let callbackDue = Mutex<(@Sendable (JobRecord) -> Void)?>(nil)
+    /// Wrapped: a bare closure in a generic container is re-abstracted, a
+    /// thunk deeper, at every read and write back through `withLock`.
+    private struct CallbackDue: Sendable { let run: @Sendable (JobRecord) -> Void }
+    private let callbackDue = Mutex<CallbackDue?>(nil)
 
     public init(store: any JobStore) {
         self.store = store
@@ -117,7 +120,7 @@ public final class JobTable: Sendable {
     /// Sets who is told when a job's end makes its callback due (the
     /// delivery scheduler); called on the store's context.
     public func onCallbackDue(_ handler: @escaping @Sendable (JobRecord) -> Void) {
-        callbackDue.withLock { $0 = handler }
+        callbackDue.withLock { $0 = CallbackDue(run: handler) }
     }
 
     // MARK: Reading
@@ -291,7 +294,7 @@ public final class JobTable: Sendable {
         let due = updated.status.isTerminal && updated.callback?.isPending == true
         store.update(updated, response: response) { [self] error in
             publish(updated, stored: error == nil)
-            if due && error == nil, let handler = callbackDue.withLock({ $0 }) { handler(updated) }
+            if due && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated) }
             done(error)
         }
         return (updated, hooks)
@@ -321,8 +324,8 @@ public final class JobTable: Sendable {
             }
             guard let updated else { return nil }
             store.update(updated, response: nil) { [self, armed] error in
-                publish(updated, stored: error == nil)
-                if armed && error == nil, let handler = callbackDue.withLock({ $0 }) { handler(updated) }
+                publish(updated, stored: error == nil, transition: false)
+                if armed && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated) }
                 done(error)
             }
             return updated
@@ -337,7 +340,9 @@ public final class JobTable: Sendable {
 
     /// A write came back from the store: a durable state becomes visible
     /// (and a terminal one wakes the long polls); a refused one is dropped.
-    private func publish(_ record: JobRecord, stored: Bool) {
+    /// `transition`: a lifecycle step (its duration is observed once); a
+    /// callback's progress is not one.
+    private func publish(_ record: JobRecord, stored: Bool, transition: Bool = true) {
         let woken: [Waiter] = state.withLock { s in
             guard let e = s.jobs[record.id] else { return [] }
             if let ahead = e.ahead {
@@ -346,7 +351,7 @@ public final class JobTable: Sendable {
             }
             guard stored else { return [] }
             e.visible = record
-            if record.status == .completed, let started = record.startedAt, let ended = record.completedAt {
+            if transition, record.status == .completed, let started = record.startedAt, let ended = record.completedAt {
                 s.observe(record.workload, millis: ended - started)
             }
             // Long polls wait for the end: only terminal states wake them.
