@@ -18,26 +18,25 @@ public final class UpstreamTarget: Sendable {
     /// `gate.withdraw`, made once: queued jobs keep it with their token.
     public let withdraw: @Sendable (UInt64) -> Void
 
-    init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
-        self.name = config.name
-        self.config = config
-        self.address = address
-        self.gate = gate
-        self.tls = tls
-        self.isStandalone = false
-        self.withdraw = { token in gate.withdraw(token) }
-        self.pathPrefix = Array(config.url.pathPrefix.utf8)
+    convenience init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
+        self.init(config, address, gate, tls, standalone: false)
     }
 
     /// A standalone target: `config` names the peer and its timeouts;
     /// `gate` bounds the exchanges in flight to it.
-    public init(standalone config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
+    public convenience init(standalone config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate,
+                            tls: TLSClientContext?) {
+        self.init(config, address, gate, tls, standalone: true)
+    }
+
+    private init(_ config: Upstream, _ address: ResolvedAddress, _ gate: any ConcurrencyGate, _ tls: TLSClientContext?,
+                 standalone: Bool) {
         self.name = config.name
         self.config = config
         self.address = address
         self.gate = gate
         self.tls = tls
-        self.isStandalone = true
+        self.isStandalone = standalone
         self.withdraw = { token in gate.withdraw(token) }
         self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }
