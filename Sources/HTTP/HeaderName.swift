@@ -17,6 +17,8 @@ public enum HeaderKind: UInt8, Sendable {
     case xForwardedProto
     case xForwardedHost
     case contentType
+    /// `X-Callback-Url` (SPEC §4): a webhook asked for.
+    case callbackURL
 
     /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the framing ones the proxy
     /// always writes itself.
@@ -45,7 +47,10 @@ public enum HeaderKind: UInt8, Sendable {
             if equalsLower(p, n, "keep-alive") { return .keepAlive }
             return .other
         case 12: return equalsLower(p, n, "content-type") ? .contentType : .other
-        case 14: return equalsLower(p, n, "content-length") ? .contentLength : .other
+        case 14:
+            if equalsLower(p, n, "content-length") { return .contentLength }
+            if equalsLower(p, n, "x-callback-url") { return .callbackURL }
+            return .other
         case 15: return equalsLower(p, n, "x-forwarded-for") ? .xForwardedFor : .other
         case 16:
             if equalsLower(p, n, "proxy-connection") { return .proxyConnection }

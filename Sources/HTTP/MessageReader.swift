@@ -72,6 +72,9 @@ public final class MessageReader {
     public private(set) var hostIndex = -1
     /// The Connection header names fields other than close/keep-alive.
     public private(set) var connectionNominates = false
+    /// `X-Callback-Url` fields in the request (counted as the head is
+    /// validated: a sync route refuses them without another scan).
+    public private(set) var callbackURLCount: UInt8 = 0
     /// A response to HEAD (set before reading the response head).
     public var requestWasHead = false
 
@@ -122,6 +125,7 @@ public final class MessageReader {
         expectContinue = false
         hostIndex = -1
         connectionNominates = false
+        callbackURLCount = 0
         remaining = 0
         bodyBytesRead = 0
         status = 0
@@ -302,6 +306,8 @@ public final class MessageReader {
                         connectionNominates = true
                     }
                 }
+            case .callbackURL where isRequest:
+                callbackURLCount &+= callbackURLCount == .max ? 0 : 1
             case .expect where isRequest:
                 guard value.count == 12 && equalsLower(value.baseAddress!, 12, "100-continue") else {
                     throw .expectationFailed
@@ -590,11 +596,6 @@ public final class MessageReader {
     /// First field whose name is `lower` (a lower-case literal), any case.
     public func first(named lower: StaticString) -> HeaderField? {
         fields.first { headerName(name($0), equals: lower) }
-    }
-
-    /// How many fields are named `lower` (a lower-case literal), any case.
-    public func count(named lower: StaticString) -> Int {
-        fields.reduce(0) { $0 + (headerName(name($1), equals: lower) ? 1 : 0) }
     }
 
     /// True if a Connection field of this message names `f`'s field name.

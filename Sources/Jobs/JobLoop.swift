@@ -60,12 +60,12 @@ public final class JobLoop: JobService {
     public func handler(for request: MessageReader, route: CompiledRoute,
                         on connection: HTTPServerConnection) -> any RequestHandler {
         var callback: JobCallback?
-        if let header = request.first(named: "x-callback-url") {
+        if request.callbackURLCount != 0, let header = request.first(.callbackURL) {
             // Refused before any job exists (SPEC §4), however it is spelled.
             guard let settings = config.configuration.routes[route.index].callback else {
                 return proxy.refuse(.callbackNotAllowed, on: connection)
             }
-            guard request.count(named: "x-callback-url") == 1,
+            guard request.callbackURLCount == 1,
                   let url = CallbackURL.parse(String(decoding: request.value(header), as: UTF8.self)),
                   url.isAllowed(byAny: settings.allow) else {
                 return proxy.refuse(.callbackURLRefused, on: connection)

@@ -175,6 +175,8 @@ public final class ProxyLoop: HTTPService {
             guard let jobs else { return refuse(.storeUnavailable, on: connection) }
             return jobs.handler(for: request, route: route, on: connection)
         }
+        // A webhook needs a job: on a sync route it is refused, not forwarded (SPEC §4).
+        if request.callbackURLCount != 0 { return refuse(.callbackNotAllowed, on: connection) }
         let exchange = exchangePool.popLast() ?? ProxyExchange(proxy: self)
         exchange.begin(client: connection, request: request, route: route)
         return exchange

@@ -180,6 +180,23 @@ extension JobTests {
             #expect(healthy.status == 202, "the proxy goes on")
         }
 
+        @Test func aSyncRouteRefusesTheHeaderAndForwardsNothing() throws {
+            let upstream = try FakeUpstream()
+            let proxy = try TestProxy(upstreamPort: upstream.port)
+            let r = try sendRequest(proxy.port, headers: ["x-CALLBACK-url: http://127.0.0.1:1/"], body: "x")
+            expectJSONError(r, status: 400, code: "callback_not_allowed")
+            #expect(try sendRequest(proxy.port, body: "x").status == 200, "without the header it is proxied")
+            #expect(upstream.waitForRequests(1))
+            #expect(!upstream.waitForRequests(2, timeout: 0.2), "the refused request never reached the upstream")
+        }
+
+        @Test func twoCallbackURLsAreRefused() throws {
+            let proxy = try webhookProxy(upstreamPort: try FakeUpstream().port, allow: ["http://127.0.0.1:1/"])
+            let r = try sendRequest(proxy.port, headers: ["X-Callback-Url: http://127.0.0.1:1/a",
+                                                          "X-Callback-Url: http://127.0.0.1:1/b"], body: "x")
+            expectJSONError(r, status: 400, code: "callback_not_allowed")
+        }
+
         @Test func aRouteWithoutCallbacksRefusesTheHeader() throws {
             let proxy = try jobProxy(upstreamPort: try FakeUpstream().port)
             let r = try sendRequest(proxy.port, headers: ["X-Callback-Url: http://127.0.0.1:1/"], body: "x")
