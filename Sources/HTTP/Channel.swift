@@ -58,14 +58,20 @@ public final class Channel {
     private var readWanted = false
     /// Mirrors whether `readEvent` is added, to skip redundant event calls.
     private var readArmed = false
-    private var connecting = false
+    /// Where an outgoing connection stands; accepted sockets start `open`.
+    private enum Link: UInt8 {
+        /// `connect` is under way: the first write readiness reports it.
+        case connecting
+        /// Connected, the TLS handshake under way: `channelConnected` waits for it.
+        case handshaking
+        case open
+    }
+    private var link = Link.open
     /// The last read filled its room: the peer is sending a lot.
     private var bulkReads = false
     public private(set) var isClosed = false
     /// TLS over the socket (an `https://` peer); nil for plain TCP.
     private var tls: TLSSession?
-    /// Connected, the TLS handshake under way: `channelConnected` waits for it.
-    private var handshaking = false
     /// Why the TLS handshake failed (`tls: certificate verify failed: ...`).
     public var tlsFailure: String? { tls?.failure }
 
@@ -116,7 +122,7 @@ public final class Channel {
         if rc != 0 && errno != EINPROGRESS {
             channel.pendingConnectError = errno
         }
-        channel.connecting = true
+        channel.link = .connecting
         event_add(channel.writeEvent, nil)
         return channel
     }
@@ -167,7 +173,7 @@ public final class Channel {
     }
 
     private func readReady() {
-        if handshaking {
+        if link == .handshaking {
             continueHandshake()
             return
         }
@@ -216,7 +222,7 @@ public final class Channel {
             flushScheduled = false
             event_del(flushEvent)
         }
-        guard !isClosed, !connecting, !handshaking, evbuffer_get_length(rawOutput) > 0 else { return }
+        guard !isClosed, link == .open, evbuffer_get_length(rawOutput) > 0 else { return }
         let n = tls == nil ? evbuffer_write(rawOutput, fd) : writeTLS()
         if n < 0 && errno != EAGAIN && errno != EINTR {
             failWrite(errno)
@@ -238,15 +244,15 @@ public final class Channel {
     public var pendingOutput: Int { evbuffer_get_length(rawOutput) }
 
     private func writeReady() {
-        if connecting {
-            connecting = false
+        if link == .connecting {
+            link = .open
             var error = pendingConnectError
             if error == 0 {
                 var len = socklen_t(MemoryLayout<Int32>.size)
                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len)
             }
             if error == 0 && tls != nil {
-                handshaking = true
+                link = .handshaking
                 continueHandshake()
                 return
             }
@@ -255,7 +261,7 @@ public final class Channel {
             if error == 0 && !isClosed { flush() }
             return
         }
-        if handshaking {
+        if link == .handshaking {
             continueHandshake()
             return
         }
@@ -293,7 +299,7 @@ public final class Channel {
         disarmRead()
         event_del(writeEvent)
         event_del(flushEvent)
-        if !handshaking && !connecting { tls?.shutdown() }
+        if link == .open { tls?.shutdown() }
         Glibc.close(fd)
     }
 
@@ -313,13 +319,13 @@ public final class Channel {
         case .wantWrite:
             event_add(writeEvent, nil)
         case .done:
-            handshaking = false
+            link = .open
             if !readWanted { disarmRead() }
             if evbuffer_get_length(rawOutput) == 0 { event_del(writeEvent) }
             delegate?.channelConnected(self, error: 0)
             if !isClosed { flush() }
         case .failed:
-            handshaking = false
+            link = .open
             disarmRead()
             event_del(writeEvent)
             delegate?.channelConnected(self, error: EPROTO)

@@ -57,7 +57,7 @@ final class WebhookAttempt: HTTPClientDelegate {
         switch target.gate.acquire(GateWaiter(loop: deliverer.loop) { bound.value.granted(target) }, force: true) {
         case .acquired: granted(target)
         case .queued: break
-        case .rejected: fail(.unsendable("queue_full"))
+        case .rejected: end(.unsendable("queue_full"))
         }
     }
 
@@ -70,7 +70,7 @@ final class WebhookAttempt: HTTPClientDelegate {
             let bound = LoopBound(self, loop: deliverer.loop)
             jobs.store.response(of: id, on: deliverer.loop) { result in
                 guard case .success(let response?) = result else {
-                    bound.value.fail(.unsendable("result_missing"))
+                    bound.value.end(.unsendable("result_missing"))
                     return
                 }
                 bound.value.sign(response.body, then: target)
@@ -92,7 +92,7 @@ final class WebhookAttempt: HTTPClientDelegate {
             signature = signer.finalize()
             begin(target)
         case .file(let path, let size) where size <= Self.signOnLoopBytes:
-            guard signFile(path, into: &signer) else { return fail(.unsendable("result_missing")) }
+            guard signFile(path, into: &signer) else { return end(.unsendable("result_missing")) }
             signature = signer.finalize()
             begin(target)
         case .file(let path, _):
@@ -104,7 +104,7 @@ final class WebhookAttempt: HTTPClientDelegate {
                 let signature = ok ? signer.finalize() : ""
                 bound.loop.execute {
                     let me = bound.value
-                    guard ok else { return me.fail(.unsendable("result_missing")) }
+                    guard ok else { return me.end(.unsendable("result_missing")) }
                     me.signature = signature
                     me.begin(target)
                 }
@@ -216,18 +216,13 @@ final class WebhookAttempt: HTTPClientDelegate {
 
     // MARK: Ending
 
-    /// A failure before the exchange began.
-    func fail(_ result: AttemptResult) {
-        guard !ended else { return }
-        ended = true
-        releaseSlot()
-        deliverer.finish(id, round: callback.round, result)
-    }
-
-    private func end(_ result: AttemptResult) {
+    /// Ends the attempt with `result`, once: before the exchange began (the
+    /// slot, if taken, is given back here) or from it.
+    func end(_ result: AttemptResult) {
         guard !ended else { return }
         ended = true
         timer.cancel()
+        releaseSlot()
         deliverer.finish(id, round: callback.round, result)
     }
 }

@@ -138,7 +138,7 @@ final class WebhookDeliverer {
         receiver(for: url, route: record.route, settings: settings) { [weak attempt] target in
             guard let attempt else { return }
             guard let target else {
-                attempt.fail(.connectFailed)
+                attempt.end(.connectFailed)
                 return
             }
             attempt.prepare(target: target)

@@ -41,6 +41,17 @@ public final class JobTable: Sendable {
         init(_ record: JobRecord) { visible = record }
 
         var latest: JobRecord { ahead?.record ?? visible }
+
+        /// `r` written and not yet back from the store: the next change is
+        /// checked against it.
+        func stage(_ r: JobRecord) {
+            if let ahead {
+                ahead.record = r
+                ahead.writes += 1
+            } else {
+                ahead = Ahead(r)
+            }
+        }
     }
 
     final class Ahead {
@@ -271,12 +282,7 @@ public final class JobTable: Sendable {
                     ? callback.with(status: .failed, lastError: "job_canceled")
                     : callback.with(status: .pending, nextAttemptAt: r.completedAt ?? wallClockMillis())
             }
-            if let ahead = e.ahead {
-                ahead.record = r
-                ahead.writes += 1
-            } else {
-                e.ahead = Ahead(r)
-            }
+            e.stage(r)
             var abort: (loop: EventLoop, run: @Sendable () -> Void)?
             if to != .running {
                 abort = e.abort
@@ -314,12 +320,7 @@ public final class JobTable: Sendable {
                 armed = next.isPending && !callback.isPending && e.latest.status.isTerminal
                 var r = e.latest
                 r.callback = next
-                if let ahead = e.ahead {
-                    ahead.record = r
-                    ahead.writes += 1
-                } else {
-                    e.ahead = Ahead(r)
-                }
+                e.stage(r)
                 return r
             }
             guard let updated else { return nil }
