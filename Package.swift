@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
     ],
     targets: [
         // System libraries and the few inline shims Swift cannot see.
@@ -38,12 +39,15 @@ let package = Package(
         .target(name: "Loop", dependencies: ["CLibevent"], swiftSettings: strict),
         // HTTP/1.1 server and client connections on libevent + http_parser; TLS clients on OpenSSL.
         .target(name: "HTTP", dependencies: ["Loop", "CLibevent", "CHTTPParser", "COpenSSL"], swiftSettings: strict),
+        // Per-writer meter tables and the /metrics page (swift-prometheus).
+        .target(name: "Meters", dependencies: [.product(name: "Prometheus", package: "swift-prometheus")],
+                swiftSettings: strict),
         // The YAML configuration model and loader.
         .target(name: "Config", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
         // Routes, upstream pools, header rules, the sync exchange, jobs on the wire.
         .target(
             name: "Proxy",
-            dependencies: ["HTTP", "Loop", "Config", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["HTTP", "Loop", "Config", "Meters", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // What makes a request a job: intake (the async/auto switch), dispatch,
@@ -51,7 +55,7 @@ let package = Package(
         .target(
             name: "Jobs",
             dependencies: [
-                "Proxy", "HTTP", "Loop", "Config", "Store",
+                "Proxy", "HTTP", "Loop", "Config", "Store", "Meters",
                 .product(name: "Logging", package: "swift-log"), .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict
@@ -59,18 +63,18 @@ let package = Package(
         // Job ids, records, the lifecycle, the stores (memory, SQLite) and the job table.
         .target(
             name: "Store",
-            dependencies: ["Loop", "CSQLite", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Loop", "CSQLite", "Meters", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // /healthz /readyz.
-        .target(name: "Admin", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
+        .target(name: "Admin", dependencies: ["HTTP", "Loop", "Meters"], swiftSettings: strict),
         // The slow synchronous backend for the quick start and the tests.
         .target(name: "DemoBackend", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
         // Lifecycle: loops, listeners, signals, reload, drain.
         .target(
             name: "Server",
             dependencies: [
-                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Store", "Admin", "DemoBackend",
+                "Loop", "HTTP", "Config", "Proxy", "Jobs", "Store", "Admin", "DemoBackend", "Meters",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -91,6 +95,7 @@ let package = Package(
         // depends on no product module.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
 
+        .testTarget(name: "MetersTests", dependencies: ["Meters"], swiftSettings: strict),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "Store", "Config", "HTTP", "Loop"], swiftSettings: strict),

@@ -1,15 +1,19 @@
 public import HTTP
 public import Loop
+public import Meters
 
 /// The admin listener's endpoints (SPEC §7): `/healthz` answers while the
-/// loops run; `/readyz` when the store answers and the proxy is not draining.
+/// loops run; `/readyz` when the store answers and the proxy is not
+/// draining; `/metrics` the Prometheus page, when metrics are on.
 public final class AdminService: HTTPService {
     public let isReady: () -> Bool
+    public let metrics: MetricsBook?
     public private(set) var server: HTTPServer!
     private let answered = AdminAnswered()
 
-    public init(loop: EventLoop, isReady: @escaping () -> Bool) {
+    public init(loop: EventLoop, metrics: MetricsBook? = nil, isReady: @escaping () -> Bool) {
         self.isReady = isReady
+        self.metrics = metrics
         self.server = HTTPServer(loop: loop, service: self, limits: HTTPServerLimits(), budget: ConnectionBudget(limit: 256))
     }
 
@@ -23,6 +27,13 @@ public final class AdminService: HTTPService {
                 reply(connection, 200, "{\"status\":\"ready\"}")
             } else {
                 reply(connection, 503, "{\"status\":\"not_ready\"}")
+            }
+        } else if get && path.elementsEqual("/metrics".utf8), let metrics {
+            let page = metrics.render()
+            page.withUnsafeBufferPointer { body in
+                connection.respond(status: 200, contentType: "text/plain; version=0.0.4; charset=utf-8", body: body) { w in
+                    w.header("Cache-Control", "no-store")
+                }
             }
         } else {
             connection.respondError(.adminNotFound)

@@ -31,8 +31,8 @@ struct Walker {
         var routesEntry: Entry?
         var routes: [(route: Route, upstreamNode: Node, path: String)] = []
         let keys = [
-            "listen", "admin_listen", "threads", "store", "public_url", "access_log", "log_level",
-            "limits", "jobs", "upstreams", "routes",
+            "listen", "admin_listen", "threads", "store", "public_url", "access_log", "metrics",
+            "log_level", "limits", "jobs", "upstreams", "routes",
         ]
         for e in try entries(root, "", keys) {
             switch e.key {
@@ -42,6 +42,7 @@ struct Walker {
             case "store": config.store = try value(e, "a store URL", parseStore)
             case "public_url": config.publicURL = isNull(e.value) ? nil : try value(e, "an http(s) URL", parsePublicURL)
             case "access_log": config.accessLog = try value(e, "stdout or off", parseAccessLog)
+            case "metrics": config.metrics = try value(e, "on or off", parseOnOff)
             case "log_level": config.logLevel = try value(e, "a log level", parseLogLevel)
             case "limits": config.limits = try limits(e)
             case "jobs": config.jobs = try jobs(e)
@@ -424,6 +425,14 @@ private func parseAccessLog(_ s: String) -> Result<Bool, Problem> {
     case "stdout": .success(true)
     case "off": .success(false)
     default: .failure(Problem("expected stdout or off, got \(quoted(s))"))
+    }
+}
+
+private func parseOnOff(_ s: String) -> Result<Bool, Problem> {
+    switch s {
+    case "on": .success(true)
+    case "off": .success(false)
+    default: .failure(Problem("expected on or off, got \(quoted(s))"))
     }
 }
 

@@ -16,6 +16,10 @@ public struct Configuration: Sendable, Equatable {
     public var publicURL: String?
     /// `access_log`: `stdout` (default) or `off`. Not in SPEC; nginx users expect the switch.
     public var accessLog: Bool = true
+    /// `metrics`: `on` (default) or `off`: whether requests, upstream
+    /// exchanges and jobs are counted for the admin listener's `/metrics`.
+    /// Not in SPEC; there to measure what counting costs.
+    public var metrics: Bool = true
     /// `log_level`: trace, debug, info, notice, warning, error, critical. Default info.
     public var logLevel: LogLevel = .info
     public var limits: Limits = .init()

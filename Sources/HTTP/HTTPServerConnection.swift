@@ -38,6 +38,9 @@ public final class HTTPServerConnection: ChannelDelegate {
     public private(set) var requestStart: UInt64 = 0
     /// Response status of the current exchange (for logs).
     public private(set) var responseStatus = 0
+    /// The route the current request was counted under (a `MeterLabels`
+    /// slot); set when it is routed, 0 (unrouted) until then.
+    public var meterRoute = 0
     /// The upstream name of the current exchange, for the access log.
     public var logUpstream: String?
     /// The job id prefix the access log shows for this exchange.
@@ -107,6 +110,7 @@ public final class HTTPServerConnection: ChannelDelegate {
                     if evbuffer_get_length(input) == 0 { return }
                     _ = machine.headBegins()
                     requestStart = monotonicNanos()
+                    meterRoute = 0
                     if requestCount > 0 { timer.schedule(after: server.limits.headerTimeout) }
                 }
                 let result: MessageReader.HeadResult

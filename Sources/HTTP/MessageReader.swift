@@ -578,6 +578,18 @@ public final class MessageReader {
 
     public var isHead: Bool { method == UInt8(HTTP_HEAD.rawValue) }
 
+    /// The methods the parser knows, by `method` number (metrics' labels).
+    public static let methodNames: [String] = {
+        var names: [String] = []
+        for m in 0..<256 {
+            guard let s = http_method_str(http_method(UInt32(m))) else { break }
+            let name = String(cString: s)
+            if name.hasPrefix("<") { break }
+            names.append(name)
+        }
+        return names
+    }()
+
     /// GET, HEAD, PUT, DELETE, OPTIONS (RFC 9110 §9.2.2; TRACE is refused anyway).
     public var isIdempotent: Bool {
         switch UInt32(method) {

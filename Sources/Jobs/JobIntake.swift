@@ -3,6 +3,7 @@ import HTTP
 import Store
 import Logging
 import Loop
+import Meters
 import Proxy
 
 #if canImport(Glibc)
@@ -288,6 +289,7 @@ final class JobIntake: RequestHandler {
             jobs.log.error("job commit failed", metadata: ["job": "\(id)", "error": "\(error)"])
             perform(.commitFailed)
         } else {
+            jobs.proxy.meters?.add(MeterKey(.jobsCreated, slot: route.meterSlot, route.mode.meterIndex))
             perform(.committed)
         }
     }
@@ -423,6 +425,17 @@ extension JobErrorCode {
         case .upstreamBadResponse: return .badResponse
         case .responseTooLarge: return .responseTooLarge
         case .interrupted: return .interrupted
+        }
+    }
+}
+
+extension RouteMode {
+    /// The mode's place in `MeterLabels.modes`.
+    var meterIndex: Int {
+        switch self {
+        case .sync: return 0
+        case .async: return 1
+        case .auto: return 2
         }
     }
 }

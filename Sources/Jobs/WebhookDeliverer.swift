@@ -2,6 +2,7 @@ import Config
 import HTTP
 import Logging
 import Loop
+import Meters
 import Proxy
 import Store
 
@@ -211,16 +212,20 @@ final class WebhookDeliverer {
         let log = self.log
         let route = jobs.table.lookup(id)?.route
         let policy = jobs.config.configuration.routes.first { $0.label == route }?.callback?.retry ?? Callback().retry
+        var counted: DeliveryResult?
         jobs.table.updateCallback(of: id, { callback in
             guard callback.isPending, callback.round == round else { return nil }
             let tried = callback.attempts + 1
             switch DeliveryRule.decide(result, attempts: tried, policy: policy, now: now, jitter: Double.random(in: 0..<1)) {
             case .delivered:
+                counted = .delivered
                 return callback.with(status: .delivered, attempts: tried, lastError: .some(nil))
             case .failed(let lastError):
+                counted = .failed
                 log.warning("callback failed", metadata: ["job": "\(id)", "error": "\(lastError)", "attempts": "\(tried)"])
                 return callback.with(status: .failed, attempts: tried, lastError: lastError)
             case .retry(let lastError, let at):
+                counted = .failedAttempt
                 return callback.with(attempts: tried, lastError: lastError, nextAttemptAt: at)
             }
         }, done: { error in
@@ -238,5 +243,10 @@ final class WebhookDeliverer {
                 }
             }
         })
+        // The attempt was made, whatever the store then says.
+        if let counted, let meters = jobs.proxy.meters {
+            let slot = jobs.config.routes.first { $0.label == route }?.meterSlot ?? MeterLabels.unrouted
+            meters.add(MeterKey(.webhookDeliveries, slot: slot, counted.rawValue))
+        }
     }
 }

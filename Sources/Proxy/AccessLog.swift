@@ -21,7 +21,8 @@ final class AccessLog {
 
     deinit { flush() }
 
-    func record(_ c: HTTPServerConnection, status: Int) {
+    /// `now`: the monotonic time the exchange ended.
+    func record(_ c: HTTPServerConnection, status: Int, now monotonicNow: UInt64) {
         let now = wallClockMillis()
         let w = writer
         w.append("{\"ts\":\"")
@@ -33,7 +34,7 @@ final class AccessLog {
         w.append("\",\"status\":")
         w.append(decimal: Int64(status))
         w.append(",\"duration_ms\":")
-        let micros = Int64((monotonicNanos() &- c.requestStart) / 1000)
+        let micros = Int64((monotonicNow &- c.requestStart) / 1000)
         w.append(decimal: micros / 1000)
         w.append(byte: UInt8(ascii: "."))
         let frac = micros % 1000

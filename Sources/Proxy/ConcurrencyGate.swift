@@ -1,5 +1,5 @@
 public import Loop
-public import Synchronization
+import Synchronization
 
 /// Waits for a slot at a gate; granted on its own loop.
 public struct GateWaiter: Sendable {
@@ -48,6 +48,8 @@ public protocol ConcurrencyGate: AnyObject, Sendable {
     var maxConcurrency: Int { get }
     /// The most slots ever held at once.
     var peak: Int { get }
+    /// Monotonic nanoseconds since the oldest waiter queued; 0 when none waits.
+    var oldestWaitNanos: UInt64 { get }
 }
 
 extension ConcurrencyGate {
@@ -129,6 +131,14 @@ public final class LocalConcurrencyGate: ConcurrencyGate {
     /// The most slots ever held at once.
     public var peak: Int { highWater.load(ordering: .relaxed) }
 
+    public var oldestWaitNanos: UInt64 {
+        guard waiting.load(ordering: .relaxed) > 0 else { return 0 }
+        let since = queue.withLock { $0.oldestQueuedAt }
+        guard let since else { return 0 }
+        let now = monotonicNanos()
+        return now > since ? now - since : 0
+    }
+
     /// Takes a slot now, queues `waiter` for one, or refuses (queue full).
     /// `force` queues beyond `max_queued`: for jobs already accepted, which
     /// must never be dropped.
@@ -193,24 +203,26 @@ public final class LocalConcurrencyGate: ConcurrencyGate {
 }
 
 /// FIFO of waiters: an array with a moving head, compacted as it drains.
+/// Each waiter is kept with the monotonic time it joined.
 struct WaiterQueue {
-    private var items: [GateWaiter] = []
+    private var items: [(waiter: GateWaiter, at: UInt64)] = []
     private var head = 0
 
     var isEmpty: Bool { head == items.count }
     var count: Int { items.count - head }
+    var oldestQueuedAt: UInt64? { isEmpty ? nil : items[head].at }
 
-    mutating func append(_ w: GateWaiter) { items.append(w) }
+    mutating func append(_ w: GateWaiter) { items.append((w, monotonicNanos())) }
 
     /// Removes the waiter with `token` (a linear scan: withdrawals are rare).
     mutating func remove(token: UInt64) -> Bool {
-        guard let i = items[head...].firstIndex(where: { $0.token == token }) else { return false }
+        guard let i = items[head...].firstIndex(where: { $0.waiter.token == token }) else { return false }
         items.remove(at: i)
         return true
     }
 
     mutating func removeFirst() -> GateWaiter {
-        let w = items[head]
+        let w = items[head].waiter
         head += 1
         if head > 64 && head * 2 > items.count {
             items.removeFirst(head)

@@ -1,7 +1,8 @@
-public import Config
+import Config
 public import HTTP
 public import Logging
 public import Loop
+public import Meters
 
 /// The proxy on one event loop: its listener, its upstream pools, its
 /// access log, and the configuration it currently routes by.
@@ -22,6 +23,10 @@ public final class ProxyLoop: HTTPService {
     private var poolSweeper: Timer?
     private var draining = false
     private var accessLog: AccessLog?
+    /// This loop's counts for `/metrics`: written only here, read by scrapes.
+    public let meterTable = MeterTable(capacity: 8192)
+    /// `meterTable` while `metrics` is on; nil when off.
+    public private(set) var meters: MeterTable?
     public let answered = AnsweredHandler()
     /// Finished exchanges kept for reuse: their buffers and timer are made once.
     private var exchangePool: [ProxyExchange] = []
@@ -77,14 +82,26 @@ public final class ProxyLoop: HTTPService {
         if config.configuration.accessLog {
             if accessLog == nil { accessLog = AccessLog(loop: loop) }
             accessLog?.jobsPath = config.jobsPath
-            server.onExchangeEnd = { [unowned self] c in
-                self.accessLog?.record(c, status: c.responseStatus)
-            }
         } else {
             accessLog?.flush()
             accessLog = nil
-            server.onExchangeEnd = nil
         }
+        meters = config.configuration.metrics ? meterTable : nil
+        if accessLog == nil && meters == nil {
+            server.onExchangeEnd = nil
+        } else {
+            server.onExchangeEnd = { [unowned self] c in self.exchangeEnded(c) }
+        }
+    }
+
+    /// Counts and logs one answered request.
+    private func exchangeEnded(_ c: HTTPServerConnection) {
+        let now = monotonicNanos()
+        if let m = meters {
+            m.add(MeterKey(.httpRequests, slot: c.meterRoute, Int(c.reader.method), c.responseStatus))
+            m.observe(.httpDuration, slot: c.meterRoute, .latency, nanos: now &- c.requestStart)
+        }
+        accessLog?.record(c, status: c.responseStatus, now: now)
     }
 
     public func beginDrain() {
@@ -164,6 +181,7 @@ public final class ProxyLoop: HTTPService {
 
     public func handler(for request: MessageReader, on connection: HTTPServerConnection) -> any RequestHandler {
         if config.isJobPath(request) {
+            connection.meterRoute = config.jobsMeterSlot
             // The job path is never forwarded (SPEC §2).
             guard let jobs else { return refuse(.jobNotFound, on: connection) }
             return jobs.jobEndpoint(for: request, on: connection)
@@ -171,6 +189,7 @@ public final class ProxyLoop: HTTPService {
         guard let route = config.route(for: request) else {
             return refuse(.noRoute, on: connection)
         }
+        connection.meterRoute = route.meterSlot
         if route.mode != .sync {
             guard let jobs else { return refuse(.storeUnavailable, on: connection) }
             return jobs.handler(for: request, route: route, on: connection)

@@ -1,6 +1,7 @@
 public import Config
+import Meters
 public import HTTP
-public import Loop
+import Loop
 
 /// A route with its match data as bytes, so matching allocates nothing; a
 /// class, so handing one to an exchange is a single retain.
@@ -14,10 +15,13 @@ public final class CompiledRoute: Sendable {
     public let index: Int
     /// `name`, or `path_prefix` (SPEC §2).
     public let label: String
+    /// `label`'s slot in the meter tables.
+    public let meterSlot: Int
 
     init(pathPrefix: [UInt8], methods: [[UInt8]], host: [UInt8]?, upstream: UpstreamTarget, mode: RouteMode,
          asyncAfter: Duration, index: Int, label: String) {
         self.label = label
+        self.meterSlot = MeterLabels.slot(route: label)
         self.pathPrefix = pathPrefix
         self.methods = methods
         self.host = host

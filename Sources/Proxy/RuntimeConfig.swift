@@ -1,6 +1,7 @@
 public import Config
 public import HTTP
-public import Loop
+import Loop
+import Meters
 
 /// The immutable runtime form of a `Configuration`. A reload builds a new one
 /// and each loop swaps its reference; exchanges in flight keep the old one.
@@ -9,6 +10,8 @@ public final class RuntimeConfig: Sendable {
     public let routes: [CompiledRoute]
     public let upstreams: [UpstreamTarget]
     public let jobsPath: [UInt8]
+    /// The job API's route label in metrics: `jobs.path`.
+    public let jobsMeterSlot: Int
     /// `public_url` without trailing slashes: the base of job URLs.
     public let publicBase: [UInt8]?
     /// `jobs.bind_to` as a lower-case header name.
@@ -52,6 +55,7 @@ public final class RuntimeConfig: Sendable {
         }
         self.routes = routes
         self.jobsPath = Array(configuration.jobs.path.utf8)
+        self.jobsMeterSlot = MeterLabels.slot(route: configuration.jobs.path)
         self.publicBase = configuration.publicURL.map { url in
             var bytes = Array(url.utf8)
             while bytes.last == UInt8(ascii: "/") { bytes.removeLast() }

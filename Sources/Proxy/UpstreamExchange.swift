@@ -1,6 +1,7 @@
-public import Config
+import Config
 public import HTTP
-public import Loop
+import Loop
+import Meters
 
 /// Why an upstream exchange produced no whole response.
 public enum UpstreamFailure: Sendable, Equatable {
@@ -184,6 +185,9 @@ public final class UpstreamExchange {
     /// `target` again, borrowed for calls (the strong one keeps it).
     private var borrowedTarget: Unmanaged<UpstreamTarget>?
     private var isHead = false
+    /// When the slot was granted, for `upstream_request_duration_seconds`;
+    /// 0 when the exchange is not counted (metrics off, a receiver).
+    private var meterStart: UInt64 = 0
 
     /// `begin` names the owner and the request before the first event.
     public init(proxy: ProxyLoop) {
@@ -217,6 +221,7 @@ public final class UpstreamExchange {
         machine = UpstreamExchangeMachine(resendable: resendable)
         connection = nil
         requestComplete = true
+        meterStart = 0
     }
 
     /// Feeds `event`, performs the connection and slot side of the action,
@@ -228,6 +233,9 @@ public final class UpstreamExchange {
         let action = machine.handle(event)
         switch action {
         case .connect:
+            if target.meterSlot != MeterLabels.uncounted && proxy._withUnsafeGuaranteedRef({ $0.meters != nil }) {
+                meterStart = monotonicNanos()
+            }
             if let pooled = withProxyAndTarget({ $0.takeIdleConnection(for: $1) }) {
                 pooled.beginExchange(delegate: owner!, isHead: isHead)
                 connection = pooled
@@ -239,12 +247,18 @@ public final class UpstreamExchange {
             connectFresh()
             return .none
         case .complete:
+            if meterStart != 0 { count(code: connection?.reader.status ?? 0) }
             if let c = connection.take() {
                 let written = requestComplete
                 withProxyAndTarget { $0.checkIn(c, to: $1, requestWritten: written) }
             }
             releaseSlot()
-        case .fail(_, let release), .abandon(let release):
+        case .fail(let failure, let release):
+            if meterStart != 0 { count(fault: UpstreamFault(failure)) }
+            connection.take()?.close()
+            if release { releaseSlot() }
+        case .abandon(let release):
+            if meterStart != 0 { count(fault: .aborted) }
             connection.take()?.close()
             if release { releaseSlot() }
         case .releaseSlot:
@@ -255,10 +269,44 @@ public final class UpstreamExchange {
         return action
     }
 
+    /// `upstream_requests_total` and the exchange's duration, once.
+    private func count(code: Int = 0, fault: UpstreamFault? = nil) {
+        let now = monotonicNanos()
+        let slot = target.meterSlot
+        proxy._withUnsafeGuaranteedRef { p in
+            guard let m = p.meters else { return }
+            if let fault {
+                m.add(MeterKey(.upstreamRequests, slot: slot, 1, fault.rawValue))
+            } else {
+                m.add(MeterKey(.upstreamRequests, slot: slot, 0, code))
+            }
+            m.observe(.upstreamDuration, slot: slot, .latency, nanos: now &- meterStart)
+        }
+        meterStart = 0
+    }
+
     private func connectFresh() {
         let c = proxy.takeUnretainedValue().newUpstream(delegate: owner!, isHead: isHead)
         // Stored first: `connect` may fail at once, through the delegate.
         connection = c
         c.connect(to: target.address, timeout: target.config.connectTimeout, tls: target.tls, serverName: target.config.url.host)
+    }
+}
+
+extension UpstreamFault {
+    init(_ failure: UpstreamFailure) {
+        switch failure {
+        case .timedOut: self = .timeout
+        case .badResponseHead: self = .badResponse
+        case .connection(let c):
+            switch c {
+            case .unreachable: self = .unreachable
+            case .connectTimeout: self = .connectTimeout
+            case .tlsFailed: self = .tls
+            case .reset: self = .reset
+            case .badResponse: self = .badResponse
+            case .truncated: self = .truncated
+            }
+        }
     }
 }

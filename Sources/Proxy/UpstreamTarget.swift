@@ -1,6 +1,7 @@
 public import Config
 public import HTTP
-public import Loop
+import Loop
+import Meters
 
 /// An upstream as the data path uses it: resolved address and its gate.
 public final class UpstreamTarget: Sendable {
@@ -17,6 +18,9 @@ public final class UpstreamTarget: Sendable {
     public let isStandalone: Bool
     /// `gate.withdraw`, made once: queued jobs keep it with their token.
     public let withdraw: @Sendable (UInt64) -> Void
+    /// The name's slot in the meter tables; `MeterLabels.uncounted` for a
+    /// standalone target (receivers are URLs: not a bounded label).
+    public let meterSlot: Int
 
     convenience init(config: Upstream, address: ResolvedAddress, gate: any ConcurrencyGate, tls: TLSClientContext?) {
         self.init(config, address, gate, tls, standalone: false)
@@ -37,6 +41,7 @@ public final class UpstreamTarget: Sendable {
         self.gate = gate
         self.tls = tls
         self.isStandalone = standalone
+        self.meterSlot = standalone ? MeterLabels.uncounted : MeterLabels.slot(upstream: config.name)
         self.withdraw = { token in gate.withdraw(token) }
         self.pathPrefix = Array(config.url.pathPrefix.utf8)
     }

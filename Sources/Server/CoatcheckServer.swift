@@ -6,6 +6,7 @@ public import Jobs
 public import Store
 public import Logging
 public import Loop
+public import Meters
 public import Proxy
 public import Synchronization
 
@@ -22,6 +23,10 @@ public final class CoatcheckServer: Sendable {
     public let group: EventLoopGroup
     public let logger: Logger
     public let jobs: JobEngine
+    /// `/metrics`: every loop's, the job table's and the store's counts.
+    public let metrics: MetricsBook
+    /// The release this binary is (`coatcheck_build_info`).
+    public static let version = "0.7.0"
     private let budget: ConnectionBudget
     private let state: Mutex<State>
     private let stopped = DispatchSemaphore(value: 0)
@@ -57,6 +62,27 @@ public final class CoatcheckServer: Sendable {
         self.budget = ConnectionBudget(limit: configuration.limits.maxConnections)
         self.state = Mutex(State(runtime: runtime))
         self.reloadSource = reloadSource
+        self.metrics = MetricsBook(version: Self.version, methodNames: MessageReader.methodNames)
+        metrics.register(jobs.table.meters)
+        if let storeMeters = jobs.store.meters { metrics.register(storeMeters) }
+    }
+
+    /// The gauges of SPEC §7, read when `/metrics` is scraped.
+    private func readGauges(_ sink: inout GaugeSink, admin: ConnectionBudget?) {
+        let runtime = state.withLock { $0.runtime }
+        for target in runtime.upstreams {
+            let labels = [("upstream", target.name)]
+            sink.set(.upstreamInFlight, labels, Double(target.gate.current))
+            sink.set(.upstreamQueueDepth, labels, Double(target.gate.queued))
+            sink.set(.upstreamQueueOldest, labels, Double(target.gate.oldestWaitNanos) / 1e9)
+        }
+        let (byStatus, pending) = jobs.table.gauges()
+        for (i, n) in byStatus.enumerated() where i < MeterLabels.jobStatuses.count {
+            sink.set(.jobs, [("state", MeterLabels.jobStatuses[i])], Double(n))
+        }
+        sink.set(.webhookPending, [], Double(pending))
+        sink.set(.connections, [("listener", "proxy")], Double(budget.current))
+        if let admin { sink.set(.connections, [("listener", "admin")], Double(admin.current)) }
     }
 
     public var port: Int { state.withLock { $0.port } }
@@ -72,6 +98,7 @@ public final class CoatcheckServer: Sendable {
         let config = runtime.configuration
         let budget = self.budget
         let jobs = self.jobs
+        let metrics = self.metrics
         let logger = self.logger
         // Jobs left by the previous run (SPEC §5): known before the first
         // request is accepted, dispatched once the loops exist.
@@ -93,6 +120,7 @@ public final class CoatcheckServer: Sendable {
                 let boundPort = port
                 let (bound, jobLoop) = try loop.submitAndWait { () throws -> (LoopBound<ProxyLoop>, LoopBound<JobLoop>) in
                     let proxy = ProxyLoop(loop: loop, config: runtime, budget: budget, logger: logger)
+                    metrics.register(proxy.meterTable)
                     let jobs = JobLoop(proxy: proxy, engine: jobs)
                     return (LoopBound(proxy, loop: loop), LoopBound(jobs, loop: loop))
                 }
@@ -122,14 +150,16 @@ public final class CoatcheckServer: Sendable {
         var admin: LoopBound<AdminService>?
         if let adminListen = config.adminListen {
             let loop = group.loops[0]
+            let book = config.metrics ? metrics : nil
             do {
-                let (a, p) = try loop.submitAndWait { () throws -> (LoopBound<AdminService>, Int) in
-                    let service = AdminService(loop: loop) { [weak self] in self?.isReady ?? false }
+                let (a, p, adminBudget) = try loop.submitAndWait { () throws -> (LoopBound<AdminService>, Int, ConnectionBudget) in
+                    let service = AdminService(loop: loop, metrics: book) { [weak self] in self?.isReady ?? false }
                     let p = try service.server.listen(host: adminListen.host, port: adminListen.port, reusePort: false)
-                    return (LoopBound(service, loop: loop), p)
+                    return (LoopBound(service, loop: loop), p, service.server.budget)
                 }
                 admin = a
                 adminPort = p
+                metrics.addGauges { [weak self] sink in self?.readGauges(&sink, admin: adminBudget) }
             } catch {
                 group.shutdown()
                 throw StartupError(message: "\(error)")

@@ -17,6 +17,17 @@ public enum JobStatus: String, Sendable, CaseIterable {
         case .queued, .running: return false
         }
     }
+
+    /// Its place in `allCases` (and in `MeterLabels.jobStatuses`).
+    public var ordinal: Int {
+        switch self {
+        case .queued: return 0
+        case .running: return 1
+        case .completed: return 2
+        case .failed: return 3
+        case .canceled: return 4
+        }
+    }
 }
 
 /// Why a job failed (SPEC §4 error codes).

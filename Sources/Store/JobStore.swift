@@ -1,4 +1,5 @@
 public import Loop
+public import Meters
 
 /// A body kept by a store: small ones inline, larger ones in a file under
 /// `jobs.dir` (spooled while it arrived, so memory stays bounded).
@@ -204,6 +205,8 @@ public protocol JobStore: AnyObject, Sendable {
                   _ done: @escaping @Sendable (Result<JobResponse?, StoreError>) -> Void)
     /// True when the store answers (`/readyz`).
     func isHealthy() -> Bool
+    /// The store's own counts for `/metrics` (its commit durations), if it keeps any.
+    var meters: MeterTable? { get }
     /// Finishes pending writes and releases the store.
     func close()
 }
@@ -213,6 +216,10 @@ public protocol JobStore: AnyObject, Sendable {
 public protocol LocalJobStore: JobStore {
     func request(of id: JobID) throws(StoreError) -> JobRequest?
     func response(of id: JobID) throws(StoreError) -> JobResponse?
+}
+
+extension JobStore {
+    public var meters: MeterTable? { nil }
 }
 
 extension LocalJobStore {

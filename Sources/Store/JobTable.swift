@@ -1,5 +1,6 @@
 public import Loop
-public import Synchronization
+public import Meters
+import Synchronization
 
 /// Every live job's record, shared by all loops: what the status endpoint
 /// reads (without touching the store), where long polls wait, where a
@@ -86,6 +87,34 @@ public final class JobTable: Sendable {
         var nextToken = 1
         /// What the entries' kept requests hold, by `cost(of:)`.
         var cachedRequestBytes = 0
+        /// Jobs by status, as visible (`coatcheck_jobs`).
+        var statusCounts = [Int](repeating: 0, count: JobStatus.allCases.count)
+        /// Visible callbacks still to be delivered (`coatcheck_webhook_pending`).
+        var pendingCallbacks = 0
+        /// Upstream names' meter slots, looked up once each.
+        var upstreamSlots: [String: Int] = [:]
+
+        /// A job becomes visible as `r` (`old`: what it was, if it was).
+        mutating func count(_ r: JobRecord, replacing old: JobRecord?) {
+            if let old {
+                statusCounts[old.status.ordinal] -= 1
+                if old.callback?.isPending == true { pendingCallbacks -= 1 }
+            }
+            statusCounts[r.status.ordinal] += 1
+            if r.callback?.isPending == true { pendingCallbacks += 1 }
+        }
+
+        mutating func uncount(_ r: JobRecord) {
+            statusCounts[r.status.ordinal] -= 1
+            if r.callback?.isPending == true { pendingCallbacks -= 1 }
+        }
+
+        mutating func upstreamSlot(_ name: String) -> Int {
+            if let slot = upstreamSlots[name] { return slot }
+            let slot = MeterLabels.slot(upstream: name)
+            upstreamSlots[name] = slot
+            return slot
+        }
 
         mutating func dropRequest(of e: Entry) {
             guard let r = e.request else { return }
@@ -113,6 +142,9 @@ public final class JobTable: Sendable {
     }
 
     private let state = Mutex(State())
+    /// Jobs finished, their durations and retries, counted when they become
+    /// durable: written under `state`'s lock, read by scrapes.
+    public let meters = MeterTable(capacity: 2048)
     /// Held from a transition's check to its store submission, so writes
     /// reach the store (and come back) in the order they were applied,
     /// whichever loops race. Never taken inside `state`.
@@ -142,6 +174,12 @@ public final class JobTable: Sendable {
     }
 
     public var count: Int { state.withLock { $0.jobs.count } }
+
+    /// Jobs by visible status, in `JobStatus.allCases` order, and the
+    /// callbacks pending delivery: kept as jobs change, not counted here.
+    public func gauges() -> (byStatus: [Int], pendingCallbacks: Int) {
+        state.withLock { ($0.statusCounts, $0.pendingCallbacks) }
+    }
 
     /// Counts of jobs by visible status.
     public func countsByStatus() -> [JobStatus: Int] {
@@ -231,6 +269,7 @@ public final class JobTable: Sendable {
                 }
             }
             s.jobs[record.id] = e
+            s.count(record, replacing: nil)
             if let key = record.keyIndex { s.keys[key] = .some(record.id) }
         }
     }
@@ -239,7 +278,9 @@ public final class JobTable: Sendable {
     public func adopt(_ records: [JobRecord]) {
         state.withLock { s in
             for r in records {
+                if let old = s.jobs[r.id] { s.uncount(old.visible) }
                 s.jobs[r.id] = Entry(r)
+                s.count(r, replacing: nil)
                 if let key = r.keyIndex { s.keys[key] = .some(r.id) }
             }
         }
@@ -351,16 +392,32 @@ public final class JobTable: Sendable {
                 if ahead.writes == 0 { e.ahead = nil }
             }
             guard stored else { return [] }
+            let before = e.visible
             e.visible = record
+            s.count(record, replacing: before)
             if transition, record.status == .completed, let started = record.startedAt, let ended = record.completedAt {
                 s.observe(record.workload, millis: ended - started)
             }
+            if transition { meter(record, after: before, &s) }
             // Long polls wait for the end: only terminal states wake them.
             guard record.status.isTerminal else { return [] }
             defer { e.waiters = [] }
             return e.waiters
         }
         for w in woken { w.loop.execute(w.wake) }
+    }
+
+    /// `jobs_finished_total`, `job_duration_seconds` and `job_retries_total`
+    /// for a transition that became durable; under `state`'s lock.
+    private func meter(_ r: JobRecord, after before: JobRecord, _ s: inout State) {
+        if r.status.isTerminal && !before.status.isTerminal {
+            let slot = s.upstreamSlot(r.upstream)
+            meters.add(MeterKey(.jobsFinished, slot: slot, r.status.ordinal))
+            let millis = max(0, (r.completedAt ?? wallClockMillis()) - r.createdAt)
+            meters.observe(.jobDuration, slot: slot, .jobDuration, nanos: UInt64(millis) * 1_000_000)
+        } else if r.status == .queued && before.status == .running {
+            meters.add(MeterKey(.jobRetries, slot: s.upstreamSlot(r.upstream)))
+        }
     }
 
     /// The request kept since the job's insert, handed over once (dispatch);
@@ -415,6 +472,7 @@ public final class JobTable: Sendable {
             var woken: [Waiter] = []
             for id in ids {
                 guard let e = s.jobs.removeValue(forKey: id) else { continue }
+                s.uncount(e.visible)
                 s.dropRequest(of: e)
                 woken += e.waiters
                 if let key = e.visible.keyIndex, s.keys[key] == .some(id) { s.keys[key] = nil }

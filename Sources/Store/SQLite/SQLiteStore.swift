@@ -1,3 +1,4 @@
+public import Meters
 import Loop
 import CSQLite
 import Synchronization
@@ -153,6 +154,8 @@ public final class SQLiteStore: LocalJobStore {
 
     /// False when the last transaction could not be committed, or when a
     /// read of the table fails (a read transaction on the table's root page).
+    public var meters: MeterTable? { queue.meters }
+
     public func isHealthy() -> Bool {
         if queue.commitFailing.load(ordering: .relaxed) { return false }
         do {

@@ -1,3 +1,4 @@
+import Meters
 import Loop
 import Synchronization
 
@@ -31,6 +32,8 @@ final class WriteQueue: Sendable {
     private let state = Mutex(State())
     private let wakeup = Semaphore()
     let commits = Atomic<Int>(0)
+    /// `store_commit_duration_seconds`: written by the writer thread only.
+    let meters = MeterTable(capacity: 64)
     /// Set while BEGIN or COMMIT fail (a full disk, I/O errors).
     let commitFailing = Atomic<Bool>(false)
     /// Tests only (`SQLiteStore.failNextCommit`): the writer's next COMMIT
@@ -121,6 +124,7 @@ final class Writer {
         var i = 0
         while i < writes.count {
             let first = i
+            let began = monotonicNanos()
             do throws(StoreError) {
                 try begin.run()
             } catch {
@@ -159,6 +163,8 @@ final class Writer {
                     throw StoreError("sqlite: injected commit failure")
                 }
                 try commit.run()
+                queue.meters.observe(.storeCommit, slot: StoreKind.sqlite.rawValue, .storeCommit,
+                                     nanos: monotonicNanos() &- began)
                 queue.commits.add(1, ordering: .relaxed)
                 queue.commitFailing.store(false, ordering: .relaxed)
             } catch {
