@@ -106,6 +106,30 @@ import Testing
         #expect(r.expectContinue)
     }
 
+    static let badTrailers = ["X-T v", "X-T : v", ": v", "X T: v", "X-T: v\r\n folded", "\tX-T: v", "X-T: a\u{1}b", "X-T: a\u{7F}b"]
+
+    /// Trailer fields are checked like header fields, then dropped.
+    @Test(arguments: badTrailers)
+    func malformedTrailerFieldsAreRefused(_ trailer: String) throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let input = EventBuffer(), out = EventBuffer()
+        var bytes = Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\(trailer)\r\n\r\n".utf8)
+        bytes.withUnsafeBytes { input.append($0) }
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(throws: HTTPError.badChunk) { try reader.readBody(from: input, into: out) }
+    }
+
+    @Test func wellFormedTrailerFieldsAreDropped() throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let input = EventBuffer(), out = EventBuffer()
+        var bytes = Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: v \t\"q\"\r\nX-U:\r\n!#$%&'*+-.^_`|~: \u{80}\r\n\r\n".utf8)
+        bytes.withUnsafeBytes { input.append($0) }
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(try reader.readBody(from: input, into: out))
+        #expect(String(decoding: out.takeBytes(), as: UTF8.self) == "abc")
+        #expect(input.count == 0)
+    }
+
     @Test func absoluteFormForOwnHostIsReduced() throws {
         let r = try readRequest("GET http://a.example:8080/x?y HTTP/1.1\r\nHost: a.example:8080\r\n\r\n").get()
         #expect(String(decoding: r.path, as: UTF8.self) == "/x?y")

@@ -135,6 +135,27 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         #expect(upstream.receivedText.contains("GET /abs HTTP/1.1\r\n"))
     }
 
+    /// A malformed trailer field (RFC 9112 §7.1.2: field lines, like the
+    /// head's) ends the request like a bad chunk: 400, the upstream
+    /// connection closed, never a complete body upstream.
+    @Test(arguments: ["X-T v", "X-T : v", ": v", "\tX-T: v"])
+    func badTrailerClosesTheUpstreamAndAnswers400(_ trailer: String) throws {
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
+        let proxy = try TestProxy(upstreamPort: upstream.port)
+        let client = try RawClient(port: proxy.port, timeout: 5)
+        try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
+        try client.send("3\r\nabc\r\n0\r\n\(trailer)\r\n\r\n\(SmugglingTests.smuggled)")
+        let r = try client.readResponse()
+        expectJSONError(r, status: 400)
+        #expect(client.waitForClose())
+        if upstream.connections > 0 {
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections })
+        }
+        #expect(!hasCompleteChunkedBody(upstream.received), "upstream got: \(upstream.receivedText)")
+        #expect(!upstream.receivedText.contains("/smuggled"))
+    }
+
     static let badChunkSizes = ["0x3", "+3", "-1", "ffffffffffffffffffff", "g"]
 
     /// A valid head with a bad chunk after it: the head may already be
