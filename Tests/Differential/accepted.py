@@ -70,6 +70,15 @@ class Message:
         return out
 
 
+    def trailer_lines(self):
+        """The lines after the last chunk, CR and LF dropped."""
+        lines = self.chunk_lines()
+        for i, ln in enumerate(lines):
+            if re.match(rb"0+[^0-9a-fA-F]", ln):
+                return [t.rstrip(b"\n").rstrip(b"\r") for t in lines[i + 1:]]
+        return []
+
+
 @dataclass
 class Rule:
     name: str
@@ -99,16 +108,11 @@ def target_refused(m):
 
 
 def ctl_in_field(m):
-    for ln in m.field_lines:
-        if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", ln.rstrip(b"\r")):
-            return True
-    return False
+    return any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", ln) for ln in m.field_lines + m.trailer_lines())
 
 
 def obs_fold(m):
-    return any(ln[:1] in (b" ", b"\t") for ln in m.field_lines) or any(
-        ln[:1] in (b" ", b"\t") and i > 0 and not re.match(rb"[0-9a-fA-F]", ln)
-        for i, ln in enumerate(m.chunk_lines()))
+    return any(ln[:1] in (b" ", b"\t") for ln in m.field_lines + m.trailer_lines())
 
 
 def digits_beyond(m, limit_cl=18, limit_chunk=15):
@@ -150,7 +154,7 @@ RULES = [
          'before it).'),
     Rule("control-character-in-a-field", "coatcheck-rejects", {400},
          ctl_in_field,
-         'RFC 9110 §5.5: field-vchar is VCHAR / obs-text; "Field values containing other CTL characters '
+         'In a field or trailer field. RFC 9110 §5.5: field-vchar is VCHAR / obs-text; "Field values containing other CTL characters '
          'are also invalid; however, recipients MAY retain such characters for the sake of robustness when '
          'they appear within a safe context". A proxy forwarding to an unknown parser is no safe context. h11 '
          'admits CTLs other than NUL, CR, LF, VT, FF.'),
@@ -181,12 +185,12 @@ RULES = [
          'RFC 9110 §9.3.6: CONNECT asks a proxy for a tunnel, which a reverse proxy does not give; §9.3.8: '
          'TRACE reflects the request, credentials included. RFC 9110 §15.5.6: 405 says "the method received '
          'in the request-line is known by the origin server but not supported by the target resource."'),
-    Rule("method-unknown", "coatcheck-rejects", {400, 501},
+    Rule("method-unknown", "coatcheck-rejects", {501},
          lambda m: m.method not in KNOWN_METHODS,
          'The reader knows the methods of its http_parser table; others (and "get": RFC 9110 §9.1 "The method '
-         'token is case-sensitive") are refused. RFC 9110 §9.1: "An origin server that receives a request '
-         'method that is unrecognized or not implemented SHOULD respond with the 501 (Not Implemented) status '
-         'code." h11 takes any token.'),
+         'token is case-sensitive") are answered 501, as RFC 9110 §9.1 asks: "An origin server that receives a '
+         'request method that is unrecognized or not implemented SHOULD respond with the 501 (Not Implemented) '
+         'status code." h11 takes any token.'),
     Rule("http-version-not-1.x", "coatcheck-rejects", {505},
          lambda m: re.fullmatch(rb"HTTP/[02-9]\.\d", m.version) is not None,
          'RFC 9110 §15.6.6: "The 505 (HTTP Version Not Supported) status code indicates that the server does '

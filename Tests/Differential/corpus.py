@@ -5,7 +5,7 @@
 # Every case is one message as a client would send it on a fresh
 # connection (trailing bytes after it are allowed: they are the start of
 # whatever the parser takes for the next message). Where a case has a
-# free choice of target, the target carries "/d/<n>.<n>" with the case's
+# free choice of target, the target carries "/d/<n>.<check>" with the case's
 # number, so the recording backend can tell which case a request it got
 # came from.
 #
@@ -31,10 +31,14 @@ class Case:
         return f"{self.family}#{self.n}"
 
 
+def check(n):
+    return (n * 7919 + 13) % 99991
+
+
 def path(n):
-    # The number twice: a mutant that changes one copy is not taken for
-    # another case's request.
-    return b"/d/%d.%d" % (n, n)
+    # The number and a check of it: a mutant that changes either is not
+    # taken for another case's request.
+    return b"/d/%d.%d" % (n, check(n))
 
 
 def request(t, method=b"GET", version=b"HTTP/1.1", headers=((b"Host", b"a.test"),), body=b"",
@@ -83,7 +87,7 @@ class Builder:
         self.cases = []
 
     def add(self, family, note, make):
-        """`make(target)` gives the bytes; target is "/d/<n>.<n>"."""
+        """`make(target)` gives the bytes; target is "/d/<n>.<check>"."""
         n = len(self.cases)
         data = make(path(n)) if callable(make) else make
         self.cases.append(Case(n, family, note, data))
@@ -599,7 +603,7 @@ def mutants(b, count):
         b.cases[-1].note = " ".join(ops)
 
 
-def generate(seed=9112, mutant_count=700):
+def generate(seed=9112, mutant_count=1200):
     b = Builder(seed)
     for family in (valid, content_length, transfer_encoding, obs_fold, line_endings, field_names, field_values,
                    request_line, host, chunks, expect_and_connection):
