@@ -2,8 +2,9 @@ import CLibevent
 
 /// RFC 9112 §7.1 chunked decoding, strictly: a size is 1*HEXDIG (no sign,
 /// no `0x`, at most 15 digits), extensions are skipped to the line's end,
-/// chunk data must be followed by exactly CRLF, trailer fields are read and
-/// dropped up to a size limit. Debian's http_parser is built non-strict and
+/// chunk data must be followed by exactly CRLF, trailer fields are checked
+/// like header fields (a token, a colon, a value without CTLs; no obs-fold)
+/// and dropped, up to a size limit. Debian's http_parser is built non-strict and
 /// accepts any two bytes after chunk data, which would let a client re-frame
 /// a body, so bodies are decoded here.
 struct ChunkedDecoder {
@@ -15,7 +16,8 @@ struct ChunkedDecoder {
         case dataCR        // expecting CR after data
         case dataLF
         case trailerLineStart
-        case trailerLine   // inside a trailer field line
+        case trailerName   // inside a trailer field's name
+        case trailerValue  // after its colon
         case trailerLF     // CR seen in a trailer line
         case finalLF       // CR of the empty line ending the trailers seen
         case done
@@ -103,11 +105,22 @@ struct ChunkedDecoder {
             return true
         case .trailerLineStart:
             if c == 0x0D { state = .finalLF; return true }
-            state = .trailerLine
-            return countTrailer(c)
-        case .trailerLine:
+            // A name: no empty one, no obs-fold (a line starting with SP/HTAB).
+            guard isTchar(c) else { return false }
+            state = .trailerName
+            return countTrailer()
+        case .trailerName:
+            if c == UInt8(ascii: ":") {
+                state = .trailerValue
+            } else if !isTchar(c) {
+                return false  // whitespace before the colon, or not a token
+            }
+            return countTrailer()
+        case .trailerValue:
             if c == 0x0D { state = .trailerLF; return true }
-            return countTrailer(c)
+            // VCHAR, obs-text, SP, HTAB (RFC 9110 §5.5): no CTL, no DEL.
+            guard c == 0x09 || c >= 0x20 && c != 0x7F else { return false }
+            return countTrailer()
         case .trailerLF:
             guard c == 0x0A else { return false }
             state = .trailerLineStart
@@ -121,9 +134,9 @@ struct ChunkedDecoder {
         }
     }
 
-    private mutating func countTrailer(_ c: UInt8) -> Bool {
+    private mutating func countTrailer() -> Bool {
         trailerBytes += 1
-        return trailerBytes <= ChunkedDecoder.maxTrailerBytes && c != 0 && c != 0x0A
+        return trailerBytes <= ChunkedDecoder.maxTrailerBytes
     }
 }
 

@@ -38,6 +38,7 @@ public struct HTTPError: Error, Sendable, Equatable {
     public static let badChunk = HTTPError(400, "bad_request", "malformed chunked body")
     public static let unsupportedEncoding = HTTPError(501, "not_implemented", "only the chunked transfer coding is supported")
     public static let methodNotAllowed = HTTPError(405, "method_not_allowed", "method not allowed by this proxy")
+    public static let methodNotImplemented = HTTPError(501, "not_implemented", "method not implemented by this proxy")
     public static let versionNotSupported = HTTPError(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported")
     public static let expectationFailed = HTTPError(417, "expectation_failed", "only Expect: 100-continue is supported")
     public static let headersTooLarge = HTTPError(431, "request_header_fields_too_large", "request head exceeds max_header_bytes")

@@ -199,9 +199,17 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     private func skipEmptyLines(_ input: OpaquePointer) {
-        // RFC 9112 §2.2: ignore empty lines before a request line.
-        while let p = evbuffer_pullup(input, 1), p[0] == 0x0D || p[0] == 0x0A {
-            evbuffer_drain(input, 1)
+        // RFC 9112 §2.2: ignore empty lines (CRLF, or a bare LF) before a
+        // request line. A CR without its LF is no empty line: it stays, for
+        // the reader to refuse (or to take with the LF once that arrives).
+        while let p = evbuffer_pullup(input, 1) {
+            if p[0] == 0x0A {
+                evbuffer_drain(input, 1)
+            } else if p[0] == 0x0D, evbuffer_get_length(input) >= 2, let q = evbuffer_pullup(input, 2), q[1] == 0x0A {
+                evbuffer_drain(input, 2)
+            } else {
+                return
+            }
         }
     }
 

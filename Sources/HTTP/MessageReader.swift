@@ -188,10 +188,21 @@ public final class MessageReader {
     }
 
     private func parseHead() throws(HTTPError) {
-        let parsed = bytes.withMemoryRebound(to: CChar.self, capacity: headLength) {
-            http_parser_execute(parser, settings, $0, headLength)
+        var parsed = execute()
+        var errno = CHTTPParser_errno(parser)
+        // http_parser takes only SP, not HTAB, after a Content-Length value;
+        // both are OWS (RFC 9110 §5.6.3) and trimmed from every value anyway,
+        // so the rare head with an HTAB ending a line is parsed again with
+        // those as SP.
+        if errno == HPE_INVALID_CONTENT_LENGTH && tabsEndingLinesToSpaces() {
+            http_parser_init(parser, kind == .request ? HTTP_REQUEST : HTTP_RESPONSE)
+            parser.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+            fieldCount = 0
+            lastWasValue = true
+            headersDone = false
+            parsed = execute()
+            errno = CHTTPParser_errno(parser)
         }
-        let errno = CHTTPParser_errno(parser)
         // Only the head is fed in, so the parser ends exactly at its end;
         // whether a body follows is decided by `validate`, not by the parser.
         if errno != HPE_OK {
@@ -203,9 +214,40 @@ public final class MessageReader {
         try validate()
     }
 
+    private func execute() -> Int {
+        bytes.withMemoryRebound(to: CChar.self, capacity: headLength) {
+            http_parser_execute(parser, settings, $0, headLength)
+        }
+    }
+
+    /// HTABs followed by nothing but SP/HTAB up to the line's end become SP.
+    /// True if there was one.
+    private func tabsEndingLinesToSpaces() -> Bool {
+        var changed = false
+        var i = headLength - 1
+        var trailing = false
+        while i >= 0 {
+            switch bytes[i] {
+            case 0x0A, 0x0D: trailing = true
+            case 0x20: break
+            case 0x09:
+                if trailing {
+                    bytes[i] = 0x20
+                    changed = true
+                }
+            default: trailing = false
+            }
+            i -= 1
+        }
+        return changed
+    }
+
     private func mapParserError(_ errno: http_errno) -> HTTPError {
         guard kind == .request else { return .badResponse }
         switch errno {
+        case HPE_INVALID_METHOD where startsWithToken():
+            // A method, well formed, that http_parser does not know (RFC 9110 §9.1).
+            return .methodNotImplemented
         case HPE_INVALID_TRANSFER_ENCODING:
             return .unsupportedEncoding
         case HPE_INVALID_CONTENT_LENGTH, HPE_UNEXPECTED_CONTENT_LENGTH:
@@ -221,6 +263,16 @@ public final class MessageReader {
         default:
             return .badRequest
         }
+    }
+
+    /// The request line starts (after the empty lines §2.2 lets a server
+    /// skip) with a token followed by SP.
+    private func startsWithToken() -> Bool {
+        var i = 0
+        while i < headLength && (bytes[i] == 0x0D || bytes[i] == 0x0A) { i += 1 }
+        let start = i
+        while i < headLength && isTchar(bytes[i]) { i += 1 }
+        return i > start && i < headLength && bytes[i] == 0x20
     }
 
     /// The RFC 9112 rules http_parser does not enforce (DESIGN.md lists them).
@@ -245,6 +297,11 @@ public final class MessageReader {
         }
 
         if isRequest {
+            // One SP between method and target (RFC 9112 §3): http_parser
+            // skips a run of them.
+            guard targetStart >= 2, bytes[targetStart - 1] == 0x20, bytes[targetStart - 2] != 0x20 else {
+                throw .badRequest
+            }
             if method == UInt8(HTTP_CONNECT.rawValue) || method == UInt8(HTTP_TRACE.rawValue) {
                 throw .methodNotAllowed
             }
@@ -309,10 +366,19 @@ public final class MessageReader {
             case .callbackURL where isRequest:
                 callbackURLCount &+= callbackURLCount == .max ? 0 : 1
             case .expect where isRequest:
-                guard value.count == 12 && equalsLower(value.baseAddress!, 12, "100-continue") else {
-                    throw .expectationFailed
+                // A list (RFC 9110 §10.1.1, §5.6.1: empty elements ignored);
+                // any member other than 100-continue is refused.
+                var other = false
+                var proceed = false
+                forEachToken(value) { token in
+                    if token.count == 12 && equalsLower(token.baseAddress!, 12, "100-continue") {
+                        proceed = true
+                    } else {
+                        other = true
+                    }
                 }
-                expectContinue = versionMinor == 1
+                if other { throw .expectationFailed }
+                if proceed { expectContinue = versionMinor == 1 }
             default:
                 break
             }
@@ -512,6 +578,11 @@ public final class MessageReader {
 
     @inline(__always)
     private func onHeaderValue(_ at: UnsafePointer<CChar>, _ n: Int) -> Int32 {
+        // http_parser marks Transfer-Encoding present for any name that
+        // starts with it ("Transfer-Encodings"), and takes a value of
+        // "chunked" followed by HTAB for another coding: `validate` decides
+        // Transfer-Encoding itself, so the parser's mark is dropped.
+        parser.pointee.uses_transfer_encoding = 0
         let o = offset(at)
         if !lastWasValue {
             fieldStorage[fieldCount - 1].valueStart = o

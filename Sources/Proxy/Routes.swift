@@ -40,7 +40,7 @@ extension RuntimeConfig {
         let method = request.methodName
         let host = request.hostValue
         for route in routes {
-            if !hasPrefix(path, route.pathPrefix) { continue }
+            if !pathMatches(path, route.pathPrefix) { continue }
             if !route.methods.isEmpty && !route.methods.contains(where: { bytesEqual(method, $0) }) { continue }
             if let want = route.host {
                 guard let host, hostMatches(host, want) else { continue }
@@ -56,6 +56,15 @@ extension RuntimeConfig {
         guard hasPrefix(path, jobsPath) else { return false }
         return path.count == jobsPath.count || path[jobsPath.count] == UInt8(ascii: "/") || path[jobsPath.count] == UInt8(ascii: "?")
     }
+}
+
+/// A path against a route's `path_prefix`. A target with no path, the
+/// absolute-form `http://h` or `http://h?q` (its path is "/", RFC 9110
+/// §4.2.3) and the asterisk-form of `OPTIONS *` (the server as a whole),
+/// matches what "/" matches.
+func pathMatches(_ path: UnsafeBufferPointer<UInt8>, _ prefix: [UInt8]) -> Bool {
+    if path.first == UInt8(ascii: "/") { return hasPrefix(path, prefix) }
+    return prefix.isEmpty || prefix == [UInt8(ascii: "/")]
 }
 
 /// Host field against a lower-case route host, ignoring the port.

@@ -68,12 +68,66 @@ import Testing
         ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         ("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
         ("POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n", 417),
+        // Found by Scripts/differential (h11 refuses them too, or the RFC asks so).
+        ("GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, teapot\r\n\r\n", 417),
+        ("FOO / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+        ("get / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+        ("G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encodings: x\r\nTransfer-Encoding: gzip\t\r\n\r\n", 501),
     ])
     func refused(request: String, status: Int) {
         switch readRequest(request) {
         case .success: Issue.record("accepted: \(request.debugDescription)")
         case .failure(let e): #expect(e.status == status, "\(request.debugDescription)")
         }
+    }
+
+    /// Valid requests the reader refused before Scripts/differential found
+    /// them: http_parser's own take on Transfer-Encoding and Content-Length
+    /// is not what decides.
+    @Test func fieldsHttpParserMisreadsAreReadByTheRFC() throws {
+        // A field whose name only starts with Transfer-Encoding is an ordinary one.
+        var r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encodings: chunked\r\n\r\n").get()
+        #expect(r.framing == .none)
+        #expect(r.first(.transferEncoding) == nil)
+        r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding-X: gzip\r\nContent-Length: 3\r\n\r\n").get()
+        #expect(r.framing == .length(3))
+        // HTAB is OWS as much as SP is (RFC 9110 §5.6.3).
+        r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n").get()
+        #expect(r.framing == .chunked)
+        r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \t5\t\r\nX-A: b\t \r\n\r\n").get()
+        #expect(r.framing == .length(5))
+        #expect(String(decoding: r.value(r.fields[2]), as: UTF8.self) == "b")
+        // Expect is a list: empty elements are no expectation (RFC 9110 §5.6.1).
+        r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nExpect: \r\nContent-Length: 1\r\n\r\n").get()
+        #expect(!r.expectContinue)
+        r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nExpect: , 100-Continue\r\nContent-Length: 1\r\n\r\n").get()
+        #expect(r.expectContinue)
+    }
+
+    static let badTrailers = ["X-T v", "X-T : v", ": v", "X T: v", "X-T: v\r\n folded", "\tX-T: v", "X-T: a\u{1}b", "X-T: a\u{7F}b"]
+
+    /// Trailer fields are checked like header fields, then dropped.
+    @Test(arguments: badTrailers)
+    func malformedTrailerFieldsAreRefused(_ trailer: String) throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let input = EventBuffer(), out = EventBuffer()
+        var bytes = Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\(trailer)\r\n\r\n".utf8)
+        bytes.withUnsafeBytes { input.append($0) }
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(throws: HTTPError.badChunk) { try reader.readBody(from: input, into: out) }
+    }
+
+    @Test func wellFormedTrailerFieldsAreDropped() throws {
+        let reader = MessageReader(kind: .request, capacity: 1024)
+        let input = EventBuffer(), out = EventBuffer()
+        var bytes = Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: v \t\"q\"\r\nX-U:\r\n!#$%&'*+-.^_`|~: \u{80}\r\n\r\n".utf8)
+        bytes.withUnsafeBytes { input.append($0) }
+        #expect(try reader.readHead(from: input) == .complete)
+        #expect(try reader.readBody(from: input, into: out))
+        #expect(String(decoding: out.takeBytes(), as: UTF8.self) == "abc")
+        #expect(input.count == 0)
     }
 
     @Test func absoluteFormForOwnHostIsReduced() throws {

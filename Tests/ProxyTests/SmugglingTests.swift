@@ -98,6 +98,10 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         .init("absolute-form to a foreign host", "GET http://evil.example/a HTTP/1.1\r\nHost: a\r\n\r\n"),
         .init("absolute-form to a foreign host with the right port",
               "GET http://evil.example:80/a HTTP/1.1\r\nHost: a:80\r\n\r\n"),
+        // Found by Scripts/differential.
+        .init("a bare CR before the request line", "\rGET /a HTTP/1.1\r\nHost: a\r\n\r\n"),
+        .init("a bare CR after an empty line", "\r\n\rGET /a HTTP/1.1\r\nHost: a\r\n\r\n"),
+        .init("two spaces after the method", "GET  /a HTTP/1.1\r\nHost: a\r\n\r\n"),
     ]
 
     @Test(arguments: headCases)
@@ -133,6 +137,50 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
         #expect(r3.status == 200)
         #expect(upstream.connections == 3)
         #expect(upstream.receivedText.contains("GET /abs HTTP/1.1\r\n"))
+    }
+
+    /// Request forms the RFC admits that the proxy refused or could not
+    /// route before Scripts/differential found them: a CRLF before the
+    /// request line (RFC 9112 §2.2), absolute-form without a path (its path
+    /// is "/", RFC 9110 §4.2.3), `OPTIONS *`. They reach the catch-all route.
+    @Test func requestFormsWithoutAPathAreForwarded() throws {
+        let upstream = try FakeUpstream(reply: whenRequestComplete("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"))
+        let proxy = try TestProxy(upstreamPort: upstream.port)
+        let cases = [
+            ("\r\n\nGET /lead HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "GET /lead HTTP/1.1\r\n"),
+            ("GET http://a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "GET / HTTP/1.1\r\n"),
+            ("GET http://a?q=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "GET /?q=1 HTTP/1.1\r\n"),
+            ("OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "OPTIONS * HTTP/1.1\r\n"),
+        ]
+        for (text, line) in cases {
+            let before = upstream.received.count
+            let r = try request(proxy.port, text)
+            #expect(r.status == 200, "\(text.debugDescription)")
+            #expect(upstream.wait(timeout: 3) { $0.received.count > before })
+            let got = String(decoding: upstream.received.dropFirst(before), as: UTF8.self)
+            #expect(got.hasPrefix(line), "upstream got: \(got)")
+        }
+    }
+
+    /// A malformed trailer field (RFC 9112 §7.1.2: field lines, like the
+    /// head's) ends the request like a bad chunk: 400, the upstream
+    /// connection closed, never a complete body upstream.
+    @Test(arguments: ["X-T v", "X-T : v", ": v", "\tX-T: v"])
+    func badTrailerClosesTheUpstreamAndAnswers400(_ trailer: String) throws {
+        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
+        let proxy = try TestProxy(upstreamPort: upstream.port)
+        let client = try RawClient(port: proxy.port, timeout: 5)
+        try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
+        try client.send("3\r\nabc\r\n0\r\n\(trailer)\r\n\r\n\(SmugglingTests.smuggled)")
+        let r = try client.readResponse()
+        expectJSONError(r, status: 400)
+        #expect(client.waitForClose())
+        if upstream.connections > 0 {
+            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections })
+        }
+        #expect(!hasCompleteChunkedBody(upstream.received), "upstream got: \(upstream.receivedText)")
+        #expect(!upstream.receivedText.contains("/smuggled"))
     }
 
     static let badChunkSizes = ["0x3", "+3", "-1", "ffffffffffffffffffff", "g"]
