@@ -430,8 +430,8 @@ private func parseAccessLog(_ s: String) -> Result<Bool, Problem> {
 
 private func parseOnOff(_ s: String) -> Result<Bool, Problem> {
     switch s {
-    case "on": .success(true)
-    case "off": .success(false)
+    case "on", "true": .success(true)
+    case "off", "false": .success(false)
     default: .failure(Problem("expected on or off, got \(quoted(s))"))
     }
 }

@@ -17,6 +17,14 @@ public final class MeterTable: @unchecked Sendable {
     private let mask: Int
     private let shift: UInt64
     private let droppedKeys = Atomic<UInt64>(0)
+    /// Histogram blocks: counts by bucket, then the sum. A block's offset
+    /// (plus one) is the value of its key's cell.
+    private let arena: UnsafeMutablePointer<Atomic<UInt64>>
+    private let arenaCapacity: Int
+    /// Writer only.
+    private var arenaUsed = 0
+    /// `a` of a histogram block's key (its `b`: the block's width).
+    static let blockIndex = 0xF_FFFE
 
     /// `capacity` cells, rounded up to a power of two.
     public init(capacity: Int = 4096) {
@@ -26,42 +34,88 @@ public final class MeterTable: @unchecked Sendable {
         shift = UInt64(64 - n.trailingZeroBitCount)
         cells = .allocate(capacity: 2 * n)
         for i in 0..<(2 * n) { (cells + i).initialize(to: Atomic(0)) }
+        arenaCapacity = n
+        arena = .allocate(capacity: n)
+        for i in 0..<n { (arena + i).initialize(to: Atomic(0)) }
     }
 
     deinit {
         cells.deinitialize(count: 2 * (mask + 1))
         cells.deallocate()
+        arena.deinitialize(count: arenaCapacity)
+        arena.deallocate()
     }
 
     /// Adds `n` to `key`'s count. Writer only.
     @inline(__always)
     public func add(_ key: MeterKey, _ n: UInt64 = 1) {
-        let k = key.bits
+        guard let i = cell(key.bits) else { return }
+        let v = cells[2 * i + 1].load(ordering: .relaxed)
+        cells[2 * i + 1].store(v &+ n, ordering: .relaxed)
+    }
+
+    /// The cell of key `k`, placed (with value 0) if new; nil when the
+    /// table is full.
+    @inline(__always)
+    private func cell(_ k: UInt64) -> Int? {
         var i = Int(truncatingIfNeeded: (k &* 0x9E37_79B9_7F4A_7C15) >> shift)
         for _ in 0...mask {
             let found = cells[2 * i].load(ordering: .relaxed)
-            if found == k {
-                let v = cells[2 * i + 1].load(ordering: .relaxed)
-                cells[2 * i + 1].store(v &+ n, ordering: .relaxed)
-                return
-            }
+            if found == k { return i }
             if found == 0 {
-                // The value first, then the key with release: a reader that
-                // sees the key sees its first count.
-                cells[2 * i + 1].store(n, ordering: .relaxed)
+                // Released: a reader that sees the key sees its zero value,
+                // not whatever was there.
                 cells[2 * i].store(k, ordering: .releasing)
-                return
+                return i
             }
             i = (i + 1) & mask
         }
         droppedKeys.store(droppedKeys.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        return nil
     }
 
-    /// Every key placed so far with its count. Any thread.
+    /// One observation of a histogram: its bucket and its sum, in the
+    /// histogram's block of the arena (one lookup for both). Writer only.
+    @inline(__always)
+    public func observe(_ family: MeterFamily, slot: Int, _ buckets: MeterBuckets, nanos: UInt64) {
+        let width = buckets.count + 2  // the buckets, +Inf, the sum
+        guard let i = cell(MeterKey(family, slot: slot, MeterTable.blockIndex, width).bits) else { return }
+        var base = Int(truncatingIfNeeded: cells[2 * i + 1].load(ordering: .relaxed))
+        if base == 0 {
+            guard arenaUsed + width <= arenaCapacity else {
+                droppedKeys.store(droppedKeys.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+                return
+            }
+            arenaUsed += width
+            base = arenaUsed - width + 1
+            // Released: a reader that sees the offset sees the block's zeros.
+            cells[2 * i + 1].store(UInt64(base), ordering: .releasing)
+        }
+        let b = base - 1 + buckets.bucket(nanos)
+        arena[b].store(arena[b].load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        let sum = base - 2 + width
+        arena[sum].store(arena[sum].load(ordering: .relaxed) &+ nanos, ordering: .relaxed)
+    }
+
+    /// Every key placed so far with its count; a histogram's block as one
+    /// key per bucket (`a`: its index, the last +Inf) and one for its sum
+    /// (`a`: `MeterBuckets.sumIndex`). Any thread.
     public func forEach(_ body: (MeterKey, UInt64) -> Void) {
         for i in 0...mask {
             let k = cells[2 * i].load(ordering: .acquiring)
-            if k != 0 { body(MeterKey(bits: k), cells[2 * i + 1].load(ordering: .relaxed)) }
+            guard k != 0 else { continue }
+            let key = MeterKey(bits: k)
+            let v = cells[2 * i + 1].load(ordering: .acquiring)
+            guard key.a == MeterTable.blockIndex else {
+                body(key, v)
+                continue
+            }
+            guard v != 0, let family = key.family else { continue }
+            let base = Int(v) - 1, width = key.b
+            for j in 0..<(width - 1) {
+                body(MeterKey(family, slot: key.slot, j), arena[base + j].load(ordering: .relaxed))
+            }
+            body(MeterKey(family, slot: key.slot, MeterBuckets.sumIndex), arena[base + width - 1].load(ordering: .relaxed))
         }
     }
 
@@ -116,20 +170,34 @@ public enum MeterFamily: UInt8, Sendable, CaseIterable {
 
 /// The buckets of one histogram, in nanoseconds, and where an observation
 /// falls. The last index (`bounds.count`) is the +Inf bucket.
-public struct MeterBuckets: Sendable {
-    public let bounds: [UInt64]
+public struct MeterBuckets: @unchecked Sendable {
+    /// Upper bounds, ascending. Kept for the life of the process (the
+    /// few histograms are statics): a plain pointer, so handing buckets
+    /// to `observe` on every request counts no reference.
+    private let base: UnsafePointer<UInt64>
+    public let count: Int
+
+    public var bounds: UnsafeBufferPointer<UInt64> { UnsafeBufferPointer(start: base, count: count) }
     /// `a` of the key that holds the sum of the observations, in nanoseconds.
     public static let sumIndex = 0xF_FFFF
 
     public init(seconds: [Double]) {
-        bounds = seconds.map { UInt64(($0 * 1e9).rounded()) }
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: seconds.count)
+        for (i, s) in seconds.enumerated() { p[i] = UInt64((s * 1e9).rounded()) }
+        base = UnsafePointer(p)
+        count = seconds.count
     }
 
+    /// The first bucket whose bound is at least `nanos` (a binary search:
+    /// the same few steps for a fast request and a slow one).
     @inline(__always)
     public func bucket(_ nanos: UInt64) -> Int {
-        var i = 0
-        while i < bounds.count && nanos > bounds[i] { i += 1 }
-        return i
+        var lo = 0, hi = count
+        while lo < hi {
+            let mid = (lo + hi) >> 1
+            if nanos > base[mid] { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
     }
 
     /// Latency of requests and upstream exchanges: sub-millisecond to minutes.
@@ -144,13 +212,4 @@ public struct MeterBuckets: Sendable {
     public static let storeCommit = MeterBuckets(seconds: [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5,
     ])
-}
-
-extension MeterTable {
-    /// One observation of `histogram`: its bucket and its sum.
-    @inline(__always)
-    public func observe(_ family: MeterFamily, slot: Int, _ buckets: MeterBuckets, nanos: UInt64) {
-        add(MeterKey(family, slot: slot, buckets.bucket(nanos)))
-        add(MeterKey(family, slot: slot, MeterBuckets.sumIndex), nanos)
-    }
 }

@@ -25,8 +25,12 @@ public final class ProxyLoop: HTTPService {
     private var accessLog: AccessLog?
     /// This loop's counts for `/metrics`: written only here, read by scrapes.
     public let meterTable = MeterTable(capacity: 8192)
+    /// `metrics` is on: requests and exchanges are counted in `meterTable`.
+    public private(set) var metering = false
     /// `meterTable` while `metrics` is on; nil when off.
-    public private(set) var meters: MeterTable?
+    public var meters: MeterTable? { metering ? meterTable : nil }
+    /// `MeterBuckets.latency`, held here: read without a global's once-check.
+    public let latencyBuckets = MeterBuckets.latency
     public let answered = AnsweredHandler()
     /// Finished exchanges kept for reuse: their buffers and timer are made once.
     private var exchangePool: [ProxyExchange] = []
@@ -86,20 +90,23 @@ public final class ProxyLoop: HTTPService {
             accessLog?.flush()
             accessLog = nil
         }
-        meters = config.configuration.metrics ? meterTable : nil
-        if accessLog == nil && meters == nil {
+        metering = config.configuration.metrics
+        if accessLog == nil && !metering {
             server.onExchangeEnd = nil
         } else {
-            server.onExchangeEnd = { [unowned self] c in self.exchangeEnded(c) }
+            // The server belongs to this proxy and ends with it: not counted
+            // per call (an unowned reference would be, on every request).
+            let me = Unmanaged.passUnretained(self)
+            server.onExchangeEnd = { c in me._withUnsafeGuaranteedRef { $0.exchangeEnded(c) } }
         }
     }
 
     /// Counts and logs one answered request.
     private func exchangeEnded(_ c: HTTPServerConnection) {
         let now = monotonicNanos()
-        if let m = meters {
-            m.add(MeterKey(.httpRequests, slot: c.meterRoute, Int(c.reader.method), c.responseStatus))
-            m.observe(.httpDuration, slot: c.meterRoute, .latency, nanos: now &- c.requestStart)
+        if metering {
+            meterTable.add(MeterKey(.httpRequests, slot: c.meterRoute, Int(c.reader.method), c.responseStatus))
+            meterTable.observe(.httpDuration, slot: c.meterRoute, latencyBuckets, nanos: now &- c.requestStart)
         }
         accessLog?.record(c, status: c.responseStatus, now: now)
     }

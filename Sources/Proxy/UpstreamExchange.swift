@@ -233,7 +233,7 @@ public final class UpstreamExchange {
         let action = machine.handle(event)
         switch action {
         case .connect:
-            if target.meterSlot != MeterLabels.uncounted && proxy._withUnsafeGuaranteedRef({ $0.meters != nil }) {
+            if withProxyAndTarget({ p, t in p.metering && t.meterSlot != MeterLabels.uncounted }) {
                 meterStart = monotonicNanos()
             }
             if let pooled = withProxyAndTarget({ $0.takeIdleConnection(for: $1) }) {
@@ -272,15 +272,16 @@ public final class UpstreamExchange {
     /// `upstream_requests_total` and the exchange's duration, once.
     private func count(code: Int = 0, fault: UpstreamFault? = nil) {
         let now = monotonicNanos()
-        let slot = target.meterSlot
-        proxy._withUnsafeGuaranteedRef { p in
-            guard let m = p.meters else { return }
+        let start = meterStart
+        withProxyAndTarget { p, t in
+            guard p.metering else { return }
+            let m = p.meterTable, slot = t.meterSlot
             if let fault {
                 m.add(MeterKey(.upstreamRequests, slot: slot, 1, fault.rawValue))
             } else {
                 m.add(MeterKey(.upstreamRequests, slot: slot, 0, code))
             }
-            m.observe(.upstreamDuration, slot: slot, .latency, nanos: now &- meterStart)
+            m.observe(.upstreamDuration, slot: slot, p.latencyBuckets, nanos: now &- start)
         }
         meterStart = 0
     }
