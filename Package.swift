@@ -66,7 +66,7 @@ let package = Package(
             dependencies: ["Loop", "CSQLite", "Meters", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
-        // /healthz /readyz.
+        // /healthz /readyz /metrics /openapi.yaml.
         .target(name: "Admin", dependencies: ["HTTP", "Loop", "Meters"], swiftSettings: strict),
         // The slow synchronous backend for the quick start and the tests.
         .target(name: "DemoBackend", dependencies: ["HTTP", "Loop"], swiftSettings: strict),

@@ -35,6 +35,8 @@ public final class AdminService: HTTPService {
                     w.header("Cache-Control", "no-store")
                 }
             }
+        } else if get && path.elementsEqual("/openapi.yaml".utf8) {
+            replyOpenAPI(connection)
         } else {
             connection.respondError(.adminNotFound)
         }
@@ -46,6 +48,14 @@ public final class AdminService: HTTPService {
                   body: UnsafeBufferPointer(start: body.utf8Start, count: body.utf8CodeUnitCount)) { w in
             w.header("Cache-Control", "no-store")
         }
+    }
+
+    /// The job API's OpenAPI document, built into the binary (Scripts/gen-openapi).
+    /// `application/yaml` is YAML's registered media type (RFC 9512).
+    private func replyOpenAPI(_ c: HTTPServerConnection) {
+        let document = OpenAPIDocument.yaml
+        c.respond(status: 200, contentType: "application/yaml",
+                  body: UnsafeBufferPointer(start: document.utf8Start, count: document.utf8CodeUnitCount))
     }
 }
 

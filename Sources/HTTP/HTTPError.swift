@@ -49,7 +49,7 @@ public struct HTTPError: Error, Sendable, Equatable {
 
     // Routing and the admin listener.
     public static let noRoute = HTTPError(404, "no_route", "no route matches this request")
-    public static let adminNotFound = HTTPError(404, "not_found", "admin endpoints: /healthz /readyz")
+    public static let adminNotFound = HTTPError(404, "not_found", "admin endpoints: /healthz /readyz /metrics /openapi.yaml")
 
     // Upstream faults (SPEC §6).
     public static let badResponse = HTTPError(502, "upstream_bad_response", "upstream sent a malformed response")
