@@ -134,7 +134,7 @@ private func metricsProxy(upstreamPort: Int, threads: Int = 1, mode: RouteMode =
 
 /// GET /metrics, checked line by line against the text format, as a map
 /// from series (name and labels, as written) to value.
-private func scrape(_ proxy: TestProxy) throws -> [String: Double] {
+func scrape(_ proxy: TestProxy) throws -> [String: Double] {
     let admin = try #require(proxy.server.adminPort)
     let r = try get(admin, "/metrics")
     guard r.status == 200 else { throw TestError("/metrics: \(r.status)") }

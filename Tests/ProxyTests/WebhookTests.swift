@@ -27,6 +27,7 @@ private func webhookProxy(upstreamPort: Int, allow: [String], attempts: Int = 4,
         cb.timeout = .seconds(2)
         cb.caFile = caFile
         c.routes[0].callback = cb
+        c.adminListen = SocketAddressSpec(host: "127.0.0.1", port: 0)
     }
 }
 
@@ -99,6 +100,11 @@ extension JobTests {
             let callback = try awaitCallback(proxy.port, job.id)
             #expect(callback.string("status") == "delivered")
             #expect(callback.int("attempts") == 3)
+            // Every attempt counted by its result; none pending any more.
+            let m = try scrape(proxy)
+            #expect(m[#"coatcheck_webhook_deliveries_total{route="/",result="failed_attempt"}"#] == 2)
+            #expect(m[#"coatcheck_webhook_deliveries_total{route="/",result="delivered"}"#] == 1)
+            #expect(m["coatcheck_webhook_pending"] == 0)
         }
 
         @Test func a503RetryAfterIsWaitedFor() throws {
