@@ -44,6 +44,12 @@ public final class HTTPServerConnection: ChannelDelegate {
     public var logJob: String?
     /// Requests served on this connection.
     public private(set) var requestCount = 0
+    /// The idle timer watches the client take the last response (it was
+    /// armed with output pending), and `channel.bytesDelivered` then: bytes
+    /// taken since keep a slow reader's connection open. Off on the usual
+    /// path, where the response left at once: no ioctl per request.
+    private var watchingDelivery = false
+    private var deliveredAtArm = 0
 
     /// Output above this is congested: producers should stop and wait for `outputDrained`.
     public static let outputHighWater = 256 * 1024
@@ -369,7 +375,7 @@ public final class HTTPServerConnection: ChannelDelegate {
             return
         }
         reader.reset()
-        timer.schedule(after: server.limits.idleTimeout)
+        armIdleTimer()
         // Pipelined requests already buffered are served now, in order.
         if !processing, evbuffer_get_length(channel.rawInput) > 0 {
             process()
@@ -405,8 +411,17 @@ public final class HTTPServerConnection: ChannelDelegate {
             lingeringClose()
         } else {
             // A client that stops reading must not hold the connection forever.
-            timer.schedule(after: server.limits.idleTimeout)
+            armIdleTimer()
         }
+    }
+
+    /// `idle_timeout` from now. Watching the delivery (by default, when
+    /// output is pending), it is renewed while the client takes some bytes
+    /// in each period (`timerFired`).
+    private func armIdleTimer(watchingDelivery watch: Bool? = nil) {
+        watchingDelivery = watch ?? (channel.pendingOutput > 0)
+        if watchingDelivery { deliveredAtArm = channel.bytesDelivered }
+        timer.schedule(after: server.limits.idleTimeout)
     }
 
     private func lingeringClose() {
@@ -432,6 +447,12 @@ public final class HTTPServerConnection: ChannelDelegate {
             if channel.pendingOutput == 0 { lingeringClose() }
             return
         }
+        if machine.request == .idle && channel.pendingOutput == 0 {
+            // The last response has left the buffer only now (the socket may
+            // hold some still): the idle time starts once the client has it.
+            armIdleTimer(watchingDelivery: true)
+            return
+        }
         if machine.outputDrained() {
             handler?.outputDrained(connection: self)
         }
@@ -444,7 +465,9 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     private func timerFired() {
-        switch machine.timerFired() {
+        let progressed = watchingDelivery && channel.bytesDelivered != deliveredAtArm
+        switch machine.timerFired(progressed: progressed) {
+        case .wait: armIdleTimer(watchingDelivery: true)
         case .close: close()
         case .timedOut(.header): fail(.headerTimeout)
         case .timedOut: fail(.bodyTimeout)
