@@ -73,6 +73,9 @@ public final class HTTPServerConnection: ChannelDelegate {
         // that bounds pipelined input and a paused request body.
         channel.inputHighWater = server.limits.maxHeaderBytes + 64 * 1024
         channel.outputLowWater = HTTPServerConnection.outputLowWater
+        // Client connections are plain TCP: a file added to the output
+        // (`writeBodyFile`) goes out with sendfile, never mapped or read.
+        evbuffer_set_flags(channel.rawOutput, UInt64(EVBUFFER_FLAG_DRAINS_TO_FD))
         channel.startReading()
         timer.schedule(after: server.limits.headerTimeout)
     }
@@ -306,6 +309,29 @@ public final class HTTPServerConnection: ChannelDelegate {
         if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
         evbuffer_add(out, bytes.baseAddress, bytes.count)
         if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
+    }
+
+    /// Appends `length` bytes of the open file `fd` to the body, sent with
+    /// sendfile(2): the bytes never pass through the process's memory
+    /// (mapped, they would count in its RSS until sent, a whole result per
+    /// reader). Takes `fd`: closed once sent, or at once when no body is
+    /// written. False if it could not be added: the body is then short,
+    /// and the caller aborts.
+    public func writeBodyFile(_ fd: Int32, length: Int64) -> Bool {
+        guard !isClosed, machine.isStreaming, machine.response != .streamingBodyless, length > 0 else {
+            Glibc.close(fd)
+            return true
+        }
+        let chunkedResponse = machine.response == .streamingChunked
+        let out = channel.rawOutput
+        channel.flushSoon()
+        if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, Int(length)) }
+        guard evbuffer_add_file(out, fd, 0, length) == 0 else {
+            Glibc.close(fd)
+            return false
+        }
+        if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
+        return true
     }
 
     /// The response is complete.

@@ -182,6 +182,45 @@ extension JobTests {
             #expect(stalled.buffer.count < size, "the stalled reader got the whole body")
         }
 
+        /// A spooled result goes out with sendfile: replaying 64 MiB twice
+        /// leaves the proxy's peak RSS where it was (the file was mapped,
+        /// and every byte sent counted in the RSS until the response ended:
+        /// a whole result per reader).
+        @Test func aReplayDoesNotMapItsFile() throws {
+            let (backend, backendPort) = try demoBackendProcess()
+            defer { withExtendedLifetime(backend) {} }
+            let dir = makeTempDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let path = try writeTempFile("""
+                listen: "127.0.0.1:0"
+                store: "sqlite:\(dir)/coatcheck.db"
+                access_log: off
+                jobs: { dir: "\(dir)" }
+                upstreams: { app: { url: "http://127.0.0.1:\(backendPort)" } }
+                routes: [ { match: { path_prefix: "/" }, upstream: app, mode: async } ]
+
+                """)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (serve, port, _) = try serveProcess(["--config", path])
+            let size = 64 << 20
+            let job = try createJob(port, method: "GET", path: "/bytes/\(size)")
+            let done = try awaitTerminal(port, job.id, seconds: 30)
+            #expect(done.string("status") == "completed", "\(done)")
+            // A small replay first (the paths and the allocator warm), then the mark.
+            let small = try createJob(port, method: "GET", path: "/bytes/100000")
+            _ = try awaitTerminal(port, small.id)
+            #expect(try sendRequest(port, method: "GET", path: "/jobs/\(small.id)/result").body.count == 100_000)
+            let before = serve.peakRSSKiB
+            #expect(before > 0)
+            for _ in 0..<2 {
+                let r = try sendRequest(port, method: "GET", path: "/jobs/\(job.id)/result", timeout: 30)
+                #expect(r.status == 200)
+                #expect(r.body.count == size)
+            }
+            let grew = serve.peakRSSKiB - before
+            #expect(grew < 8 * 1024, "replaying 64 MiB raised the proxy's peak RSS by \(grew / 1024) MiB")
+        }
+
         @Test func replaysA50MiBBodyAndHEADGivesItsLength() throws {
             let (backend, backendPort) = try demoBackendProcess()
             defer { withExtendedLifetime(backend) {} }
