@@ -12,6 +12,8 @@
 #include <netdb.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 
 #include <event2/event.h>
 #include <event2/buffer.h>
@@ -31,6 +33,13 @@ static inline struct event *CLibevent_evsignal_new(struct event_base *base, int 
 // evbuffer_add_printf is variadic; this formats one chunk-size line ("%zx\r\n").
 static inline int CLibevent_evbuffer_add_chunk_header(struct evbuffer *buf, size_t size) {
     return evbuffer_add_printf(buf, "%zx\r\n", size);
+}
+
+// ioctl is variadic: the bytes a socket's send queue still holds (not yet
+// acknowledged by the peer), or -1.
+static inline int CLibevent_unsent_bytes(int fd) {
+    int n = 0;
+    return ioctl(fd, SIOCOUTQ, &n) < 0 ? -1 : n;
 }
 
 #endif

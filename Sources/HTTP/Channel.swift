@@ -70,6 +70,16 @@ public final class Channel {
     /// The last read filled its room: the peer is sending a lot.
     private var bulkReads = false
     public private(set) var isClosed = false
+    /// Bytes written to the socket so far (wrapping).
+    public private(set) var bytesWritten = 0
+
+    /// Bytes the peer has taken so far (wrapping): those written less what
+    /// the socket's send queue still holds. Whether a slow reader reads:
+    /// the writes themselves come in bursts, as the kernel frees send
+    /// buffer space in large steps. One ioctl; for timers, not per write.
+    public var bytesDelivered: Int {
+        bytesWritten &- max(0, Int(CLibevent_unsent_bytes(fd)))
+    }
     /// TLS over the socket (an `https://` peer); nil for plain TCP.
     private var tls: TLSSession?
     /// Why the TLS handshake failed (`tls: certificate verify failed: ...`).
@@ -228,6 +238,7 @@ public final class Channel {
             failWrite(errno)
             return
         }
+        if n > 0 { bytesWritten &+= Int(n) }
         if (evbuffer_get_length(rawOutput) > 0 || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
             event_add(writeEvent, nil)
         }
@@ -271,6 +282,7 @@ public final class Channel {
                 failWrite(errno)
                 return
             }
+            if n > 0 { bytesWritten &+= Int(n) }
         }
         let left = evbuffer_get_length(rawOutput)
         if left == 0 { event_del(writeEvent) }

@@ -47,6 +47,12 @@ public final class HTTPServerConnection: ChannelDelegate {
     public var logJob: String?
     /// Requests served on this connection.
     public private(set) var requestCount = 0
+    /// The idle timer watches the client take the last response (it was
+    /// armed with output pending), and `channel.bytesDelivered` then: bytes
+    /// taken since keep a slow reader's connection open. Off on the usual
+    /// path, where the response left at once: no ioctl per request.
+    private var watchingDelivery = false
+    private var deliveredAtArm = 0
 
     /// Output above this is congested: producers should stop and wait for `outputDrained`.
     public static let outputHighWater = 256 * 1024
@@ -70,6 +76,9 @@ public final class HTTPServerConnection: ChannelDelegate {
         // that bounds pipelined input and a paused request body.
         channel.inputHighWater = server.limits.maxHeaderBytes + 64 * 1024
         channel.outputLowWater = HTTPServerConnection.outputLowWater
+        // Client connections are plain TCP: a file added to the output
+        // (`writeBodyFile`) goes out with sendfile, never mapped or read.
+        evbuffer_set_flags(channel.rawOutput, UInt64(EVBUFFER_FLAG_DRAINS_TO_FD))
         channel.startReading()
         timer.schedule(after: server.limits.headerTimeout)
     }
@@ -314,6 +323,29 @@ public final class HTTPServerConnection: ChannelDelegate {
         if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
     }
 
+    /// Appends `length` bytes of the open file `fd` to the body, sent with
+    /// sendfile(2): the bytes never pass through the process's memory
+    /// (mapped, they would count in its RSS until sent, a whole result per
+    /// reader). Takes `fd`: closed once sent, or at once when no body is
+    /// written. False if it could not be added: the body is then short,
+    /// and the caller aborts.
+    public func writeBodyFile(_ fd: Int32, length: Int64) -> Bool {
+        guard !isClosed, machine.isStreaming, machine.response != .streamingBodyless, length > 0 else {
+            Glibc.close(fd)
+            return true
+        }
+        let chunkedResponse = machine.response == .streamingChunked
+        let out = channel.rawOutput
+        channel.flushSoon()
+        if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, Int(length)) }
+        guard evbuffer_add_file(out, fd, 0, length) == 0 else {
+            Glibc.close(fd)
+            return false
+        }
+        if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
+        return true
+    }
+
     /// The response is complete.
     public func endResponse() {
         guard !isClosed, machine.isStreaming else { return }
@@ -381,7 +413,7 @@ public final class HTTPServerConnection: ChannelDelegate {
             return
         }
         reader.reset()
-        timer.schedule(after: server.limits.idleTimeout)
+        armIdleTimer()
         // Pipelined requests already buffered are served now, in order.
         if !processing, evbuffer_get_length(channel.rawInput) > 0 {
             process()
@@ -417,8 +449,17 @@ public final class HTTPServerConnection: ChannelDelegate {
             lingeringClose()
         } else {
             // A client that stops reading must not hold the connection forever.
-            timer.schedule(after: server.limits.idleTimeout)
+            armIdleTimer()
         }
+    }
+
+    /// `idle_timeout` from now. Watching the delivery (by default, when
+    /// output is pending), it is renewed while the client takes some bytes
+    /// in each period (`timerFired`).
+    private func armIdleTimer(watchingDelivery watch: Bool? = nil) {
+        watchingDelivery = watch ?? (channel.pendingOutput > 0)
+        if watchingDelivery { deliveredAtArm = channel.bytesDelivered }
+        timer.schedule(after: server.limits.idleTimeout)
     }
 
     private func lingeringClose() {
@@ -444,6 +485,12 @@ public final class HTTPServerConnection: ChannelDelegate {
             if channel.pendingOutput == 0 { lingeringClose() }
             return
         }
+        if machine.request == .idle && channel.pendingOutput == 0 {
+            // The last response has left the buffer only now (the socket may
+            // hold some still): the idle time starts once the client has it.
+            armIdleTimer(watchingDelivery: true)
+            return
+        }
         if machine.outputDrained() {
             handler?.outputDrained(connection: self)
         }
@@ -456,7 +503,9 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     private func timerFired() {
-        switch machine.timerFired() {
+        let progressed = watchingDelivery && channel.bytesDelivered != deliveredAtArm
+        switch machine.timerFired(progressed: progressed) {
+        case .wait: armIdleTimer(watchingDelivery: true)
         case .close: close()
         case .timedOut(.header): fail(.headerTimeout)
         case .timedOut: fail(.bodyTimeout)

@@ -54,6 +54,10 @@ struct ServerConnectionMachine: Equatable {
         case close
         /// The request did not come in time: answer 408.
         case timedOut(Deadline)
+        /// A response is still going out to a client that reads it: wait
+        /// another period (the timer closes a connection whose output stands
+        /// still, not one whose reader is slow).
+        case wait
     }
 
     /// What ending a response leads to.
@@ -235,14 +239,21 @@ struct ServerConnectionMachine: Equatable {
         return true
     }
 
-    /// The timer fired.
-    func timerFired() -> TimerAction {
+    /// The timer fired. `progressed`: the client took response bytes since
+    /// it was armed. Between requests and while flushing before a close,
+    /// the timer is `idle_timeout`, renewed as long as the client keeps
+    /// taking bytes: the last response of an exchange may still be on its
+    /// way out (a result replay queues a whole spooled file at once), and a
+    /// slow reader that keeps reading must get all of it, then a whole
+    /// `idle_timeout` for its next request.
+    func timerFired(progressed: Bool = false) -> TimerAction {
         switch phase {
-        case .flushing, .lingering: return .close
+        case .flushing: return progressed ? .wait : .close
+        case .lingering: return .close
         case .closed: return .none
         case .open:
             switch request {
-            case .idle: return .close
+            case .idle: return progressed ? .wait : .close
             case .head: return .timedOut(.header)
             case .body, .bodyPaused: return .timedOut(.body)
             case .done: return .none

@@ -117,3 +117,24 @@ func addStoredBody(_ body: StoredBody, to buffer: EventBuffer) -> Bool {
         return true
     }
 }
+
+/// A stored body on its way to a client: its bytes, or its spool file open
+/// (for `HTTPServerConnection.writeBodyFile`, which takes the descriptor).
+enum OutgoingBody {
+    case bytes(EventBuffer)
+    case file(Int32, size: Int64)
+}
+
+/// Opens a stored body for sending; nil if its file is gone.
+func openStoredBody(_ body: StoredBody) -> OutgoingBody? {
+    switch body {
+    case .inline(let bytes):
+        let buffer = EventBuffer()
+        bytes.withUnsafeBytes { buffer.append($0) }
+        return .bytes(buffer)
+    case .file(let path, let size):
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        return .file(fd, size: size)
+    }
+}

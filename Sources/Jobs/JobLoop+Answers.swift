@@ -105,10 +105,13 @@ extension JobLoop {
     func relay(_ response: JobResponse, id: JobID?, to client: HTTPServerConnection?, preference: JobIntake.Preference?) {
         guard let client else { return }
         let bodyless = response.status < 200 || response.status == 204 || response.status == 304
-        let body = EventBuffer()
-        if !bodyless && !addStoredBody(response.body, to: body) {
-            client.respondError(.storeReadFailed)
-            return
+        var body: OutgoingBody?
+        if !bodyless {
+            guard let opened = openStoredBody(response.body) else {
+                client.respondError(.storeReadFailed)
+                return
+            }
+            body = opened
         }
         if let id { logJob(id, on: client) }
         let framing: ResponseFraming = bodyless ? .none(contentLength: nil) : .contentLength(response.body.size)
@@ -119,7 +122,18 @@ extension JobLoop {
                 writePreferenceApplied(preference, h)
             }
         }
-        client.writeBody(body)
+        switch body {
+        case .bytes(let bytes)?:
+            client.writeBody(bytes)
+        case .file(let fd, let size)?:
+            // Sent with sendfile: a replay costs no memory however large.
+            guard client.writeBodyFile(fd, length: size) else {
+                client.abort()
+                return
+            }
+        case nil:
+            break
+        }
         client.endResponse()
     }
 }

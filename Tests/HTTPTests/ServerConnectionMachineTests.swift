@@ -145,6 +145,30 @@ import Testing
         #expect(m.phase == .closed)
     }
 
+    /// Between requests and while flushing before a close, the timer is
+    /// renewed while the client takes bytes: a slow reader of the last
+    /// response keeps its connection, a reader that stopped does not.
+    @Test func theIdleTimerWaitsForAClientThatReads() {
+        var m = M()
+        #expect(m.timerFired(progressed: true) == .wait)    // a response still being taken
+        #expect(m.timerFired(progressed: false) == .close)  // nothing taken for a whole period
+        // A request being read is timed by its own deadlines, reads or not.
+        let v1 = m.headBegins()
+        #expect(v1)
+        #expect(m.timerFired(progressed: true) == .timedOut(.header))
+        m.headComplete(keepAlive: true)
+        #expect(m.timerFired(progressed: true) == .timedOut(.body))
+        // Closing after a response: the same rule until the output is out.
+        var f = Self.afterHead()
+        let v2 = f.closeAfterFlush()
+        #expect(v2)
+        #expect(f.timerFired(progressed: true) == .wait)
+        #expect(f.timerFired(progressed: false) == .close)
+        let v3 = f.linger()
+        #expect(v3)
+        #expect(f.timerFired(progressed: true) == .close)  // lingering is a fixed moment
+    }
+
     @Test func thePeerClosing() {
         // EOF after a whole request: answer it, then close.
         var m = Self.afterHead()

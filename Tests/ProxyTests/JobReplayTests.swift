@@ -129,6 +129,98 @@ extension JobTests {
             #expect(r.body == payload, "the replayed body differs from the upstream's de-chunked bytes")
         }
 
+        /// A replay queues the whole spooled body at once, so its exchange is
+        /// over while the bytes still go out: a slow reader must get all of
+        /// them however long past idle_timeout that takes (it was closed at
+        /// idle_timeout, mid-body), with keep-alive and with Connection:
+        /// close; a reader that stops reading is closed once nothing moves.
+        @Test func aSlowReaderGetsTheWholeResultPastIdleTimeout() throws {
+            let (backend, backendPort) = try demoBackendProcess()
+            defer { withExtendedLifetime(backend) {} }
+            let proxy = try jobProxy(upstreamPort: backendPort) { $0.limits.idleTimeout = .milliseconds(300) }
+            // More than the kernel buffers on the way hold (a 64 KiB receive
+            // buffer here, the proxy's send buffer at most tcp_wmem's 4 MiB).
+            let size = 16 << 20
+            let job = try createJob(proxy.port, method: "GET", path: "/bytes/\(size)")
+            let done = try awaitTerminal(proxy.port, job.id, seconds: 20)
+            #expect(done.string("status") == "completed", "\(done)")
+
+            for close in [false, true] {
+                let c = try RawClient(port: proxy.port, timeout: 10)
+                var rcvbuf: Int32 = 65536
+                setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, socklen_t(MemoryLayout<Int32>.size))
+                try c.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\(close ? "Connection: close\r\n" : "")\r\n")
+                // About 6 MB/s: some 3 s, ten idle_timeouts.
+                let start = ContinuousClock.now
+                while c.buffer.count < size && !c.closed {
+                    try c.fill()
+                    Thread.sleep(forTimeInterval: 0.01)
+                }
+                let seconds = secondsSince(start)
+                let r = try c.readResponse()
+                #expect(r.status == 200)
+                #expect(r.body.count == size, "Connection: close \(close): \(r.body.count) of \(size) bytes")
+                #expect(seconds > 1, "the read took \(seconds) s: not slow enough to test anything")
+                if !close {
+                    // Still usable after the long transfer, then idle-closed.
+                    try c.send("GET /jobs/\(job.id) HTTP/1.1\r\nHost: test.local\r\n\r\n")
+                    #expect(try c.readResponse().status == 200)
+                    #expect(c.waitForClose(), "the idle connection was not closed")
+                } else {
+                    #expect(c.waitForClose())
+                }
+            }
+
+            // A reader that stops: closed once the socket buffers are full and
+            // a whole idle_timeout passes without a byte going out.
+            let stalled = try RawClient(port: proxy.port, timeout: 10)
+            var rcvbuf: Int32 = 65536
+            setsockopt(stalled.fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, socklen_t(MemoryLayout<Int32>.size))
+            try stalled.send("GET /jobs/\(job.id)/result HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            Thread.sleep(forTimeInterval: 2)
+            #expect(stalled.waitForClose(), "a reader that stopped reading kept its connection")
+            #expect(stalled.buffer.count < size, "the stalled reader got the whole body")
+        }
+
+        /// A spooled result goes out with sendfile: replaying 64 MiB twice
+        /// leaves the proxy's peak RSS where it was (the file was mapped,
+        /// and every byte sent counted in the RSS until the response ended:
+        /// a whole result per reader).
+        @Test func aReplayDoesNotMapItsFile() throws {
+            let (backend, backendPort) = try demoBackendProcess()
+            defer { withExtendedLifetime(backend) {} }
+            let dir = makeTempDirectory()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let path = try writeTempFile("""
+                listen: "127.0.0.1:0"
+                store: "sqlite:\(dir)/coatcheck.db"
+                access_log: off
+                jobs: { dir: "\(dir)" }
+                upstreams: { app: { url: "http://127.0.0.1:\(backendPort)" } }
+                routes: [ { match: { path_prefix: "/" }, upstream: app, mode: async } ]
+
+                """)
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            let (serve, port, _) = try serveProcess(["--config", path])
+            let size = 64 << 20
+            let job = try createJob(port, method: "GET", path: "/bytes/\(size)")
+            let done = try awaitTerminal(port, job.id, seconds: 30)
+            #expect(done.string("status") == "completed", "\(done)")
+            // A small replay first (the paths and the allocator warm), then the mark.
+            let small = try createJob(port, method: "GET", path: "/bytes/100000")
+            _ = try awaitTerminal(port, small.id)
+            #expect(try sendRequest(port, method: "GET", path: "/jobs/\(small.id)/result").body.count == 100_000)
+            let before = serve.peakRSSKiB
+            #expect(before > 0)
+            for _ in 0..<2 {
+                let r = try sendRequest(port, method: "GET", path: "/jobs/\(job.id)/result", timeout: 30)
+                #expect(r.status == 200)
+                #expect(r.body.count == size)
+            }
+            let grew = serve.peakRSSKiB - before
+            #expect(grew < 8 * 1024, "replaying 64 MiB raised the proxy's peak RSS by \(grew / 1024) MiB")
+        }
+
         @Test func replaysA50MiBBodyAndHEADGivesItsLength() throws {
             let (backend, backendPort) = try demoBackendProcess()
             defer { withExtendedLifetime(backend) {} }
