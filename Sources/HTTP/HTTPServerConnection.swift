@@ -47,12 +47,11 @@ public final class HTTPServerConnection: ChannelDelegate {
     public var logJob: String?
     /// Requests served on this connection.
     public private(set) var requestCount = 0
-    /// The idle timer watches the client take the last response (it was
-    /// armed with output pending), and `channel.bytesDelivered` then: bytes
-    /// taken since keep a slow reader's connection open. Off on the usual
+    /// While the idle timer watches the client take the last response (it
+    /// was armed with output pending): `channel.bytesDelivered` then; bytes
+    /// taken since keep a slow reader's connection open. Nil on the usual
     /// path, where the response left at once: no ioctl per request.
-    private var watchingDelivery = false
-    private var deliveredAtArm = 0
+    private var deliveredAtArm: Int?
 
     /// Output above this is congested: producers should stop and wait for `outputDrained`.
     public static let outputHighWater = 256 * 1024
@@ -457,8 +456,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     /// output is pending), it is renewed while the client takes some bytes
     /// in each period (`timerFired`).
     private func armIdleTimer(watchingDelivery watch: Bool? = nil) {
-        watchingDelivery = watch ?? (channel.pendingOutput > 0)
-        if watchingDelivery { deliveredAtArm = channel.bytesDelivered }
+        deliveredAtArm = (watch ?? (channel.pendingOutput > 0)) ? channel.bytesDelivered : nil
         timer.schedule(after: server.limits.idleTimeout)
     }
 
@@ -503,7 +501,7 @@ public final class HTTPServerConnection: ChannelDelegate {
     }
 
     private func timerFired() {
-        let progressed = watchingDelivery && channel.bytesDelivered != deliveredAtArm
+        let progressed = deliveredAtArm.map { channel.bytesDelivered != $0 } ?? false
         switch machine.timerFired(progressed: progressed) {
         case .wait: armIdleTimer(watchingDelivery: true)
         case .close: close()

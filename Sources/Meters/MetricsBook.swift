@@ -212,7 +212,7 @@ private struct GaugeReader: Sendable {
     let read: @Sendable (inout GaugeSink) -> Void
 }
 
-private struct ScrapeState: @unchecked Sendable {
+private struct ScrapeState: Sendable {
     var folded: [MeterKey: UInt64] = [:]
     var counters: [MeterKey: Counter] = [:]
     var gauges: [GaugeSink.Series: Gauge] = [:]

@@ -96,10 +96,7 @@ public final class JobTable: Sendable {
 
         /// A job becomes visible as `r` (`old`: what it was, if it was).
         mutating func count(_ r: JobRecord, replacing old: JobRecord?) {
-            if let old {
-                statusCounts[old.status.ordinal] -= 1
-                if old.callback?.isPending == true { pendingCallbacks -= 1 }
-            }
+            if let old { uncount(old) }
             statusCounts[r.status.ordinal] += 1
             if r.callback?.isPending == true { pendingCallbacks += 1 }
         }
@@ -278,9 +275,8 @@ public final class JobTable: Sendable {
     public func adopt(_ records: [JobRecord]) {
         state.withLock { s in
             for r in records {
-                if let old = s.jobs[r.id] { s.uncount(old.visible) }
+                s.count(r, replacing: s.jobs[r.id]?.visible)
                 s.jobs[r.id] = Entry(r)
-                s.count(r, replacing: nil)
                 if let key = r.keyIndex { s.keys[key] = .some(r.id) }
             }
         }

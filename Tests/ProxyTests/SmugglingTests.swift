@@ -167,20 +167,7 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// connection closed, never a complete body upstream.
     @Test(arguments: ["X-T v", "X-T : v", ": v", "\tX-T: v"])
     func badTrailerClosesTheUpstreamAndAnswers400(_ trailer: String) throws {
-        let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
-        let proxy = try TestProxy(upstreamPort: upstream.port)
-        let client = try RawClient(port: proxy.port, timeout: 5)
-        try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
-        try client.send("3\r\nabc\r\n0\r\n\(trailer)\r\n\r\n\(SmugglingTests.smuggled)")
-        let r = try client.readResponse()
-        expectJSONError(r, status: 400)
-        #expect(client.waitForClose())
-        if upstream.connections > 0 {
-            #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections })
-        }
-        #expect(!hasCompleteChunkedBody(upstream.received), "upstream got: \(upstream.receivedText)")
-        #expect(!upstream.receivedText.contains("/smuggled"))
+        try expectBodyRefused("3\r\nabc\r\n0\r\n\(trailer)\r\n\r\n")
     }
 
     static let badChunkSizes = ["0x3", "+3", "-1", "ffffffffffffffffffff", "g"]
@@ -190,23 +177,34 @@ struct SmuggleCase: Sendable, CustomTestStringConvertible {
     /// as a request, never reused) and the client gets 400 and a close.
     @Test(arguments: badChunkSizes)
     func badChunkSizeClosesTheUpstreamAndAnswers400(_ size: String) throws {
+        let upstream = try expectBodyRefused("\(size)\r\nabc\r\n0\r\n\r\n")
+        #expect(!upstream.receivedText.contains("abc"))
+    }
+
+    /// Sends a valid chunked head, then `body` (which must be refused) and a
+    /// smuggled request after it. The head may already be upstream, so the
+    /// upstream connection must be closed (never completed as a request,
+    /// never reused); the client gets 400 and a close. Returns the upstream
+    /// for further checks.
+    @discardableResult
+    private func expectBodyRefused(_ body: String) throws -> FakeUpstream {
         let upstream = try FakeUpstream(reply: whenRequestComplete(okReply))
         let proxy = try TestProxy(upstreamPort: upstream.port)
         let client = try RawClient(port: proxy.port, timeout: 5)
         try client.send("POST /chunks HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         // The head may be forwarded before the body: let it get there if it will.
         _ = upstream.waitForReceived(timeout: 0.5) { rawHead($0) != nil }
-        try client.send("\(size)\r\nabc\r\n0\r\n\r\n\(SmugglingTests.smuggled)")
+        try client.send(body + SmugglingTests.smuggled)
         let r = try client.readResponse()
         expectJSONError(r, status: 400)
-        #expect(client.waitForClose(), "the proxy must close the client connection after a bad chunk")
+        #expect(client.waitForClose(), "the proxy must close the client connection after a bad body")
         if upstream.connections > 0 {
             #expect(upstream.wait(timeout: 3) { $0.closedByPeer >= $0.connections },
                     "the upstream connection must be closed, not left open or reused")
         }
         #expect(!hasCompleteChunkedBody(upstream.received), "the upstream saw a complete body: \(upstream.receivedText)")
-        #expect(!upstream.receivedText.contains("abc"))
         #expect(!upstream.receivedText.contains("/smuggled"))
+        return upstream
     }
 
     /// A bad chunk that arrives in the same bytes as its head is found
