@@ -9,49 +9,41 @@ import HTTP
 /// tiny one, each arriving whole and in pieces: the pieces must not change
 /// what is read, and every accepted head must obey the strict rules.
 enum RequestTarget {
+    /// Per capacity, a reader for each arrival, reused from run to run as a
+    /// connection reuses its reader (`reset`), and as unreadable past its
+    /// valid bytes as a fresh one.
+    nonisolated(unsafe) static let readers = [16 * 1024, 200].map {
+        (whole: MessageReader(kind: .request, capacity: $0), split: MessageReader(kind: .request, capacity: $0))
+    }
+
     static func run(_ data: UnsafeBufferPointer<UInt8>) {
+        let once = [Piece(range: 0..<data.count, ownChain: false)]
         let pieces = arrival(of: data)
-        for capacity in [16 * 1024, 200] {
-            let whole = ServerSide(capacity: capacity)
-            whole.arrive(data, [Piece(range: 0..<data.count, ownChain: false)])
-            let split = ServerSide(capacity: capacity)
+        for (wholeReader, splitReader) in readers {
+            // The rules are checked on the whole arrival; the pieces must
+            // then read the same (equal digests).
+            let whole = ServerSide(wholeReader, checked: true, verbose: false)
+            whole.arrive(data, once)
+            let split = ServerSide(splitReader, checked: false, verbose: false)
             split.arrive(data, pieces)
-            require(whole.events == split.events,
-                    "read differently in pieces (capacity \(capacity)):\n\(whole.events)\n\(split.events)")
+            guard whole.transcript.digest != split.transcript.digest else { continue }
+            let wholeText = ServerSide(wholeReader, checked: false, verbose: true)
+            wholeText.arrive(data, once)
+            let splitText = ServerSide(splitReader, checked: false, verbose: true)
+            splitText.arrive(data, pieces)
+            require(false, """
+                read differently in pieces (capacity \(wholeReader.capacity)):
+                whole:  \(wholeText.transcript.lines!.joined(separator: " | "))
+                pieces: \(splitText.transcript.lines!.joined(separator: " | "))
+                """)
         }
     }
-}
-
-struct RequestHead: Equatable {
-    var method: [UInt8]
-    var target: [UInt8]
-    var path: [UInt8]
-    var versionMinor: Int
-    var fields: [FieldCopy]
-    var framing: BodyFraming
-    var declaredContentLength: Int64?
-    var keepAlive: Bool
-    var expectContinue: Bool
-    var connectionNominates: Bool
-    var callbackURLs: UInt8
-    var host: [UInt8]?
-    var idempotent: Bool
-}
-
-enum ServerEvent: Equatable {
-    case head(RequestHead)
-    /// The whole decoded body of the message.
-    case body([UInt8])
-    /// A refusal; what the access log reads of the head goes with it.
-    case refused(String, method: [UInt8], target: [UInt8], path: [UInt8])
-    /// The input ended here: the phase and the body read so far.
-    case waiting(String, [UInt8])
 }
 
 /// `HTTPServerConnection`'s read loop without the socket, the timers and
 /// the handler.
 final class ServerSide {
-    enum Phase: String { case idle, head, body, closed }
+    enum Phase: Int { case idle, head, body, closed }
 
     let reader: MessageReader
     /// Beyond what the reader was given, and beyond the head once read.
@@ -59,15 +51,20 @@ final class ServerSide {
     let input = EventBuffer()
     let decoded = EventBuffer()
     private let staging = EventBuffer()
-    private(set) var events: [ServerEvent] = []
+    private let checked: Bool
+    private(set) var transcript: Transcript
     private var phase = Phase.idle
-    private var body: [UInt8] = []
+    private var bodyCount: Int64 = 0
     /// `limits.max_request_body`'s default.
     static let maxRequestBody: Int64 = 8 * 1024 * 1024
 
-    init(capacity: Int) {
-        reader = MessageReader(kind: .request, capacity: capacity)
+    /// A new connection on `reader`; `checked`: the rules are checked too.
+    init(_ reader: MessageReader, checked: Bool, verbose: Bool) {
+        reader.reset()
+        self.reader = reader
+        self.checked = checked
         poison = HeadPoison(reader)
+        transcript = Transcript(verbose: verbose)
     }
 
     deinit { poison.clear() }
@@ -77,7 +74,8 @@ final class ServerSide {
             input.append(data, piece, staging: staging)
             process()
         }
-        events.append(.waiting(phase.rawValue, body))
+        transcript.record("waiting", phase.rawValue)
+        transcript.endBody("body so far", count: bodyCount)
     }
 
     private func process() {
@@ -93,8 +91,7 @@ final class ServerSide {
                     if input.isEmpty { return }
                     phase = .head
                 }
-                let given = min(input.count, reader.capacity)
-                poison.set(from: given)
+                poison.set(from: min(input.count, reader.capacity))
                 let result: MessageReader.HeadResult
                 do {
                     result = try reader.readHead(from: input)
@@ -104,36 +101,38 @@ final class ServerSide {
                 }
                 guard result == .complete else { return }
                 poison.set(from: reader.headLength)
-                let head = checkedHead()
-                events.append(.head(head))
+                if checked { checkHead() }
+                recordHead()
                 if case .length(let n) = reader.framing, n > ServerSide.maxRequestBody {
                     refuse(.bodyTooLarge)
                     return
                 }
-                body = []
+                bodyCount = 0
                 phase = .body
             case .body:
                 let done: Bool
                 do {
                     done = try reader.readBody(from: input, into: decoded)
-                    body += decoded.takeBytes()
                 } catch {
-                    body += decoded.takeBytes()
-                    events.append(.body(body))
+                    bodyCount += Int64(decoded.count)
+                    transcript.stream(decoded)
+                    transcript.endBody("body", count: bodyCount)
                     refuse(error)
                     return
                 }
-                require(reader.bodyBytesRead == Int64(body.count), "bodyBytesRead \(reader.bodyBytesRead), read \(body.count)")
-                if case .length(let n) = reader.framing { require(Int64(body.count) <= n, "more body than Content-Length") }
+                bodyCount += Int64(decoded.count)
+                transcript.stream(decoded)
+                require(reader.bodyBytesRead == bodyCount, "bodyBytesRead \(reader.bodyBytesRead), read \(bodyCount)")
+                if case .length(let n) = reader.framing { require(bodyCount <= n, "more body than Content-Length") }
                 guard done else { return }
                 switch reader.framing {
-                case .length(let n): require(Int64(body.count) == n, "body of \(body.count), Content-Length \(n)")
-                case .none: require(body.isEmpty, "a body without framing")
+                case .length(let n): require(bodyCount == n, "body of \(bodyCount), Content-Length \(n)")
+                case .none: require(bodyCount == 0, "a body without framing")
                 case .chunked: break
                 case .untilClose: require(false, "a close-delimited request")
                 }
-                events.append(.body(body))
-                body = []
+                transcript.endBody("body", count: bodyCount)
+                bodyCount = 0
                 if !reader.keepAlive {
                     phase = .closed
                 } else {
@@ -147,15 +146,37 @@ final class ServerSide {
     /// As `fail` answers and logs it: the log line reads the method and
     /// the target of whatever was parsed.
     private func refuse(_ error: HTTPError) {
-        let method = Array(reader.methodName), target = Array(reader.target), path = Array(reader.path)
-        events.append(.refused("\(error.status) \(error.code) \(error.message)", method: method, target: target, path: path))
+        transcript.record(error)
+        transcript.record("method", reader.methodName)
+        transcript.record("target", reader.target)
+        transcript.record("path", reader.path)
         phase = .closed
         input.removeAll()
     }
 
+    /// What the layers above read of an accepted head.
+    private func recordHead() {
+        let r = reader
+        transcript.record("method", r.methodName)
+        transcript.record("target", r.target)
+        transcript.record("path", r.path)
+        transcript.record("version", r.versionMinor)
+        transcript.recordFields(of: r)
+        transcript.record("framing", r.framing)
+        transcript.record("declared", r.declaredContentLength ?? -1)
+        transcript.record("keep-alive", r.keepAlive)
+        transcript.record("continue", r.expectContinue)
+        transcript.record("nominates", r.connectionNominates)
+        transcript.record("callbacks", Int(r.callbackURLCount))
+        if let host = r.hostValue { transcript.record("host", host) }
+        transcript.record("idempotent", r.isIdempotent)
+        _ = r.first(named: "idempotency-key")
+        _ = r.first(.contentType)
+    }
+
     /// The accepted head, checked against the rules the reader promises
     /// (RFC 9112 as DESIGN.md tightens it), each written out here again.
-    private func checkedHead() -> RequestHead {
+    private func checkHead() {
         let r = reader
         require(r.headLength > 0 && r.headLength <= r.capacity, "head length \(r.headLength)")
         checkRawHead(r)
@@ -212,15 +233,6 @@ final class ServerSide {
         require(r.expectContinue == (!expects.isEmpty && r.versionMinor == 1), "expectContinue \(r.expectContinue)")
         let callbacks = fields.filter { $0.lower == Name.callbackURL }.count
         require(Int(r.callbackURLCount) == min(callbacks, 255), "callbackURLCount \(r.callbackURLCount) of \(callbacks)")
-        // What the intake reads.
-        _ = r.first(named: "idempotency-key")
-        _ = r.first(.contentType)
-
-        return RequestHead(
-            method: method, target: target, path: path, versionMinor: r.versionMinor, fields: fields,
-            framing: r.framing, declaredContentLength: r.declaredContentLength, keepAlive: r.keepAlive,
-            expectContinue: r.expectContinue, connectionNominates: r.connectionNominates,
-            callbackURLs: r.callbackURLCount, host: r.hostValue.map(Array.init), idempotent: r.isIdempotent)
     }
 }
 

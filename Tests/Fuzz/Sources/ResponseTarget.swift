@@ -10,37 +10,34 @@ import HTTP
 /// client's head limit and a tiny one, each arriving whole and in pieces:
 /// the pieces must not change what is read.
 enum ResponseTarget {
+    /// Per capacity, a reader for each arrival, reused (`reset`) as a pooled
+    /// upstream connection reuses its reader.
+    nonisolated(unsafe) static let readers = [64 * 1024, 200].map {
+        (whole: MessageReader(kind: .response, capacity: $0), split: MessageReader(kind: .response, capacity: $0))
+    }
+
     static func run(_ data: UnsafeBufferPointer<UInt8>) {
+        let once = [Piece(range: 0..<data.count, ownChain: false)]
         let pieces = arrival(of: data)
         for requestWasHead in [false, true] {
-            for capacity in [64 * 1024, 200] {
-                let whole = ClientSide(capacity: capacity, requestWasHead: requestWasHead)
-                whole.arrive(data, [Piece(range: 0..<data.count, ownChain: false)])
-                let split = ClientSide(capacity: capacity, requestWasHead: requestWasHead)
+            for (wholeReader, splitReader) in readers {
+                let whole = ClientSide(wholeReader, requestWasHead: requestWasHead, checked: true, verbose: false)
+                whole.arrive(data, once)
+                let split = ClientSide(splitReader, requestWasHead: requestWasHead, checked: false, verbose: false)
                 split.arrive(data, pieces)
-                require(whole.events == split.events,
-                        "read differently in pieces (HEAD \(requestWasHead), capacity \(capacity)):\n\(whole.events)\n\(split.events)")
+                guard whole.transcript.digest != split.transcript.digest else { continue }
+                let wholeText = ClientSide(wholeReader, requestWasHead: requestWasHead, checked: false, verbose: true)
+                wholeText.arrive(data, once)
+                let splitText = ClientSide(splitReader, requestWasHead: requestWasHead, checked: false, verbose: true)
+                splitText.arrive(data, pieces)
+                require(false, """
+                    read differently in pieces (HEAD \(requestWasHead), capacity \(wholeReader.capacity)):
+                    whole:  \(wholeText.transcript.lines!.joined(separator: " | "))
+                    pieces: \(splitText.transcript.lines!.joined(separator: " | "))
+                    """)
             }
         }
     }
-}
-
-struct ResponseHead: Equatable {
-    var status: Int
-    var reason: [UInt8]
-    var versionMinor: Int
-    var fields: [FieldCopy]
-    var framing: BodyFraming
-    var keepAlive: Bool
-}
-
-enum ClientEvent: Equatable {
-    case interim(Int)
-    case head(ResponseHead)
-    /// The response ended: its body, and whether the connection is reused.
-    case end([UInt8], reused: Bool)
-    /// `ClientFailure` as the delegate hears it, with the body relayed so far.
-    case failed(String, [UInt8])
 }
 
 /// `HTTPClientConnection`'s read loop without the socket and the pool.
@@ -53,16 +50,21 @@ final class ClientSide {
     let input = EventBuffer()
     let decoded = EventBuffer()
     private let staging = EventBuffer()
-    private(set) var events: [ClientEvent] = []
+    private let checked: Bool
+    private(set) var transcript: Transcript
     private var state = State.active
     private var headDone = false
     private var received = false
-    private var body: [UInt8] = []
+    private var bodyCount: Int64 = 0
 
-    init(capacity: Int, requestWasHead: Bool) {
-        reader = MessageReader(kind: .response, capacity: capacity)
-        poison = HeadPoison(reader)
+    /// An exchange on `reader`; `checked`: the rules are checked too.
+    init(_ reader: MessageReader, requestWasHead: Bool, checked: Bool, verbose: Bool) {
+        reader.reset()
         reader.requestWasHead = requestWasHead
+        self.reader = reader
+        self.checked = checked
+        poison = HeadPoison(reader)
+        transcript = Transcript(verbose: verbose)
     }
 
     deinit { poison.clear() }
@@ -95,33 +97,34 @@ final class ClientSide {
                 }
                 guard result == .complete else { return }
                 poison.set(from: reader.headLength)
-                let head = checkedHead()
+                if checked { checkHead() }
+                recordHead()
                 if reader.status < 200 {
                     if reader.status == 101 { fail("badResponse"); return }
-                    events.append(.interim(reader.status))
                     let wasHead = reader.requestWasHead
                     reader.reset()
                     reader.requestWasHead = wasHead
                     continue
                 }
                 headDone = true
-                events.append(.head(head))
                 continue
             }
             let done: Bool
             do {
                 done = try reader.readBody(from: input, into: decoded)
-                body += decoded.takeBytes()
             } catch {
-                body += decoded.takeBytes()
+                bodyCount += Int64(decoded.count)
+                transcript.stream(decoded)
                 fail("badResponse")
                 return
             }
-            require(reader.bodyBytesRead == Int64(body.count), "bodyBytesRead \(reader.bodyBytesRead), read \(body.count)")
-            if case .length(let n) = reader.framing { require(Int64(body.count) <= n, "more body than Content-Length") }
+            bodyCount += Int64(decoded.count)
+            transcript.stream(decoded)
+            require(reader.bodyBytesRead == bodyCount, "bodyBytesRead \(reader.bodyBytesRead), read \(bodyCount)")
+            if case .length(let n) = reader.framing { require(bodyCount <= n, "more body than Content-Length") }
             if done {
-                if case .length(let n) = reader.framing { require(Int64(body.count) == n, "body of \(body.count), Content-Length \(n)") }
-                if reader.framing == .none { require(body.isEmpty, "a body without framing") }
+                if case .length(let n) = reader.framing { require(bodyCount == n, "body of \(bodyCount), Content-Length \(n)") }
+                if reader.framing == .none { require(bodyCount == 0, "a body without framing") }
                 // Kept only when delimited, keep-alive, and nothing follows.
                 if !reader.keepAlive || reader.framing == .untilClose || !input.isEmpty {
                     close(reused: false)
@@ -153,17 +156,34 @@ final class ClientSide {
         }
     }
 
+    /// The response ended: its body, and whether the connection is reused.
     private func close(reused: Bool) {
-        events.append(.end(body, reused: reused))
+        transcript.endBody("body", count: bodyCount)
+        transcript.record("reused", reused)
         state = .closed
     }
 
-    private func fail(_ failure: String) {
-        events.append(.failed(failure, body))
+    /// `ClientFailure` as the delegate hears it, after the body relayed so far.
+    private func fail(_ failure: StaticString) {
+        transcript.endBody("body", count: bodyCount)
+        transcript.record("failed", failure)
         state = .closed
     }
 
-    private func checkedHead() -> ResponseHead {
+    /// What the exchange and the relay read of a head.
+    private func recordHead() {
+        let r = reader
+        transcript.record("status", r.status)
+        transcript.record("reason", r.reason)
+        transcript.record("version", r.versionMinor)
+        transcript.recordFields(of: r)
+        transcript.record("framing", r.framing)
+        transcript.record("declared", r.declaredContentLength ?? -1)
+        transcript.record("keep-alive", r.keepAlive)
+    }
+
+    /// The rules the reader promises of a response head, written out again.
+    private func checkHead() {
         let r = reader
         require(r.headLength > 0 && r.headLength <= r.capacity, "head length \(r.headLength)")
         checkRawHead(r)
@@ -190,8 +210,5 @@ final class ClientSide {
         }
         let persistent = r.versionMinor == 1 ? !close : keepAlive && !close
         require(r.keepAlive == persistent, "keepAlive \(r.keepAlive)")
-        return ResponseHead(
-            status: r.status, reason: reason, versionMinor: r.versionMinor, fields: fields, framing: r.framing,
-            keepAlive: r.keepAlive)
     }
 }

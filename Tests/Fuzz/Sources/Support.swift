@@ -89,6 +89,96 @@ func withBytes<R>(_ bytes: [UInt8], _ body: (UnsafeBufferPointer<UInt8>) -> R) -
     bytes.withUnsafeBufferPointer(body)
 }
 
+// MARK: - Transcripts
+
+/// What a conversation read, as a digest: cheap enough to take on every
+/// run and compare between arrivals. Taken `verbose`, the same as text,
+/// for the message when two digests differ.
+struct Transcript {
+    private(set) var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+    private(set) var lines: [String]?
+    private var body: [UInt8] = []
+
+    init(verbose: Bool) {
+        lines = verbose ? [] : nil
+    }
+
+    private mutating func mix(_ b: UInt8) {
+        digest = (digest ^ UInt64(b)) &* 0x100_0000_01B3  // FNV-1a
+    }
+
+    private mutating func mix(_ n: Int64) {
+        for i in 0..<8 { mix(UInt8(truncatingIfNeeded: n >> (8 * i))) }
+    }
+
+    private mutating func mix(_ tag: StaticString) {
+        for b in UnsafeBufferPointer(start: tag.utf8Start, count: tag.utf8CodeUnitCount) { mix(b) }
+    }
+
+    mutating func record(_ tag: StaticString, _ bytes: UnsafeBufferPointer<UInt8>) {
+        mix(tag)
+        mix(Int64(bytes.count))
+        for b in bytes { mix(b) }
+        lines?.append("\(tag) \(text(bytes))")
+    }
+
+    mutating func record(_ tag: StaticString, _ bytes: StaticString) {
+        record(tag, UnsafeBufferPointer(start: bytes.utf8Start, count: bytes.utf8CodeUnitCount))
+    }
+
+    mutating func record(_ tag: StaticString, _ value: Int64) {
+        mix(tag)
+        mix(value)
+        lines?.append("\(tag) \(value)")
+    }
+
+    mutating func record(_ tag: StaticString, _ value: Int) { record(tag, Int64(value)) }
+    mutating func record(_ tag: StaticString, _ value: Bool) { record(tag, value ? 1 : 0) }
+
+    /// Takes all of `buffer` as body bytes: the digest does not see how
+    /// they were cut.
+    mutating func stream(_ buffer: EventBuffer) {
+        buffer.forEachSegment { segment in
+            for b in segment { mix(b) }
+            if lines != nil { body += segment }
+        }
+        buffer.removeAll()
+    }
+
+    /// The end of the body bytes streamed since the last end.
+    mutating func endBody(_ tag: StaticString, count: Int64) {
+        mix(tag)
+        mix(count)
+        lines?.append("\(tag) \(count) \(text(body))")
+        body = []
+    }
+
+    mutating func record(_ tag: StaticString, _ framing: BodyFraming) {
+        switch framing {
+        case .none: record(tag, -1)
+        case .length(let n): record(tag, n)
+        case .chunked: record(tag, -2)
+        case .untilClose: record(tag, -3)
+        }
+    }
+
+    mutating func record(_ error: HTTPError) {
+        record("error", error.status)
+        record("code", error.code)
+        record("message", error.message)
+    }
+
+    /// The fields as the layers above read them.
+    mutating func recordFields(of r: MessageReader) {
+        for f in r.fields {
+            record("name", r.name(f))
+            record("value", r.value(f))
+            record("kind", Int(f.kind.rawValue))
+            record("nominated", r.isNominatedByConnection(f))
+        }
+    }
+}
+
 // MARK: - Reading past the valid bytes
 
 // The reader's head buffer holds stale bytes beyond what it was given: a
