@@ -89,6 +89,16 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // The fuzz targets, one executable: Scripts/fuzz builds it with
+        // libFuzzer and ASan (-sanitize=fuzzer,address -DCOATCHECK_FUZZ); a
+        // normal build gives it a main that replays inputs through a target.
+        .executableTarget(
+            name: "Fuzz",
+            dependencies: ["HTTP", "Config", "Store", "Jobs"],
+            path: "Tests/Fuzz/Sources",
+            swiftSettings: strict
+        ),
+
         // The tests' shared harness: loopback sockets, the raw and streaming
         // clients, the HTTP response parser, the fake upstream, the process
         // runner, waits and threads. Only test targets depend on it; it

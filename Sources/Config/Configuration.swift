@@ -199,12 +199,28 @@ public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
     public var column: Int
     public var message: String
 
+    /// A line break in `file` or `message` (the YAML's own keys, values and
+    /// names are quoted in messages) is written as an escape, `\n`.
     public init(file: String, line: Int, column: Int, message: String) {
-        self.file = file
+        self.file = escapingLineBreaks(file)
         self.line = line
         self.column = column
-        self.message = message
+        self.message = escapingLineBreaks(message)
     }
 
     public var description: String { "\(file):\(line):\(column): \(message)" }
+}
+
+private func escapingLineBreaks(_ s: String) -> String {
+    guard s.contains(where: \.isNewline) else { return s }
+    var out = ""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case _ where Character(scalar).isNewline: out += "\\u{\(String(scalar.value, radix: 16, uppercase: true))}"
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out
 }

@@ -26,12 +26,7 @@ import Glibc
 /// exchange and the client, are `IntakeMachine`'s; this class holds the
 /// request, the spool, the runner and the timer, and performs the actions.
 final class JobIntake: RequestHandler {
-    enum Preference: Equatable {
-        case absent
-        case respondAsync
-        /// Seconds, already capped by `jobs.max_wait`.
-        case wait(Int)
-    }
+    typealias Preference = JobPreference
 
     typealias Machine = IntakeMachine<JobRunner.Outcome>
 
@@ -92,7 +87,7 @@ final class JobIntake: RequestHandler {
         case .none: self.declaresBody = r.declaredContentLength != nil
         default: self.declaresBody = true
         }
-        self.preference = JobIntake.preference(of: r, maxWait: jobs.config.configuration.jobs.maxWait)
+        self.preference = Preference(of: r, maxWait: jobs.config.configuration.jobs.maxWait)
         let w = jobs.proxy.scratchWriter
         RequestSerializer.write(request: r, peer: client.peer, target: route.upstream, into: w, framing: false)
         self.head = Array(w.bytes)
@@ -105,23 +100,6 @@ final class JobIntake: RequestHandler {
             f.separate()
             spool.fingerprint = f
         }
-    }
-
-    /// RFC 7240 `Prefer`: respond-async, or wait=N seconds.
-    static func preference(of r: MessageReader, maxWait: Duration) -> Preference {
-        var result = Preference.absent
-        for f in r.fields where headerName(r.name(f), equals: "prefer") {
-            forEachPreference(r.value(f)) { token in
-                if headerName(token, equals: "respond-async") {
-                    result = .respondAsync
-                } else if token.count > 5, headerName(UnsafeBufferPointer(rebasing: token[0..<5]), equals: "wait="),
-                          let n = parseSeconds(UnsafeBufferPointer(rebasing: token[5...])), result == .absent {
-                    let cap = Int(maxWait.components.seconds)
-                    result = .wait(min(n, cap))
-                }
-            }
-        }
-        return result
     }
 
     // MARK: Request body
@@ -402,16 +380,6 @@ final class JobIntake: RequestHandler {
 
     func detached(from connection: HTTPServerConnection) {
         client = nil
-    }
-}
-
-/// Calls `body` with each preference token of a Prefer value
-/// (`respond-async`, `wait=10`), parameters after `;` ignored.
-func forEachPreference(_ value: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
-    forEachToken(value) { token in
-        var end = token.firstIndex(of: UInt8(ascii: ";")) ?? token.count
-        while end > 0 && (token[end - 1] == 0x20 || token[end - 1] == 0x09) { end -= 1 }
-        if end > 0 { body(UnsafeBufferPointer(rebasing: token[0..<end])) }
     }
 }
 

@@ -243,6 +243,21 @@ func minimal(_ extra: String = "") -> String {
         #expect(!tab.description.contains("\n"))
     }
 
+    /// Found by the config fuzz target: a line break inside a YAML string
+    /// (a value, a key) made the error two lines.
+    @Test func lineBreaksInTheYAMLsStringsStayOnOneLine() throws {
+        let value = try #require(parseError(minimal("listen: \"a\\nb:80\"")))
+        #expect(value.message == "listen: expected HOST:PORT, e.g. 0.0.0.0:8080 or [::1]:8080, got \"a\\nb:80\"")
+        let key = try #require(parseError(minimal("\"lis\\r\\nten\": x")))
+        #expect(key.message.hasPrefix("unknown key 'lis\\r\\nten'"))
+        let other = try #require(parseError(minimal("listen: \"a\\u2028b\\x85c:80\"")))
+        #expect(other.message.hasSuffix("got \"a\\u{2028}b\\u{85}c:80\""))
+        for e in [value, key, other] {
+            let oneLine = !e.description.contains { $0.isNewline }
+            #expect(oneLine, "\(e.description.debugDescription)")
+        }
+    }
+
     @Test func duplicateKey() {
         // Yams reports the first occurrence.
         let e = parseError(minimal("threads: 2\nthreads: 3"))
