@@ -34,6 +34,7 @@ let package = Package(
         .systemLibrary(name: "CHTTPParser", path: "Sources/CHTTPParser"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite"),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
+        .systemLibrary(name: "CHiredis", path: "Sources/CHiredis"),
 
         // One event_base per thread; cross-thread hand-off; timers.
         .target(name: "Loop", dependencies: ["CLibevent"], swiftSettings: strict),
@@ -60,10 +61,10 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        // Job ids, records, the lifecycle, the stores (memory, SQLite) and the job table.
+        // Job ids, records, the lifecycle, the stores (memory, SQLite, Redis) and the job table.
         .target(
             name: "Store",
-            dependencies: ["Loop", "CSQLite", "Meters", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["Loop", "CSQLite", "CHiredis", "Meters", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict
         ),
         // /healthz /readyz /metrics /openapi.yaml.

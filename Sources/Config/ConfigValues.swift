@@ -115,13 +115,6 @@ func parseUpstreamURL(_ s: String) -> Result<UpstreamURL, Problem> {
     return .success(UpstreamURL(scheme: scheme, host: host.lowercased(), port: port, pathPrefix: String(path)))
 }
 
-func parseStore(_ s: String) -> Result<String, Problem> {
-    if s == "memory:" || (s.hasPrefix("sqlite:") && s.count > 7) || (s.hasPrefix("redis://") && s.count > 8) {
-        return .success(s)
-    }
-    return .failure(Problem("expected \"memory:\", \"sqlite:PATH\" or \"redis://HOST:PORT/DB\", got \(quoted(s))"))
-}
-
 func parseThreads(_ s: String) -> Result<Int?, Problem> {
     if s == "auto" { return .success(nil) }
     if let n = parseInteger(s), n >= 1 { return .success(n) }
@@ -147,11 +140,11 @@ private func parsePort(_ s: Substring) -> Int? {
     return Int(s)
 }
 
-private func isHostName(_ s: Substring) -> Bool {
+func isHostName(_ s: Substring) -> Bool {
     !s.isEmpty && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_") }
 }
 
-private func isIPv6(_ s: Substring) -> Bool {
+func isIPv6(_ s: Substring) -> Bool {
     // Loose on purpose: getaddrinfo gives the real verdict at bind/connect time.
     s.contains(":") && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || ":.%".contains($0)) }
 }

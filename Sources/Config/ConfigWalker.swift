@@ -31,7 +31,7 @@ struct Walker {
         var routesEntry: Entry?
         var routes: [(route: Route, upstreamNode: Node, path: String)] = []
         let keys = [
-            "listen", "admin_listen", "threads", "store", "public_url", "access_log", "metrics",
+            "listen", "admin_listen", "threads", "store", "redis", "public_url", "access_log", "metrics",
             "log_level", "limits", "jobs", "upstreams", "routes",
         ]
         for e in try entries(root, "", keys) {
@@ -40,6 +40,7 @@ struct Walker {
             case "admin_listen": config.adminListen = isNull(e.value) ? nil : try value(e, "HOST:PORT", parseAddress)
             case "threads": config.threads = try value(e, "a positive integer or \"auto\"", parseThreads)
             case "store": config.store = try value(e, "a store URL", parseStore)
+            case "redis": config.redis = try redis(e)
             case "public_url": config.publicURL = isNull(e.value) ? nil : try value(e, "an http(s) URL", parsePublicURL)
             case "access_log": config.accessLog = try value(e, "stdout or off", parseAccessLog)
             case "metrics": config.metrics = try value(e, "on or off", parseOnOff)
@@ -94,6 +95,23 @@ struct Walker {
             }
         }
         return l
+    }
+
+    func redis(_ e: Entry) throws(ConfigError) -> RedisSettings {
+        var r = RedisSettings()
+        for f in try entries(e.value, e.path, ["lease", "prefix", "wait_replicas"]) {
+            switch f.key {
+            case "lease":
+                r.lease = try duration(f, allowZero: false)
+                // Renewed at a third of itself: below a second, renewals
+                // would be most of what a replica sends.
+                if r.lease < .seconds(1) { throw error(f.value, "\(f.path): must be at least 1s") }
+            case "prefix": r.prefix = try value(f, "a key prefix", parseKeyPrefix)
+            case "wait_replicas": r.waitReplicas = try int(f, min: 0)
+            default: break
+            }
+        }
+        return r
     }
 
     func jobs(_ e: Entry) throws(ConfigError) -> Jobs {

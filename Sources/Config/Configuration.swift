@@ -11,7 +11,9 @@ public struct Configuration: Sendable, Equatable {
     /// `threads`: event-loop threads; nil means `auto` (one per core).
     public var threads: Int?
     /// `store`: `memory:`, `sqlite:PATH` or `redis://HOST:PORT/DB`.
-    public var store: String = "sqlite:./data/coatcheck.db"
+    public var store: StoreLocation = .sqlite(path: "./data/coatcheck.db")
+    /// `redis:`: used with a `redis://` store.
+    public var redis: RedisSettings = .init()
     /// `public_url`: base of status_url/result_url; nil means from Host.
     public var publicURL: String?
     /// `access_log`: `stdout` (default) or `off`. Not in SPEC; nginx users expect the switch.

@@ -356,11 +356,13 @@ final class SignalWatcher {
     }
 }
 
-/// `store:` as configured: `memory:` or `sqlite:PATH`.
-func openStore(_ url: String) throws(StoreError) -> any JobStore {
-    if url == "memory:" { return MemoryStore() }
-    if url.hasPrefix("sqlite:") { return try SQLiteStore(path: String(url.dropFirst("sqlite:".count))) }
-    throw StoreError("unsupported store (memory: and sqlite:PATH are available)")
+/// `store:` as configured.
+func openStore(_ location: StoreLocation) throws(StoreError) -> any JobStore {
+    switch location {
+    case .memory: return MemoryStore()
+    case .sqlite(let path): return try SQLiteStore(path: path)
+    case .redis: throw StoreError("the redis store is not available in this build yet (memory: and sqlite:PATH are)")
+    }
 }
 
 /// Deletes jobs past `result_ttl`, a few times per TTL (at most every 30 s,

@@ -34,7 +34,7 @@ func minimal(_ extra: String = "") -> String {
         #expect(c.listen == SocketAddressSpec(host: "0.0.0.0", port: 8080))
         #expect(c.adminListen == SocketAddressSpec(host: "127.0.0.1", port: 8081))
         #expect(c.threads == nil)
-        #expect(c.store == "sqlite:./data/coatcheck.db")
+        #expect(c.store == .sqlite(path: "./data/coatcheck.db"))
         #expect(c.publicURL == "https://api.example.com")
         #expect(c.limits.maxHeaderBytes == 16_384)
         #expect(c.limits.maxRequestBody == 8_388_608)
@@ -78,7 +78,7 @@ func minimal(_ extra: String = "") -> String {
         #expect(c.listen == SocketAddressSpec(host: "0.0.0.0", port: 8080))
         #expect(c.adminListen == nil)
         #expect(c.threads == nil)
-        #expect(c.store == "sqlite:./data/coatcheck.db")
+        #expect(c.store == .sqlite(path: "./data/coatcheck.db"))
         #expect(c.publicURL == nil)
         #expect(c.accessLog == true)
         #expect(c.logLevel == .info)
@@ -357,12 +357,63 @@ func minimal(_ extra: String = "") -> String {
     }
 
     @Test func storeValues() throws {
-        #expect(try ConfigLoader.parse(yaml: minimal("store: \"memory:\""), file: "f").store == "memory:")
+        #expect(try ConfigLoader.parse(yaml: minimal("store: \"memory:\""), file: "f").store == .memory)
         // Unquoted, `memory:` is a YAML mapping: the syntax error names the line.
         #expect(parseError(minimal("store: memory:"))?.description.hasPrefix("coatcheck.yaml:1:") == true)
-        #expect(try ConfigLoader.parse(yaml: minimal("store: \"redis://r:6379/0\""), file: "f").store == "redis://r:6379/0")
+        #expect(try ConfigLoader.parse(yaml: minimal("store: \"redis://r:6379/0\""), file: "f").store == .redis(RedisURL(host: "r")))
         #expect(parseError(minimal("store: \"postgres://x\""))?.message.hasPrefix("store: expected \"memory:\"") == true)
         #expect(parseError(minimal("store: \"sqlite:\""))?.message.hasPrefix("store: expected") == true)
+    }
+
+    /// SPEC §2: `redis://[:PASSWORD@]HOST:PORT/DB`, and the forms redis-cli takes.
+    @Test(arguments: [
+        ("redis://127.0.0.1:6390/2", RedisURL(host: "127.0.0.1", port: 6390, database: 2)),
+        ("redis://Redis.Internal", RedisURL(host: "redis.internal")),
+        ("redis://r:6379/", RedisURL(host: "r")),
+        ("redis://:s3cret@r:6379/1", RedisURL(host: "r", database: 1, password: "s3cret")),
+        ("redis://s3cret@r", RedisURL(host: "r", password: "s3cret")),
+        ("redis://app:p%40ss%3Aw@r:7000/0", RedisURL(host: "r", port: 7000, username: "app", password: "p@ss:w")),
+        ("redis://:a@b@r/0", RedisURL(host: "r", password: "a@b")),
+        ("redis://[::1]:6380/3", RedisURL(host: "::1", port: 6380, database: 3)),
+    ])
+    func redisStoreURLs(_ url: String, _ expected: RedisURL) throws {
+        let c = try ConfigLoader.parse(yaml: minimal("store: \"\(url)\""), file: "f")
+        #expect(c.store == .redis(expected))
+    }
+
+    /// A bad redis URL is one line naming the key, and never shows the password.
+    @Test(arguments: [
+        ("redis://:hunter2@r:0/1", "port must be 1-65535"),
+        ("redis://:hunter2@r:6379/x", "the database must be a number"),
+        ("redis://:hunter2@/0", "missing or invalid host"),
+        ("redis://:hunter2@r/0?timeout=1", "no query or fragment"),
+        ("redis://:hunter2@::1/0", "IPv6 addresses need brackets"),
+        ("redis://:hunter2%zz@r/0", "bad percent-encoding"),
+        ("rediss://:hunter2@r/0", "not supported"),
+    ])
+    func badRedisURLsHideThePassword(_ url: String, _ problem: String) throws {
+        let e = try #require(parseError(minimal("store: \"\(url)\"")))
+        #expect(e.description.hasPrefix("coatcheck.yaml:1:8: store: "))
+        #expect(e.message.contains(problem), "\(e.message)")
+        #expect(!e.description.contains("hunter2"))
+        #expect(!e.description.contains("\n"))
+    }
+
+    @Test func redisSettings() throws {
+        let c = try ConfigLoader.parse(
+            yaml: minimal("store: \"redis://r/0\"\nredis:\n  lease: 5s\n  prefix: \"cc:prod\"\n  wait_replicas: 1"), file: "f")
+        #expect(c.redis.lease == .seconds(5))
+        #expect(c.redis.prefix == "cc:prod")
+        #expect(c.redis.waitReplicas == 1)
+        #expect(Configuration().redis == RedisSettings())
+        #expect(RedisSettings().lease == .seconds(30) && RedisSettings().prefix == "coatcheck" && RedisSettings().waitReplicas == 0)
+        #expect(parseError(minimal("redis:\n  lease: 500ms"))?.description == "coatcheck.yaml:2:10: redis.lease: must be at least 1s")
+        #expect(parseError(minimal("redis:\n  prefix: \"a b\""))?.message.hasPrefix("redis.prefix: expected 1-64 letters") == true)
+        #expect(parseError(minimal("redis:\n  wait_replicas: -1"))?.message.hasPrefix("redis.wait_replicas: expected a non-negative") == true)
+        #expect(parseError(minimal("redis:\n  leese: 5s"))?.description.hasPrefix("coatcheck.yaml:2:3: ") == true)
+        // Logged as configured, the password written as ***.
+        let redacted = StoreLocation.redis(RedisURL(host: "r", database: 1, username: "app", password: "hunter2"))
+        #expect(redacted.description == "redis://app:***@r:6379/1")
     }
 
     @Test func publicURLLosesItsTrailingSlash() throws {

@@ -35,7 +35,7 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
         let c = try ConfigLoader.resolve(file: path, flags: .init(), environment: [:])
         #expect(c == (try ConfigLoader.load(path: path)))
         #expect(c.listen == SocketAddressSpec(host: "0.0.0.0", port: 7000))
-        #expect(c.store == "sqlite:/var/lib/cc.db")
+        #expect(c.store == .sqlite(path: "/var/lib/cc.db"))
         #expect(c.routes.map(\.upstream) == ["files", "files"])
     }
 
@@ -46,7 +46,7 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
 
         let fromEnv = try ConfigLoader.resolve(file: path, flags: .init(), environment: env)
         #expect(fromEnv.listen == SocketAddressSpec(host: "127.0.0.1", port: 7001))
-        #expect(fromEnv.store == "memory:")
+        #expect(fromEnv.store == .memory)
         #expect(fromEnv.threads == 2)
         #expect(fromEnv.logLevel == .error)
 
@@ -55,7 +55,7 @@ func resolveError(file: String? = nil, flags: ConfigOverrides = .init(), env: [S
             adminListen: "127.0.0.1:0", threads: "auto", logLevel: "debug")
         let fromFlags = try ConfigLoader.resolve(file: path, flags: flags, environment: env)
         #expect(fromFlags.listen == SocketAddressSpec(host: "::1", port: 7002))
-        #expect(fromFlags.store == "redis://r:6379/1")
+        #expect(fromFlags.store == .redis(RedisURL(host: "r", database: 1)))
         #expect(fromFlags.adminListen == SocketAddressSpec(host: "127.0.0.1", port: 0))
         #expect(fromFlags.threads == nil)
         #expect(fromFlags.logLevel == .debug)

@@ -102,6 +102,8 @@ import Testing
         // Expect is a list: empty elements are no expectation (RFC 9110 §5.6.1).
         r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nExpect: \r\nContent-Length: 1\r\n\r\n").get()
         #expect(!r.expectContinue)
+        r = try readRequest("PUT /f HTTP/1.1\r\nHost: a\r\nExpect: ,\r\nContent-Length: 1\r\n\r\n").get()
+        #expect(!r.expectContinue)
         r = try readRequest("POST / HTTP/1.1\r\nHost: a\r\nExpect: , 100-Continue\r\nContent-Length: 1\r\n\r\n").get()
         #expect(r.expectContinue)
     }

@@ -46,7 +46,7 @@ final class TestProxy {
         c.listen = SocketAddressSpec(host: "127.0.0.1", port: 0)
         c.threads = threads
         c.accessLog = false
-        c.store = "memory:"
+        c.store = .memory
         c.jobs.dir = makeTempDirectory()
         c.upstreams = [Upstream(name: "app", url: UpstreamURL(scheme: "http", host: "127.0.0.1", port: upstreamPort, pathPrefix: ""))]
         var route = Route(upstream: "app")

@@ -29,7 +29,7 @@ func jobProxy(upstreamPort: Int, mode: RouteMode = .async, asyncAfter: Duration 
         c.routes[0].mode = mode
         c.routes[0].asyncAfter = asyncAfter
         c.limits.shutdownGrace = .milliseconds(500)
-        if store == "sqlite" { c.store = "sqlite:\(c.jobs.dir)/coatcheck.db" }
+        if store == "sqlite" { c.store = .sqlite(path: "\(c.jobs.dir)/coatcheck.db") }
         extra(&c)
     }
 }

@@ -18,7 +18,7 @@ private func webhookProxy(upstreamPort: Int, allow: [String], attempts: Int = 4,
     try jobProxy(upstreamPort: upstreamPort, mode: .async) { c in
         if let sqliteDir {
             c.jobs.dir = sqliteDir
-            c.store = "sqlite:\(sqliteDir)/coatcheck.db"
+            c.store = .sqlite(path: "\(sqliteDir)/coatcheck.db")
         }
         var cb = Callback()
         cb.allow = allow.map { CallbackURL.parse($0)! }

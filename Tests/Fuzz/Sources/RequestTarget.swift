@@ -228,8 +228,10 @@ final class ServerSide {
         let persistent = r.versionMinor == 1 ? !close : keepAlive && !close
         require(r.keepAlive == persistent, "keepAlive \(r.keepAlive)")
         require(r.connectionNominates == nominates, "connectionNominates \(r.connectionNominates)")
-        let expects = fields.filter { $0.lower == Name.expect }
-        for e in expects { require(lowercased(e.value) == Name.continue100, "Expect \(text(e.value)) accepted") }
+        // Expect is a list whose empty elements are ignored (RFC 9110 §5.6.1):
+        // `Expect: ,` asks for nothing; any member but 100-continue is a 417.
+        let expects = fields.filter { $0.lower == Name.expect }.flatMap { listElements($0.value) }
+        for e in expects { require(lowercased(e) == Name.continue100, "Expect \(text(e)) accepted") }
         require(r.expectContinue == (!expects.isEmpty && r.versionMinor == 1), "expectContinue \(r.expectContinue)")
         let callbacks = fields.filter { $0.lower == Name.callbackURL }.count
         require(Int(r.callbackURLCount) == min(callbacks, 255), "callbackURLCount \(r.callbackURLCount) of \(callbacks)")
