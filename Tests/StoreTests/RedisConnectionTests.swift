@@ -4,76 +4,7 @@ import Store
 import TestSupport
 import Testing
 
-/// One `RedisConnection` on a loop of its own, driven from the test's thread.
-private final class Client: @unchecked Sendable {
-    let group = EventLoopGroup(count: 1)
-    var loop: EventLoop { group.loops[0] }
-    /// Made, used and closed on `loop` only.
-    private final class Holder: @unchecked Sendable { var connection: RedisConnection? }
-    private let holder = Holder()
-    private var connection: RedisConnection { holder.connection! }
-    let changes = Box<[RedisConnection.Change]>([])
-
-    init(_ endpoint: RedisEndpoint, timeout: Duration = .seconds(2)) throws {
-        group.start()
-        let changes = self.changes
-        try loop.submitAndWait {
-            self.holder.connection = RedisConnection(loop: self.loop, endpoint: endpoint, commandTimeout: timeout) { change in
-                changes.withLock { $0.append(change) }
-            }
-            self.connection.start()
-        }
-    }
-
-    deinit {
-        let holder = self.holder
-        try? loop.submitAndWait {
-            holder.connection?.close()
-            holder.connection = nil
-        }
-        group.shutdown()
-    }
-
-    var isReady: Bool { (try? loop.submitAndWait { self.connection.isReady }) ?? false }
-
-    func waitReady(timeout: Double = 5) -> Bool {
-        waitUntil(timeout: timeout) { self.isReady }
-    }
-
-    /// Sends one command and waits for its answer.
-    func run(_ words: String...) -> Result<RedisValue, RedisUnavailable> {
-        runAll([words])[0]
-    }
-
-    /// Sends every command at once (pipelined), then waits for every answer.
-    func runAll(_ commands: [[String]], timeout: Double = 10) -> [Result<RedisValue, RedisUnavailable>] {
-        let results = Box<[Int: Result<RedisValue, RedisUnavailable>]>([:])
-        loop.execute {
-            for (i, words) in commands.enumerated() {
-                self.connection.send(RedisCommand(words)) { r in results.withLock { $0[i] = r } }
-            }
-        }
-        _ = results.wait(timeout: timeout) { $0.count == commands.count }
-        return results.withLock { r in (0..<commands.count).map { r[$0] ?? .failure(RedisUnavailable("test: no answer")) } }
-    }
-
-    func runBytes(_ name: StaticString, _ args: [[UInt8]]) -> Result<RedisValue, RedisUnavailable> {
-        let result = Box<Result<RedisValue, RedisUnavailable>?>(nil)
-        loop.execute {
-            var c = RedisCommand(name)
-            for a in args { c.append(a) }
-            self.connection.send(c) { r in result.withLock { $0 = r } }
-        }
-        _ = result.wait(timeout: 10) { $0 != nil }
-        return result.withLock { $0 } ?? .failure(RedisUnavailable("test: no answer"))
-    }
-
-    var losses: [String] {
-        changes.withLock { $0.compactMap { if case .lost(let why) = $0 { return why } else { return nil } } }
-    }
-}
-
-private func endpoint(_ server: RedisServer, database: Int = 0, password: String? = nil) -> RedisEndpoint {
+func endpoint(_ server: RedisServer, database: Int = 0, password: String? = nil) -> RedisEndpoint {
     RedisEndpoint(host: "127.0.0.1", port: server.port, database: database, password: password ?? server.password)
 }
 
@@ -82,7 +13,7 @@ private func endpoint(_ server: RedisServer, database: Int = 0, password: String
 @Suite(.serialized) struct RedisConnectionTests {
     @Test func everyKindOfReplyArrivesAsSent() throws {
         let server = try RedisServer()
-        let client = try Client(endpoint(server))
+        let client = try RedisClient(endpoint(server))
         #expect(client.waitReady())
         // Bytes a text protocol would trip on: CR LF, NUL, 0xFF.
         let odd: [UInt8] = [0x00, 0x0D, 0x0A, 0xFF, 0x24, 0x2A]
@@ -101,7 +32,7 @@ private func endpoint(_ server: RedisServer, database: Int = 0, password: String
 
     @Test func pipelinedCommandsAreAnsweredInOrder() throws {
         let server = try RedisServer()
-        let client = try Client(endpoint(server))
+        let client = try RedisClient(endpoint(server))
         #expect(client.waitReady())
         let results = client.runAll(Array(repeating: ["INCR", "counter"], count: 5_000))
         #expect(results.compactMap { try? $0.get().integer } == (1...5_000).map(Int64.init))
@@ -109,16 +40,16 @@ private func endpoint(_ server: RedisServer, database: Int = 0, password: String
 
     @Test func authenticatesAndSelectsItsDatabase() throws {
         let server = try RedisServer(password: "s3cret pass")
-        let three = try Client(endpoint(server, database: 3))
+        let three = try RedisClient(endpoint(server, database: 3))
         #expect(three.waitReady())
         #expect(try three.run("SET", "where", "db3").get() == .status("OK"))
-        let zero = try Client(endpoint(server))
+        let zero = try RedisClient(endpoint(server))
         #expect(zero.waitReady())
         #expect(try zero.run("GET", "where").get() == .null)
         #expect(try three.run("GET", "where").get() == .bulk(Array("db3".utf8)))
 
         // A wrong password never gets ready; why is said, the password is not.
-        let wrong = try Client(endpoint(server, password: "hunter2"))
+        let wrong = try RedisClient(endpoint(server, password: "hunter2"))
         #expect(waitUntil(timeout: 5) { !wrong.losses.isEmpty })
         #expect(!wrong.isReady)
         let why = wrong.losses[0]
@@ -132,7 +63,7 @@ private func endpoint(_ server: RedisServer, database: Int = 0, password: String
 
     @Test func aKilledServerFailsWhatIsInFlightAndIsReconnectedWhenBack() throws {
         let server = try RedisServer()
-        let client = try Client(endpoint(server))
+        let client = try RedisClient(endpoint(server))
         #expect(client.waitReady())
         server.kill()
         // Seen at the next command at the latest: it fails, it does not hang.
@@ -154,7 +85,7 @@ private func endpoint(_ server: RedisServer, database: Int = 0, password: String
 
     @Test func aFrozenServerFailsCommandsAfterTheTimeoutThenRecovers() throws {
         let server = try RedisServer()
-        let client = try Client(endpoint(server), timeout: .milliseconds(400))
+        let client = try RedisClient(endpoint(server), timeout: .milliseconds(400))
         #expect(client.waitReady())
         server.freeze()
         let start = ContinuousClock.now
@@ -178,7 +109,7 @@ private func endpoint(_ server: RedisServer, database: Int = 0, password: String
     @Test func nothingListeningFailsFastAndConnectsOnceTheServerIsThere() throws {
         let server = try RedisServer()
         server.kill()
-        let client = try Client(endpoint(server))
+        let client = try RedisClient(endpoint(server))
         #expect(waitUntil(timeout: 3) { !client.losses.isEmpty })
         #expect(client.losses[0].lowercased().contains("refused"), "\(client.losses)")
         let start = ContinuousClock.now

@@ -1,0 +1,261 @@
+import Crypto
+
+/// The Redis store's keys, under `redis.prefix` (README "Redis: key layout").
+public struct RedisKeys: Sendable, Equatable {
+    public let prefix: String
+
+    public init(prefix: String) { self.prefix = prefix }
+
+    /// Hash: the job's record (`RedisRecord`), `owner` while claimed, and
+    /// `idempotency_ref` (the key's name) for a keyed job.
+    public func job(_ id: JobID) -> String { "\(prefix):job:\(id.text)" }
+    /// String: the request to send (`RedisRecord.encode(_:body:)`).
+    public func request(_ id: JobID) -> String { "\(prefix):req:\(id.text)" }
+    /// String: the captured response.
+    public func response(_ id: JobID) -> String { "\(prefix):res:\(id.text)" }
+    /// String: an Idempotency-Key's job id.
+    public func idempotency(_ index: String) -> String { "\(prefix):key:\(index)" }
+    /// List: an upstream's queued job ids, oldest first.
+    public func queue(_ upstream: String) -> String { "\(prefix):queue:\(upstream)" }
+    /// Sorted set: an upstream's claimed jobs, by lease deadline (Unix ms).
+    /// Its size is the upstream's slots in use across the replicas.
+    public func running(_ upstream: String) -> String { "\(prefix):running:\(upstream)" }
+    /// Sorted set: an upstream's jobs waiting out a retry backoff, by due time.
+    public func delayed(_ upstream: String) -> String { "\(prefix):delayed:\(upstream)" }
+    /// Sorted set: jobs whose webhook is due, by due time.
+    public var callbacks: String { "\(prefix):callbacks" }
+    /// Pub/sub channel: `queued UPSTREAM`, `end ID`, `cancel ID`.
+    public var events: String { "\(prefix):events" }
+}
+
+/// A Lua script run with `EVALSHA` (sent whole once per connection when
+/// Redis answers NOSCRIPT). Every script gets the prefix, the time and
+/// `result_ttl` as its first three arguments, and the prelude's helpers.
+public struct RedisScript: Sendable {
+    public let name: String
+    public let source: String
+    public let sha1: String
+
+    init(_ name: String, _ body: String) {
+        self.name = name
+        source = RedisScript.prelude + body
+        sha1 = Insecure.SHA1.hash(data: Array(source.utf8)).map { b in
+            let d = Array("0123456789abcdef".utf8)
+            return String(decoding: [d[Int(b >> 4)], d[Int(b & 0xF)]], as: UTF8.self)
+        }.joined()
+    }
+
+    /// `EVALSHA` (or, with `whole`, `EVAL`) with `keys` and the common
+    /// arguments before `arguments`.
+    public func command(keys: [String], prefix: String, now: Int64, ttlMillis: Int64,
+                        _ arguments: [RedisArgument], whole: Bool = false) -> RedisCommand {
+        var c = whole ? RedisCommand("EVAL") : RedisCommand("EVALSHA")
+        c.append(whole ? source : sha1)
+        c.append(keys.count)
+        for k in keys { c.append(k) }
+        c.append(prefix)
+        c.append(now)
+        c.append(ttlMillis)
+        for a in arguments {
+            switch a {
+            case .text(let s): c.append(s)
+            case .bytes(let b): c.append(b)
+            case .number(let n): c.append(n)
+            }
+        }
+        return c
+    }
+
+    /// Helpers every script starts with. `ended` makes a job terminal:
+    /// `completed_at`, its fields, its callback due (a canceled job's
+    /// callback fails: there is nothing to deliver), every key of it set
+    /// to expire after `result_ttl`, and the replicas told.
+    static let prelude = """
+        local P, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+        local function jobkey(id) return P .. ':job:' .. id end
+        local function ended(id, status, fields)
+          local job = jobkey(id)
+          redis.call('HSET', job, 'status', status, 'completed_at', now)
+          if fields and #fields > 0 then redis.call('HSET', job, unpack(fields)) end
+          if redis.call('HGET', job, 'callback_status') == 'waiting' then
+            if status == 'canceled' then
+              redis.call('HSET', job, 'callback_status', 'failed')
+            else
+              redis.call('HSET', job, 'callback_status', 'pending', 'callback_next_at', now)
+              redis.call('ZADD', P .. ':callbacks', now, id)
+            end
+          end
+          redis.call('PEXPIRE', job, ttl)
+          redis.call('PEXPIRE', P .. ':req:' .. id, ttl)
+          redis.call('PEXPIRE', P .. ':res:' .. id, ttl)
+          local key = redis.call('HGET', job, 'idempotency_ref')
+          if key then redis.call('PEXPIRE', key, ttl) end
+          redis.call('PUBLISH', P .. ':events', 'end ' .. id)
+        end
+        local function slice(t, from)
+          local out = {}
+          for i = from, #t do out[#out + 1] = t[i] end
+          return out
+        end
+
+        """
+
+    /// A new job: its record and request written and its id queued in one
+    /// step, or, when its Idempotency-Key is taken, nothing written and the
+    /// key's job id returned (nil: created).
+    /// KEYS: job, request, queue, idempotency key (or "" for none).
+    /// ARGV: id, upstream, request bytes, record fields...
+    public static let create = RedisScript("create", """
+        local id = ARGV[4]
+        if KEYS[4] ~= '' then
+          local existing = redis.call('GET', KEYS[4])
+          if existing then return existing end
+          redis.call('SET', KEYS[4], id)
+        end
+        redis.call('HSET', KEYS[1], unpack(slice(ARGV, 7)))
+        if KEYS[4] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_ref', KEYS[4]) end
+        redis.call('SET', KEYS[2], ARGV[6])
+        redis.call('RPUSH', KEYS[3], id)
+        redis.call('PUBLISH', P .. ':events', 'queued ' .. ARGV[5])
+        return false
+        """)
+
+    /// Takes the next job of an upstream if it has a free slot: first the
+    /// claims whose lease lapsed are settled by the restart rule (SPEC §5:
+    /// resendable jobs go back to the front of the queue, others fail
+    /// `interrupted`, canceled ones just lose the claim), then due retries
+    /// rejoin the queue's front, then, under `limit` claims, the oldest
+    /// queued job is claimed for `replica` until `now + lease`.
+    /// KEYS: running, queue, delayed. ARGV: lease ms, limit, replica.
+    /// Returns {id or false, attempt, then the ids failed as interrupted}.
+    public static let claim = RedisScript("claim", """
+        local lease, limit, replica = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+        local failed = {}
+        for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+          redis.call('ZREM', KEYS[1], id)
+          local job = jobkey(id)
+          local s = redis.call('HMGET', job, 'status', 'resendable')
+          redis.call('HDEL', job, 'owner')
+          if s[1] == 'running' then
+            if s[2] == '1' then
+              redis.call('HSET', job, 'status', 'queued')
+              redis.call('LPUSH', KEYS[2], id)
+            else
+              ended(id, 'failed', {'error', 'interrupted', 'error_message', 'the replica running it stopped renewing its claim'})
+              failed[#failed + 1] = id
+            end
+          end
+        end
+        local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+        for i = #due, 1, -1 do
+          redis.call('ZREM', KEYS[3], due[i])
+          redis.call('LPUSH', KEYS[2], due[i])
+        end
+        while redis.call('ZCARD', KEYS[1]) < limit do
+          local id = redis.call('LPOP', KEYS[2])
+          if not id then break end
+          local job = jobkey(id)
+          if redis.call('HGET', job, 'status') == 'queued' then
+            local attempt = redis.call('HINCRBY', job, 'attempts', 1)
+            redis.call('HSET', job, 'status', 'running', 'owner', replica)
+            redis.call('HSETNX', job, 'started_at', now)
+            redis.call('ZADD', KEYS[1], now + lease, id)
+            return {id, attempt, unpack(failed)}
+          end
+        end
+        return {false, 0, unpack(failed)}
+        """)
+
+    /// Extends `replica`'s claims to `now + lease`. Returns {lost ids...,
+    /// '', cancel-requested ids...}: claims that are no longer this
+    /// replica's (their exchange must stop: another replica may own the job
+    /// now), and jobs canceled meanwhile (their exchange is aborted).
+    /// KEYS: running. ARGV: lease ms, replica, ids...
+    public static let renew = RedisScript("renew", """
+        local lease, replica = tonumber(ARGV[4]), ARGV[5]
+        local lost, canceled = {}, {}
+        for i = 6, #ARGV do
+          local id = ARGV[i]
+          local s = redis.call('HMGET', jobkey(id), 'owner', 'status')
+          if s[1] ~= replica or not redis.call('ZSCORE', KEYS[1], id) then
+            lost[#lost + 1] = id
+          else
+            redis.call('ZADD', KEYS[1], 'XX', now + lease, id)
+            if s[2] ~= 'running' then canceled[#canceled + 1] = id end
+          end
+        end
+        lost[#lost + 1] = ''
+        for _, id in ipairs(canceled) do lost[#lost + 1] = id end
+        return lost
+        """)
+
+    /// An attempt's end, written only while `replica` still holds the claim
+    /// for `attempt`: `completed` (with the response), `failed`, or `retry`
+    /// (queued again, due at `retry_at`). The claim (the slot) is given
+    /// back. A job canceled meanwhile stays canceled. Returns 1 when
+    /// written, 2 when the job had been canceled, 0 when the claim was lost.
+    /// KEYS: job, running, response, delayed.
+    /// ARGV: id, replica, attempt, outcome, retry_at, response bytes, fields...
+    public static let finish = RedisScript("finish", """
+        local id, replica, attempt, outcome = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+        local s = redis.call('HMGET', KEYS[1], 'status', 'owner', 'attempts')
+        if s[2] ~= replica or s[3] ~= attempt or not redis.call('ZSCORE', KEYS[2], id) then return 0 end
+        redis.call('ZREM', KEYS[2], id)
+        redis.call('HDEL', KEYS[1], 'owner')
+        if s[1] ~= 'running' then return 2 end
+        local fields = slice(ARGV, 10)
+        if outcome == 'retry' then
+          redis.call('HSET', KEYS[1], 'status', 'queued')
+          if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+          redis.call('ZADD', KEYS[4], tonumber(ARGV[8]), id)
+          return 1
+        end
+        if ARGV[9] ~= '' then redis.call('SET', KEYS[3], ARGV[9]) end
+        ended(id, outcome, fields)
+        return 1
+        """)
+
+    /// DELETE of a job that has not ended (SPEC §4): a queued one is taken
+    /// out of its queue and canceled; a running one is canceled at once and
+    /// its replica told to abort the exchange (its claim, and so its slot,
+    /// stays until it has). Returns the status it had, or nil when unknown.
+    /// KEYS: job, queue, delayed. ARGV: id.
+    public static let cancel = RedisScript("cancel", """
+        local id = ARGV[4]
+        local status = redis.call('HGET', KEYS[1], 'status')
+        if not status then return false end
+        if status == 'queued' then
+          redis.call('LREM', KEYS[2], 1, id)
+          redis.call('ZREM', KEYS[3], id)
+          ended(id, 'canceled')
+        elseif status == 'running' then
+          ended(id, 'canceled')
+          redis.call('PUBLISH', P .. ':events', 'cancel ' .. id)
+        end
+        return status
+        """)
+
+    public static let all = [create, claim, renew, finish, cancel]
+}
+
+/// An argument of a script call.
+public enum RedisArgument: Sendable {
+    case text(String)
+    case bytes([UInt8])
+    case number(Int64)
+}
+
+extension RedisConnection {
+    /// Runs `script` by its SHA-1, and sends it whole when this Redis does
+    /// not have it yet (a new server, or one restarted without persistence).
+    public func run(_ script: RedisScript, keys: [String], prefix: String, now: Int64, ttlMillis: Int64,
+                    _ arguments: [RedisArgument], _ done: @escaping (Result<RedisValue, RedisUnavailable>) -> Void) {
+        send(script.command(keys: keys, prefix: prefix, now: now, ttlMillis: ttlMillis, arguments)) { [weak self] result in
+            guard case .success(.error(let message)) = result, message.hasPrefix("NOSCRIPT"), let self else {
+                done(result)
+                return
+            }
+            self.send(script.command(keys: keys, prefix: prefix, now: now, ttlMillis: ttlMillis, arguments, whole: true), done)
+        }
+    }
+}
