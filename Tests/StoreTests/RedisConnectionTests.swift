@@ -123,3 +123,68 @@ func endpoint(_ server: RedisServer, database: Int = 0, password: String? = nil)
         #expect(try client.run("PING").get() == .status("PONG"))
     }
 }
+
+/// A `RedisSubscriber` on a loop of its own, its messages and changes collected.
+private final class Listener: @unchecked Sendable {
+    let group = EventLoopGroup(count: 1)
+    private final class Holder: @unchecked Sendable { var subscriber: RedisSubscriber? }
+    private let holder = Holder()
+    let messages = Box<[String]>([])
+    let readies = Box(0)
+
+    init(_ endpoint: RedisEndpoint, channel: String) throws {
+        group.start()
+        let (messages, readies, holder) = (self.messages, self.readies, self.holder)
+        let loop = group.loops[0]
+        try loop.submitAndWait {
+            holder.subscriber = RedisSubscriber(loop: loop, endpoint: endpoint, channel: channel, onChange: { change in
+                if change == .ready { readies.withLock { $0 += 1 } }
+            }, onMessage: { payload in
+                messages.withLock { $0.append(String(decoding: payload, as: UTF8.self)) }
+            })
+            holder.subscriber?.start()
+        }
+    }
+
+    func reset() {
+        let holder = self.holder
+        try? group.loops[0].submitAndWait { holder.subscriber?.reset() }
+    }
+
+    deinit {
+        let holder = self.holder
+        try? group.loops[0].submitAndWait {
+            holder.subscriber?.close()
+            holder.subscriber = nil
+        }
+        group.shutdown()
+    }
+}
+
+@Suite(.serialized) struct RedisSubscriberTests {
+    @Test func messagesArriveAndTheSubscriptionSurvivesARestart() throws {
+        let server = try RedisServer(password: "pw")
+        let publisher = try RedisClient(endpoint(server))
+        #expect(publisher.waitReady())
+        let listener = try Listener(endpoint(server), channel: "t:events")
+        #expect(listener.readies.wait(timeout: 5) { $0 == 1 })
+        #expect(try publisher.run("PUBLISH", "t:events", "end abc").get() == .integer(1))
+        #expect(try publisher.run("PUBLISH", "t:other", "not for us").get() == .integer(0))
+        #expect(listener.messages.wait(timeout: 5) { $0 == ["end abc"] })
+
+        // Redis restarted: subscribed again by itself, and told (so the
+        // owner can look for what it missed).
+        server.kill()
+        try server.start()
+        #expect(listener.readies.wait(timeout: 5) { $0 == 2 })
+        #expect(publisher.waitReady())
+        #expect(try publisher.run("PUBLISH", "t:events", "cancel def").get() == .integer(1))
+        #expect(listener.messages.wait(timeout: 5) { $0 == ["end abc", "cancel def"] })
+
+        // The owner's reset makes a new subscription.
+        listener.reset()
+        #expect(listener.readies.wait(timeout: 5) { $0 == 3 })
+        #expect(try publisher.run("PUBLISH", "t:events", "queued u").get() == .integer(1))
+        #expect(listener.messages.wait(timeout: 5) { $0.last == "queued u" })
+    }
+}
