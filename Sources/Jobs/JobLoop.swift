@@ -41,8 +41,8 @@ public final class JobLoop: JobService {
         let deliverer = WebhookDeliverer(jobs: self)
         self.deliverer = deliverer
         let bound = LoopBound(self, loop: loop)
-        table.onCallbackDue { record in
-            bound.loop.execute { bound.value.deliverer?.schedule(record) }
+        table.onCallbackDue { record, response in
+            bound.loop.execute { bound.value.deliverer?.schedule(record, response: response) }
         }
         for record in table.pendingCallbacks() { deliverer.schedule(record) }
     }

@@ -31,7 +31,12 @@ final class WebhookAttempt: HTTPClientDelegate {
     /// deliverer's blocking thread, read from their file in pieces.
     static let signOnLoopBytes: Int64 = 256 * 1024
 
-    init(deliverer: WebhookDeliverer, record: JobRecord, callback: JobCallback, url: CallbackURL, settings: Callback) {
+    /// The result, when the deliverer kept it since the job's end.
+    private var response: JobResponse?
+
+    init(deliverer: WebhookDeliverer, record: JobRecord, callback: JobCallback, url: CallbackURL, settings: Callback,
+         response: JobResponse? = nil) {
+        self.response = response
         self.deliverer = deliverer
         self.id = record.id
         self.record = record
@@ -66,7 +71,10 @@ final class WebhookAttempt: HTTPClientDelegate {
         guard !ended else { return releaseSlot() }
         let jobs = deliverer.jobs
         timestamp = wallClockMillis() / 1000
-        if record.status == .completed {
+        if record.status == .completed, let response {
+            self.response = nil
+            sign(response.body, then: target)
+        } else if record.status == .completed {
             let bound = LoopBound(self, loop: deliverer.loop)
             jobs.store.response(of: id, on: deliverer.loop) { result in
                 guard case .success(let response?) = result else {

@@ -52,11 +52,37 @@ final class WebhookDeliverer {
 
     var log: Logger { jobs.log }
 
-    /// A job whose callback is due now or later.
-    func schedule(_ record: JobRecord) {
+    /// A job whose callback is due now or later; `response`, the result its
+    /// end just wrote, is kept for the first attempt (within `keptBytes`).
+    func schedule(_ record: JobRecord, response: JobResponse? = nil) {
         guard !stopped, let callback = record.callback, callback.isPending else { return }
+        if let response, record.status == .completed, kept[record.id] == nil {
+            let cost = Self.cost(of: response)
+            if keptBytes + cost <= Self.keptBytesLimit {
+                kept[record.id] = response
+                keptBytes += cost
+            }
+        }
         push(callback.nextAttemptAt ?? 0, record.id)
         arm()
+    }
+
+    /// Results of jobs that just ended, kept from their end to their first
+    /// delivery attempt: a burst of deliveries reads none back from the
+    /// store. Bounded; beyond it (and for retries) the store is read.
+    private var kept: [JobID: JobResponse] = [:]
+    private var keptBytes = 0
+    static let keptBytesLimit = 16 << 20
+
+    private static func cost(of r: JobResponse) -> Int {
+        if case .inline(let body) = r.body { return 64 + r.headers.count + body.count }
+        return 64 + r.headers.count
+    }
+
+    private func takeKept(_ id: JobID) -> JobResponse? {
+        guard let r = kept.removeValue(forKey: id) else { return nil }
+        keptBytes -= Self.cost(of: r)
+        return r
     }
 
     /// After SIGTERM no new attempt starts: pending ones stay in the store
@@ -114,12 +140,16 @@ final class WebhookDeliverer {
     // MARK: Attempts
 
     private func start(_ id: JobID, now: Int64) {
-        guard attempts[id] == nil, let record = jobs.table.lookup(id),
-              let callback = record.callback, callback.isPending else { return }
+        guard attempts[id] == nil else { return }
+        guard let record = jobs.table.lookup(id), let callback = record.callback, callback.isPending else {
+            _ = takeKept(id)
+            return
+        }
         if let at = callback.nextAttemptAt, at > now {
             push(at, id)  // moved later since it was scheduled
             return
         }
+        let response = takeKept(id)
         guard let route = jobs.config.configuration.routes.first(where: { $0.label == record.route && $0.callback != nil }),
               let settings = route.callback else {
             finish(id, round: callback.round, .unsendable("callback_not_configured"))
@@ -134,7 +164,8 @@ final class WebhookDeliverer {
             finish(id, round: callback.round, .unsendable("callback_not_allowed"))
             return
         }
-        let attempt = WebhookAttempt(deliverer: self, record: record, callback: callback, url: url, settings: settings)
+        let attempt = WebhookAttempt(deliverer: self, record: record, callback: callback, url: url, settings: settings,
+                                     response: response)
         attempts[id] = attempt
         receiver(for: url, route: record.route, settings: settings) { [weak attempt] target in
             guard let attempt else { return }

@@ -150,7 +150,7 @@ public final class JobTable: Sendable {
     /// Told of each job whose callback became due, once that is durable.
     /// Wrapped: a bare closure in a generic container is re-abstracted, a
     /// thunk deeper, at every read and write back through `withLock`.
-    private struct CallbackDue: Sendable { let run: @Sendable (JobRecord) -> Void }
+    private struct CallbackDue: Sendable { let run: @Sendable (JobRecord, JobResponse?) -> Void }
     private let callbackDue = Mutex<CallbackDue?>(nil)
 
     public init(store: any JobStore) {
@@ -159,7 +159,9 @@ public final class JobTable: Sendable {
 
     /// Sets who is told when a job's end makes its callback due (the
     /// delivery scheduler); called on the store's context.
-    public func onCallbackDue(_ handler: @escaping @Sendable (JobRecord) -> Void) {
+    /// The response comes along when the job's end wrote one (the deliverer
+    /// then need not read it back from the store for the first attempt).
+    public func onCallbackDue(_ handler: @escaping @Sendable (JobRecord, JobResponse?) -> Void) {
         callbackDue.withLock { $0 = CallbackDue(run: handler) }
     }
 
@@ -337,7 +339,7 @@ public final class JobTable: Sendable {
         let due = updated.status.isTerminal && updated.callback?.isPending == true
         store.update(updated, response: response) { [self] error in
             publish(updated, stored: error == nil)
-            if due && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated) }
+            if due && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated, response) }
             done(error)
         }
         return (updated, hooks)
@@ -363,7 +365,7 @@ public final class JobTable: Sendable {
             guard let updated else { return nil }
             store.update(updated, response: nil) { [self, armed] error in
                 publish(updated, stored: error == nil, transition: false)
-                if armed && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated) }
+                if armed && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated, nil) }
                 done(error)
             }
             return updated
