@@ -38,8 +38,13 @@ private struct Fixture {
             RedisScript.claim, keys: [keys.running("u"), keys.queue("u"), keys.delayed("u")], now: now,
             [.number(lease), .number(Int64(limit)), .text(replica)]
         ).get()
-        guard let items = reply.array, items.count >= 2 else { throw TestError("claim: \(reply)") }
-        return (items[0].string.flatMap { JobID($0) }, items[1].integer ?? -1, items.dropFirst(2).compactMap { $0.string.flatMap { JobID($0) } })
+        guard let items = reply.array, items.count >= 4 else { throw TestError("claim: \(reply)") }
+        if items[0] != .null {
+            // The claimed job's request comes with it: dispatch needs no second read.
+            #expect(items[2].bytes.flatMap(RedisRecord.request)?.body == .inline(Array("hello".utf8)))
+            #expect(items[3].array?.isEmpty == false)
+        }
+        return (items[0].string.flatMap { JobID($0) }, items[1].integer ?? -1, items.dropFirst(4).compactMap { $0.string.flatMap { JobID($0) } })
     }
 
     func renew(_ ids: [JobID], now: Int64, replica: String = "a") throws -> (lost: [JobID], canceled: [JobID]) {

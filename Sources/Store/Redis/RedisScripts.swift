@@ -127,7 +127,8 @@ public struct RedisScript: Sendable {
     /// rejoin the queue's front, then, under `limit` claims, the oldest
     /// queued job is claimed for `replica` until `now + lease`.
     /// KEYS: running, queue, delayed. ARGV: lease ms, limit, replica.
-    /// Returns {id or false, attempt, then the ids failed as interrupted}.
+    /// Returns {id or false, attempt, the request's bytes, the record's
+    /// fields (as HGETALL), then the ids failed as interrupted}.
     public static let claim = RedisScript("claim", """
         local lease, limit, replica = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
         local failed = {}
@@ -160,10 +161,10 @@ public struct RedisScript: Sendable {
             redis.call('HSET', job, 'status', 'running', 'owner', replica)
             redis.call('HSETNX', job, 'started_at', now)
             redis.call('ZADD', KEYS[1], now + lease, id)
-            return {id, attempt, unpack(failed)}
+            return {id, attempt, redis.call('GET', P .. ':req:' .. id) or '', redis.call('HGETALL', job), unpack(failed)}
           end
         end
-        return {false, 0, unpack(failed)}
+        return {false, 0, '', {}, unpack(failed)}
         """)
 
     /// Extends `replica`'s claims to `now + lease`. Returns {lost ids...,
@@ -235,7 +236,15 @@ public struct RedisScript: Sendable {
         return status
         """)
 
-    public static let all = [create, claim, renew, finish, cancel]
+    /// DELETE of an ended job (SPEC §4): every key of it goes. Returns 1
+    /// when it existed. KEYS: job, request, response.
+    public static let remove = RedisScript("remove", """
+        local key = redis.call('HGET', KEYS[1], 'idempotency_ref')
+        if key then redis.call('DEL', key) end
+        return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) > 0 and 1 or 0
+        """)
+
+    public static let all = [create, claim, renew, finish, cancel, remove]
 }
 
 /// An argument of a script call.
