@@ -143,3 +143,43 @@ private let request = JobRequest(head: Array("PUT /p HTTP/1.1\r\nX: y\r\n".utf8)
         #expect(try a.ask { loop, done in a.store.create(job(), request: request, body: [], keyIndex: nil, on: loop) { done($0) } }?.get() == .created)
     }
 }
+
+extension RedisJobStoreTests {
+    /// Each delivery round is made by one replica; a dead replica's
+    /// delivery is due again after its lease, for the other.
+    @Test func aDeliveryIsHeldByOneReplicaAndTakenOverAfterItsLease() throws {
+        let server = try RedisServer()
+        let a = Replica(server, name: "a"), b = Replica(server, name: "b")
+        #expect(waitUntil(timeout: 5) { a.store.isHealthy && b.store.isHealthy })
+        let r = JobRecord(id: .random(), status: .queued, upstream: "u", route: "r", method: "PUT", path: "/p",
+                          createdAt: 1_000, resendable: true, callback: JobCallback(url: "https://hooks.test/x"))
+        _ = a.ask { loop, done in a.store.create(r, request: request, body: [], keyIndex: nil, on: loop) { done($0) } }
+        let claim = try #require(try a.ask { loop, done in a.store.claim(upstream: "u", limit: 1, now: 1_000, on: loop) { done($0) } }?.get().claim)
+        _ = a.ask { loop, done in a.store.finish(claim.record, .failed, now: 2_000, on: loop) { done($0) } }
+
+        let taken = try a.ask { loop, done in a.store.claimDeliveries(max: 10, lease: .seconds(5), now: 2_000, on: loop) { done($0) } }?.get()
+        #expect(taken?.map(\.id) == [r.id])
+        #expect(taken?.first?.callback?.status == .pending)
+        // Held: not due for b before the lease ends; due for b after it.
+        #expect(try b.ask { loop, done in b.store.claimDeliveries(max: 10, lease: .seconds(5), now: 6_999, on: loop) { done($0) } }?.get() == [])
+        let takenOver = try b.ask { loop, done in b.store.claimDeliveries(max: 10, lease: .seconds(5), now: 7_000, on: loop) { done($0) } }?.get()
+        #expect(takenOver?.map(\.id) == [r.id])
+        // a's late outcome is refused; b's is written.
+        #expect(try a.ask { loop, done in a.store.finishDelivery(r.id, round: 1, .delivered, attempts: 1, lastError: nil, now: 7_100, on: loop) { done($0) } }?.get() == false)
+        #expect(try b.ask { loop, done in b.store.finishDelivery(r.id, round: 1, .retry(at: 9_000), attempts: 1, lastError: "http_500", now: 7_100, on: loop) { done($0) } }?.get() == true)
+        let retrying = try b.ask { loop, done in b.store.lookup(r.id, on: loop) { done($0) } }?.get()
+        #expect(retrying?.callback == JobCallback(url: "https://hooks.test/x", status: .pending, attempts: 1, lastError: "http_500", nextAttemptAt: 9_000))
+        #expect(try b.ask { loop, done in b.store.claimDeliveries(max: 10, lease: .seconds(5), now: 8_999, on: loop) { done($0) } }?.get() == [])
+        #expect(try b.ask { loop, done in b.store.claimDeliveries(max: 10, lease: .seconds(5), now: 9_000, on: loop) { done($0) } }?.get().count == 1)
+        #expect(try b.ask { loop, done in b.store.finishDelivery(r.id, round: 1, .delivered, attempts: 2, lastError: nil, now: 9_100, on: loop) { done($0) } }?.get() == true)
+        let delivered = try a.ask { loop, done in a.store.lookup(r.id, on: loop) { done($0) } }?.get()
+        #expect(delivered?.callback == JobCallback(url: "https://hooks.test/x", status: .delivered, attempts: 2))
+
+        // Re-armed from either replica: a new round, due now, held anew.
+        #expect(try a.ask { loop, done in a.store.rearm(r.id, now: 10_000, on: loop) { done($0) } }?.get() == 2)
+        let again = try a.ask { loop, done in a.store.claimDeliveries(max: 10, lease: .seconds(5), now: 10_000, on: loop) { done($0) } }?.get()
+        #expect(again?.first?.callback?.round == 2 && again?.first?.callback?.attempts == 0)
+        #expect(try a.ask { loop, done in a.store.rearm(r.id, now: 10_001, on: loop) { done($0) } }?.get() == 0)
+        #expect(try a.ask { loop, done in a.store.rearm(.random(), now: 10_001, on: loop) { done($0) } }?.get() == .some(nil))
+    }
+}

@@ -286,4 +286,60 @@ public final class RedisJobStore: Sendable {
             done(result.map { $0.integer == 1 })
         }
     }
+    // MARK: Webhook deliveries
+
+    public enum DeliveryOutcome: Sendable, Equatable {
+        case delivered
+        case failed
+        /// Due again at Unix milliseconds `at`.
+        case retry(at: Int64)
+    }
+
+    /// Takes up to `max` due deliveries for this replica, each held for
+    /// `lease` (longer than an attempt's `callback.timeout`, or a slow
+    /// attempt's delivery is taken by another replica and sent twice).
+    public func claimDeliveries(max: Int, lease: Duration, now: Int64, on loop: EventLoop,
+                                _ done: @escaping (Result<[JobRecord], RedisUnavailable>) -> Void) {
+        run(RedisScript.claimDeliveries, keys: [keys.callbacks],
+            [.number(lease.nanoseconds / 1_000_000), .text(replica), .number(Int64(max))], now: now, on: loop) { result in
+            done(result.map { reply in
+                let items = reply.array ?? []
+                var records: [JobRecord] = []
+                var i = 0
+                while i + 1 < items.count {
+                    if let id = items[i].string.flatMap({ JobID($0) }), let r = RedisRecord.record(id: id, from: items[i + 1]) {
+                        records.append(r)
+                    }
+                    i += 2
+                }
+                return records
+            })
+        }
+    }
+
+    /// An attempt's outcome for the delivery round `round` this replica
+    /// holds; false when it no longer holds it (nothing written).
+    public func finishDelivery(_ id: JobID, round: Int, _ outcome: DeliveryOutcome, attempts: Int, lastError: String?,
+                               now: Int64, on loop: EventLoop, _ done: @escaping (Result<Bool, RedisUnavailable>) -> Void) {
+        let word: String, nextAt: Int64
+        switch outcome {
+        case .delivered: (word, nextAt) = ("delivered", 0)
+        case .failed: (word, nextAt) = ("failed", 0)
+        case .retry(let at): (word, nextAt) = ("retry", at)
+        }
+        run(RedisScript.finishDelivery, keys: [keys.job(id), keys.callbacks],
+            [.text(id.text), .text(replica), .number(Int64(round)), .text(word), .number(Int64(attempts)), .number(nextAt),
+             .text(lastError ?? "")], now: now, on: loop) { result in
+            done(result.map { $0.integer == 1 })
+        }
+    }
+
+    /// Re-arms an ended job's finished delivery: the new round (0: nothing
+    /// to re-arm yet, its job runs or its delivery is pending; nil: no such
+    /// job or no callback).
+    public func rearm(_ id: JobID, now: Int64, on loop: EventLoop, _ done: @escaping (Result<Int?, RedisUnavailable>) -> Void) {
+        run(RedisScript.rearm, keys: [keys.job(id), keys.callbacks], [.text(id.text)], now: now, on: loop) { result in
+            done(result.map { $0.integer.map { Int($0) } })
+        }
+    }
 }

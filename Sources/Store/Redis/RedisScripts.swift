@@ -244,7 +244,72 @@ public struct RedisScript: Sendable {
         return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) > 0 and 1 or 0
         """)
 
-    public static let all = [create, claim, renew, finish, cancel, remove]
+    /// Takes up to `max` due webhook deliveries for `replica`: each one's
+    /// due time moves to `now + lease` (the claim: if this replica dies, the
+    /// delivery is due again then, for whichever replica looks first).
+    /// Entries whose job is gone or whose callback is no longer pending are
+    /// dropped. KEYS: callbacks. ARGV: lease ms, replica, max.
+    /// Returns {id, fields (as HGETALL), id, fields, ...}.
+    public static let claimDeliveries = RedisScript("claimDeliveries", """
+        local lease, replica, max = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+        local out = {}
+        for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, max)) do
+          local job = jobkey(id)
+          if redis.call('HGET', job, 'callback_status') ~= 'pending' then
+            redis.call('ZREM', KEYS[1], id)
+          else
+            redis.call('ZADD', KEYS[1], now + lease, id)
+            redis.call('HSET', job, 'callback_owner', replica)
+            out[#out + 1] = id
+            out[#out + 1] = redis.call('HGETALL', job)
+          end
+        end
+        return out
+        """)
+
+    /// A delivery attempt's outcome, written while `replica` holds the
+    /// delivery of `round`: `delivered` or `failed` end it, `retry` makes
+    /// it due again at `next_at`. Returns 1 when written, 0 when the claim
+    /// was lost (another replica has it, or the round was re-armed).
+    /// KEYS: job, callbacks.
+    /// ARGV: id, replica, round, outcome, attempts, next_at, last_error ('' for none).
+    public static let finishDelivery = RedisScript("finishDelivery", """
+        local id, replica, round, outcome = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+        local s = redis.call('HMGET', KEYS[1], 'callback_owner', 'callback_round', 'callback_status')
+        if s[1] ~= replica or s[2] ~= round or s[3] ~= 'pending' then return 0 end
+        redis.call('HDEL', KEYS[1], 'callback_owner')
+        redis.call('HSET', KEYS[1], 'callback_attempts', ARGV[8])
+        if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'callback_error', ARGV[10])
+        else redis.call('HDEL', KEYS[1], 'callback_error') end
+        if outcome == 'retry' then
+          redis.call('HSET', KEYS[1], 'callback_next_at', ARGV[9])
+          redis.call('ZADD', KEYS[2], tonumber(ARGV[9]), id)
+        else
+          redis.call('HSET', KEYS[1], 'callback_status', outcome)
+          redis.call('HDEL', KEYS[1], 'callback_next_at')
+          redis.call('ZREM', KEYS[2], id)
+        end
+        return 1
+        """)
+
+    /// `POST {jobs.path}/{id}/callback` (SPEC §4): an ended job's finished
+    /// delivery starts a new round, due now. Returns the new round, 0 when
+    /// the job has not ended or its delivery is still pending, nil when the
+    /// job is unknown or has no callback. KEYS: job, callbacks. ARGV: id.
+    public static let rearm = RedisScript("rearm", """
+        local s = redis.call('HMGET', KEYS[1], 'status', 'callback_status', 'callback_round')
+        if not s[1] or not s[2] then return false end
+        if s[1] ~= 'completed' and s[1] ~= 'failed' then return 0 end
+        if s[2] == 'pending' or s[2] == 'waiting' then return 0 end
+        local round = tonumber(s[3] or '1') + 1
+        redis.call('HSET', KEYS[1], 'callback_status', 'pending', 'callback_round', round, 'callback_attempts', 0,
+          'callback_next_at', now)
+        redis.call('HDEL', KEYS[1], 'callback_error', 'callback_owner')
+        redis.call('ZADD', KEYS[2], now, ARGV[4])
+        return round
+        """)
+
+    public static let all = [create, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm]
 }
 
 /// An argument of a script call.
