@@ -83,18 +83,33 @@ func parseUpstreamURL(_ s: String) -> Result<UpstreamURL, Problem> {
     if authority.contains("@") {
         return .failure(Problem("credentials (user@) are not allowed in the URL, got \(quoted(s))"))
     }
+    let hostPort: (host: String, port: Int)
+    switch parseAuthority(authority, defaultPort: scheme == "https" ? 443 : 80, form: urlExpected,
+                          example: "http://[::1]:8080", shown: s) {
+    case .success(let hp): hostPort = hp
+    case .failure(let p): return .failure(p)
+    }
+    while path.hasSuffix("/") { path = path.dropLast() }
+    return .success(UpstreamURL(scheme: scheme, host: hostPort.host, port: hostPort.port, pathPrefix: String(path)))
+}
+
+/// `HOST[:PORT]` of a URL (a name, IPv4, or bracketed IPv6), the host
+/// lowercased. `form` says what was expected, `example` shows a bracketed
+/// address, `shown` is the URL as errors may quote it.
+func parseAuthority(_ authority: Substring, defaultPort: Int, form: String, example: String,
+                    shown: String) -> Result<(host: String, port: Int), Problem> {
     var host: Substring
     var portText: Substring?
     if authority.hasPrefix("[") {
-        guard let close = authority.firstIndex(of: "]") else { return .failure(Problem("\(urlExpected), got \(quoted(s))")) }
+        guard let close = authority.firstIndex(of: "]") else { return .failure(Problem("\(form), got \(quoted(shown))")) }
         host = authority[authority.index(after: authority.startIndex)..<close]
         let after = authority[authority.index(after: close)...]
         guard isIPv6(host), after.isEmpty || after.hasPrefix(":") else {
-            return .failure(Problem("\(urlExpected), got \(quoted(s))"))
+            return .failure(Problem("\(form), got \(quoted(shown))"))
         }
         portText = after.isEmpty ? nil : after.dropFirst()
     } else if authority.filter({ $0 == ":" }).count > 1 {
-        return .failure(Problem("IPv6 addresses need brackets, e.g. http://[::1]:8080, got \(quoted(s))"))
+        return .failure(Problem("IPv6 addresses need brackets, e.g. \(example), got \(quoted(shown))"))
     } else if let colon = authority.firstIndex(of: ":") {
         host = authority[..<colon]
         portText = authority[authority.index(after: colon)...]
@@ -102,17 +117,16 @@ func parseUpstreamURL(_ s: String) -> Result<UpstreamURL, Problem> {
         host = authority
     }
     guard !host.isEmpty, host.contains(":") || isHostName(host) else {
-        return .failure(Problem("missing or invalid host, \(urlExpected), got \(quoted(s))"))
+        return .failure(Problem("missing or invalid host, \(form), got \(quoted(shown))"))
     }
-    var port = scheme == "https" ? 443 : 80
+    var port = defaultPort
     if let portText {
         guard let p = parsePort(portText), (1...65535).contains(p) else {
-            return .failure(Problem("port must be 1-65535, got \(quoted(s))"))
+            return .failure(Problem("port must be 1-65535, got \(quoted(shown))"))
         }
         port = p
     }
-    while path.hasSuffix("/") { path = path.dropLast() }
-    return .success(UpstreamURL(scheme: scheme, host: host.lowercased(), port: port, pathPrefix: String(path)))
+    return .success((host.lowercased(), port))
 }
 
 func parseThreads(_ s: String) -> Result<Int?, Problem> {
@@ -140,11 +154,11 @@ private func parsePort(_ s: Substring) -> Int? {
     return Int(s)
 }
 
-func isHostName(_ s: Substring) -> Bool {
+private func isHostName(_ s: Substring) -> Bool {
     !s.isEmpty && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_") }
 }
 
-func isIPv6(_ s: Substring) -> Bool {
+private func isIPv6(_ s: Substring) -> Bool {
     // Loose on purpose: getaddrinfo gives the real verdict at bind/connect time.
     s.contains(":") && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || ":.%".contains($0)) }
 }

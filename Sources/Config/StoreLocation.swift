@@ -105,33 +105,10 @@ func parseRedisURL(_ s: String) -> Result<RedisURL, Problem> {
     if rest.contains("?") || rest.contains("#") {
         return .failure(Problem("a redis URL takes no query or fragment; the redis: block holds the settings, got \(quoted(shown))"))
     }
-    var host: Substring
-    var portText: Substring?
-    if authority.hasPrefix("[") {
-        guard let close = authority.firstIndex(of: "]") else { return .failure(Problem("\(form), got \(quoted(shown))")) }
-        host = authority[authority.index(after: authority.startIndex)..<close]
-        let after = authority[authority.index(after: close)...]
-        guard isIPv6(host), after.isEmpty || after.hasPrefix(":") else {
-            return .failure(Problem("\(form), got \(quoted(shown))"))
-        }
-        portText = after.isEmpty ? nil : after.dropFirst()
-    } else if authority.filter({ $0 == ":" }).count > 1 {
-        return .failure(Problem("IPv6 addresses need brackets, e.g. redis://[::1]:6379/0, got \(quoted(shown))"))
-    } else if let colon = authority.firstIndex(of: ":") {
-        host = authority[..<colon]
-        portText = authority[authority.index(after: colon)...]
-    } else {
-        host = authority
-    }
-    guard !host.isEmpty, host.contains(":") || isHostName(host) else {
-        return .failure(Problem("missing or invalid host, \(form), got \(quoted(shown))"))
-    }
-    var port = 6379
-    if let portText {
-        guard let p = parseInteger(String(portText)), !portText.contains("_"), (1...65535).contains(p) else {
-            return .failure(Problem("port must be 1-65535, got \(quoted(shown))"))
-        }
-        port = p
+    let hostPort: (host: String, port: Int)
+    switch parseAuthority(authority, defaultPort: 6379, form: form, example: "redis://[::1]:6379/0", shown: shown) {
+    case .success(let hp): hostPort = hp
+    case .failure(let p): return .failure(p)
     }
     var database = 0
     if !path.isEmpty {
@@ -140,7 +117,7 @@ func parseRedisURL(_ s: String) -> Result<RedisURL, Problem> {
         }
         database = n
     }
-    return .success(RedisURL(host: host.lowercased(), port: port, database: database, username: username, password: password))
+    return .success(RedisURL(host: hostPort.host, port: hostPort.port, database: database, username: username, password: password))
 }
 
 /// `%XX` escapes decoded (RFC 3986 §2.1); nil for a malformed escape or bytes that are not UTF-8.

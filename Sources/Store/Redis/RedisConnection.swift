@@ -22,6 +22,40 @@ public struct RedisEndpoint: Sendable, Equatable {
     }
 }
 
+extension RedisEndpoint {
+    /// `AUTH [USER] PASSWORD`, when the endpoint has a password.
+    var auth: RedisCommand? {
+        guard let password else { return nil }
+        var c = RedisCommand("AUTH")
+        if let username { c.append(username) }
+        c.append(password)
+        return c
+    }
+}
+
+/// A new hiredis context connecting to `endpoint`, attached to `loop`'s
+/// base, its `data` pointing at `owner` (unretained: the owner frees the
+/// context before it goes), with the owner's connect and disconnect
+/// trampolines; or why none could be made (a name that does not resolve).
+func makeContext(_ endpoint: RedisEndpoint, loop: EventLoop, owner: UnsafeMutableRawPointer,
+                 onConnect: @escaping @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void,
+                 onDisconnect: @escaping @convention(c) (UnsafePointer<redisAsyncContext>?, Int32) -> Void)
+    -> Result<UnsafeMutablePointer<redisAsyncContext>, RedisUnavailable> {
+    guard let context = redisAsyncConnect(endpoint.host, Int32(endpoint.port)) else {
+        return .failure(RedisUnavailable("out of memory"))
+    }
+    if context.pointee.err != 0 {
+        let reason = RedisConnection.errorText(context)
+        redisAsyncFree(context)
+        return .failure(RedisUnavailable(reason))
+    }
+    context.pointee.data = owner
+    _ = CHiredis_attach(context, loop.base)
+    redisAsyncSetConnectCallback(context, onConnect)
+    redisAsyncSetDisconnectCallback(context, onDisconnect)
+    return .success(context)
+}
+
 /// One hiredis asynchronous context on one loop, kept connected.
 ///
 /// Commands are pipelined: each is written as it is sent and answered in
@@ -160,34 +194,18 @@ public final class RedisConnection {
 
     private func connect() {
         guard case .idle = phase else { return }
-        guard let context = redisAsyncConnect(endpoint.host, Int32(endpoint.port)) else {
-            lost(nil, reason: "out of memory")
-            return
-        }
-        if context.pointee.err != 0 {
-            // Refused before any socket (a name that does not resolve).
-            let reason = Self.errorText(context)
-            redisAsyncFree(context)
-            lost(nil, reason: reason)
-            return
-        }
-        context.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        _ = CHiredis_attach(context, loop.base)
-        redisAsyncSetConnectCallback(context) { context, status in
+        let made = makeContext(endpoint, loop: loop, owner: Unmanaged.passUnretained(self).toOpaque(), onConnect: { context, status in
             connection(of: context)?.connected(context!, status: status)
-        }
-        redisAsyncSetDisconnectCallback(context) { context, status in
+        }, onDisconnect: { context, status in
             connection(of: context)?.disconnected(context!, status: status)
+        })
+        guard case .success(let context) = made else {
+            if case .failure(let e) = made { lost(nil, reason: e.reason) }
+            return
         }
         phase = .connecting(context)
 
-        var handshake: [RedisCommand] = []
-        if let password = endpoint.password {
-            var auth = RedisCommand("AUTH")
-            if let user = endpoint.username { auth.append(user) }
-            auth.append(password)
-            handshake.append(auth)
-        }
+        var handshake: [RedisCommand] = endpoint.auth.map { [$0] } ?? []
         if endpoint.database != 0 {
             var select = RedisCommand("SELECT")
             select.append(endpoint.database)

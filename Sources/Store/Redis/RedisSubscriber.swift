@@ -91,35 +91,20 @@ public final class RedisSubscriber {
 
     private func connect() {
         guard case .idle = phase else { return }
-        guard let context = redisAsyncConnect(endpoint.host, Int32(endpoint.port)) else {
-            lost(nil, reason: "out of memory")
-            return
-        }
-        if context.pointee.err != 0 {
-            let reason = RedisConnection.errorText(context)
-            redisAsyncFree(context)
-            lost(nil, reason: reason)
-            return
-        }
-        context.pointee.data = Unmanaged.passUnretained(self).toOpaque()
-        _ = CHiredis_attach(context, loop.base)
-        redisAsyncSetConnectCallback(context) { context, status in
+        let made = makeContext(endpoint, loop: loop, owner: Unmanaged.passUnretained(self).toOpaque(), onConnect: { context, status in
             guard status != REDIS_OK, let me = subscriber(of: context) else { return }
             me.lost(UnsafeMutablePointer(mutating: context!), reason: RedisConnection.errorText(context!))
-        }
-        redisAsyncSetDisconnectCallback(context) { context, _ in
+        }, onDisconnect: { context, _ in
             guard let me = subscriber(of: context) else { return }
             let reason = context!.pointee.err != 0 ? RedisConnection.errorText(context!) : "connection closed"
             me.lost(UnsafeMutablePointer(mutating: context!), reason: reason)
+        })
+        guard case .success(let context) = made else {
+            if case .failure(let e) = made { lost(nil, reason: e.reason) }
+            return
         }
         phase = .subscribing(context)
-        var commands: [RedisCommand] = []
-        if let password = endpoint.password {
-            var auth = RedisCommand("AUTH")
-            if let user = endpoint.username { auth.append(user) }
-            auth.append(password)
-            commands.append(auth)
-        }
+        var commands: [RedisCommand] = endpoint.auth.map { [$0] } ?? []
         var subscribe = RedisCommand("SUBSCRIBE")
         subscribe.append(channel)
         commands.append(subscribe)
