@@ -322,7 +322,11 @@ public final class MessageReader {
             let name = bytes + Int(f.nameStart)
             let nameLength = Int(f.nameEnd - f.nameStart)
             guard nameLength > 0 else { throw isRequest ? .badHeader : .badResponse }
-            for j in 0..<nameLength where !isTchar(name[j]) {
+            // A name is tokens only (RFC 9110 §5.1). http_parser, built
+            // non-strict, takes SP as a token byte and refuses every other
+            // non-tchar one (HPE_INVALID_HEADER_TOKEN): SP is the one left to
+            // refuse ("Transfer-Encoding : chunked"), a word at a time.
+            if hasSpace(name, nameLength, readable: headLength - Int(f.nameStart)) {
                 throw isRequest ? .badHeader : .badResponse
             }
             // Trim trailing OWS; leading OWS http_parser already skipped.
@@ -786,6 +790,29 @@ private enum Word {
         let lows: UInt64 = 0x7F7F_7F7F_7F7F_7F7F
         return ~(((w & lows) &+ ones &* (0x80 - n)) | w) & highs
     }
+}
+
+/// A SP among the `n` bytes at `p`, of which `readable` (at least `n`) may
+/// be read. A name is short and followed by more of the head: its last
+/// bytes are read as one word with what follows masked off.
+@inline(__always)
+func hasSpace(_ p: UnsafePointer<UInt8>, _ n: Int, readable: Int) -> Bool {
+    var i = 0
+    while i + 8 <= n {
+        if Word.anyEqual(Word.load(p + i), 0x20) { return true }
+        i += 8
+    }
+    let rest = n - i
+    if rest == 0 { return false }
+    if i + 8 <= readable {
+        // Little-endian: the word's first bytes are its low ones.
+        return Word.anyEqual(Word.load(p + i) & (UInt64.max >> UInt64(64 - 8 * rest)), 0x20)
+    }
+    while i < n {
+        if p[i] == 0x20 { return true }
+        i += 1
+    }
+    return false
 }
 
 enum RawFault {
