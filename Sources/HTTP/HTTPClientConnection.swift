@@ -98,6 +98,12 @@ public final class HTTPClientConnection: ChannelDelegate {
     /// writes. False if the connection is closed.
     public func sendRequest(head: ByteWriter, body: EventBuffer?, lastChunk: Bool) -> Bool {
         guard let channel, !channel.isClosed else { return false }
+        if !lastChunk && (body?.isEmpty ?? true) {
+            // The head alone (a bodyless request): written from the writer.
+            channel.write(head.bytes)
+            head.reset()
+            return true
+        }
         let out = channel.rawOutput
         head.flush(to: out)
         if let body, !body.isEmpty { evbuffer_add_buffer(out, body.raw) }
