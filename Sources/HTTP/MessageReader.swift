@@ -731,23 +731,15 @@ func parseDecimal(_ value: UnsafeBufferPointer<UInt8>) -> Int64? {
 }
 
 /// RFC 3986 authority without userinfo: reg-name / IPv4 / [IP-literal], optional :port.
+/// Its bytes as a 128-bit set, as `isTchar`: letters, digits, "-._~:[]%",
+/// and the sub-delims "!$&'()*+,;=".
 @inline(__always)
 func isValidAuthority(_ value: UnsafeBufferPointer<UInt8>) -> Bool {
     guard !value.isEmpty else { return false }
+    let low: UInt64 = 0x2FFF_7FF2_0000_0000   // 0x00-0x3F: ! $ % & ' ( ) * + , - . 0-9 : ; =
+    let high: UInt64 = 0x47FF_FFFE_AFFF_FFFE  // 0x40-0x7F: A-Z [ ] _ a-z ~
     for c in value {
-        switch c {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-             UInt8(ascii: "0")...UInt8(ascii: "9"):
-            continue
-        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"),
-             UInt8(ascii: ":"), UInt8(ascii: "["), UInt8(ascii: "]"), UInt8(ascii: "%"),
-             UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-             UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"),
-             UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: "="):
-            continue
-        default:
-            return false
-        }
+        guard c < 128, (c < 64 ? low : high) >> UInt64(c & 63) & 1 == 1 else { return false }
     }
     return true
 }
