@@ -775,6 +775,15 @@ private enum Word {
         below(w ^ (ones &* b), 1)
     }
 
+    /// `below(w, 0x20) | equal(w, 0x7F)` in fewer steps: of a byte under
+    /// 0x80, the low seven bits plus 0x60 reach bit 7 unless they are under
+    /// 0x20, and plus 1 only when they are 0x7F (no carry leaves a byte).
+    @inline(__always)
+    static func controlOrDel(_ w: UInt64) -> UInt64 {
+        let x = w & 0x7F7F_7F7F_7F7F_7F7F
+        return (~(x &+ ones &* 0x60) | (x &+ ones)) & ~w & highs
+    }
+
     /// The high bit of each byte of `w` that is below `n` (n <= 0x80), and
     /// of no other: exact per byte (no borrow runs between bytes).
     @inline(__always)
@@ -826,13 +835,13 @@ func rawFault(_ p: UnsafePointer<UInt8>, _ n: Int) -> RawFault {
     var i = 0
     while i + 8 <= n {
         let w = Word.load(p + i)
-        var hits = Word.below(w, 0x20) | Word.equal(w, 0x7F)
+        var hits = Word.controlOrDel(w)
         while hits != 0 {
-            let j = i + hits.trailingZeroBitCount >> 3
+            let j = i &+ hits.trailingZeroBitCount &>> 3
             if let fault = rawFault(at: j, p, n, &controls) { return fault }
             hits &= hits &- 1
         }
-        i += 8
+        i &+= 8
     }
     while i < n {
         let c = p[i]
