@@ -147,6 +147,14 @@ public final class HTTPClientConnection: ChannelDelegate {
         channel?.flushSoon()
     }
 
+    /// The current response's body, if it has one, is all in the input
+    /// already: reading on ends the response in this same callback.
+    public var holdsWholeResponse: Bool {
+        if reader.isMessageComplete { return true }
+        guard case .length = reader.framing, let channel else { return false }
+        return Int64(evbuffer_get_length(channel.rawInput)) >= reader.remaining
+    }
+
     public var isOutputCongested: Bool {
         guard let channel, !channel.isClosed else { return false }
         let congested = evbuffer_get_length(channel.rawOutput) > HTTPClientConnection.outputHighWater

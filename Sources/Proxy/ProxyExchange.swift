@@ -32,6 +32,10 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     private var chunkedUpstream = false
     private var requestHasBody = false
     private var isHead = false
+    /// The whole response came with its head (a small one, the usual case):
+    /// its end follows in the same callback, and that flush sends head and
+    /// body together; none is deferred for them.
+    private var responseBuffered = false
 
     init(proxy: ProxyLoop) {
         self.proxy = proxy
@@ -201,8 +205,10 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             framing = .streamed
         }
         guard upstream.handle(.responseHead) == .deliverHead else { return }
+        responseBuffered = connection.holdsWholeResponse
         withClient { client in
-            client.startResponse(status: response.status, reason: response.reason, framing: framing) { w in
+            client.startResponse(status: response.status, reason: response.reason, framing: framing,
+                                 endsNow: responseBuffered) { w in
                 ResponseSerializer.writeHeaders(of: response, into: w)
             }
         }
@@ -210,7 +216,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     func clientResponseBody(_ connection: HTTPClientConnection, buffer: EventBuffer) {
         withClient { client in
-            client.writeBody(buffer)
+            client.writeBody(buffer, endsNow: responseBuffered)
             if client.isOutputCongested {
                 connection.pauseReading()
             }
