@@ -86,8 +86,27 @@ public final class ByteWriter {
     /// Decimal digits of a non-negative integer.
     public func append(decimal value: Int64) {
         reserve(20)
-        if value == 0 { append(byte: 0x30); return }
-        var v = value < 0 ? 0 : value
+        if value < 1000 {
+            // A status code, a small length: no digit counting loop. (A
+            // negative value writes nothing, as the loop below would.)
+            guard value >= 0 else { return }
+            let v = UInt8(truncatingIfNeeded: value / 10), p = base + count
+            if value >= 100 {
+                p[0] = 0x30 + v / 10
+                p[1] = 0x30 + v % 10
+                p[2] = 0x30 + UInt8(truncatingIfNeeded: value % 10)
+                count += 3
+            } else if value >= 10 {
+                p[0] = 0x30 + v
+                p[1] = 0x30 + UInt8(truncatingIfNeeded: value % 10)
+                count += 2
+            } else {
+                p[0] = 0x30 + UInt8(truncatingIfNeeded: value)
+                count += 1
+            }
+            return
+        }
+        var v = value
         var digits = 0
         var t = v
         while t > 0 { t /= 10; digits += 1 }
