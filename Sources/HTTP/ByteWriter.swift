@@ -86,8 +86,27 @@ public final class ByteWriter {
     /// Decimal digits of a non-negative integer.
     public func append(decimal value: Int64) {
         reserve(20)
-        if value == 0 { append(byte: 0x30); return }
-        var v = value < 0 ? 0 : value
+        if value < 1000 {
+            // A status code, a small length: no digit counting loop. (A
+            // negative value writes nothing, as the loop below would.)
+            guard value >= 0 else { return }
+            let v = UInt8(truncatingIfNeeded: value / 10), p = base + count
+            if value >= 100 {
+                p[0] = 0x30 + v / 10
+                p[1] = 0x30 + v % 10
+                p[2] = 0x30 + UInt8(truncatingIfNeeded: value % 10)
+                count += 3
+            } else if value >= 10 {
+                p[0] = 0x30 + v
+                p[1] = 0x30 + UInt8(truncatingIfNeeded: value % 10)
+                count += 2
+            } else {
+                p[0] = 0x30 + UInt8(truncatingIfNeeded: value)
+                count += 1
+            }
+            return
+        }
+        var v = value
         var digits = 0
         var t = v
         while t > 0 { t /= 10; digits += 1 }
@@ -146,12 +165,12 @@ public final class ByteWriter {
     /// Appends "Name: value\r\n".
     @inline(__always)
     public func header(_ name: StaticString, _ value: StaticString) {
-        append(name); append(": "); append(value); append("\r\n")
+        field(name.utf8Start, name.utf8CodeUnitCount, value.utf8Start, value.utf8CodeUnitCount)
     }
 
     @inline(__always)
     public func header(_ name: StaticString, _ value: UnsafeBufferPointer<UInt8>) {
-        append(name); append(": "); append(value); append("\r\n")
+        field(name.utf8Start, name.utf8CodeUnitCount, value.baseAddress, value.count)
     }
 
     public func header(_ name: StaticString, _ value: String) {
@@ -164,7 +183,24 @@ public final class ByteWriter {
 
     @inline(__always)
     public func header(_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) {
-        append(name); append(": "); append(value); append("\r\n")
+        field(name.baseAddress, name.count, value.baseAddress, value.count)
+    }
+
+    /// "name: value\r\n" with one capacity check and one count update: the
+    /// fields are most of a head's appends, and each separate append reloads
+    /// the buffer after its copy.
+    @inline(__always)
+    private func field(_ name: UnsafePointer<UInt8>?, _ n: Int, _ value: UnsafePointer<UInt8>?, _ v: Int) {
+        let total = n + v + 4
+        reserve(total)
+        let p = base + count
+        if let name, n > 0 { p.update(from: name, count: n) }
+        p[n] = UInt8(ascii: ":")
+        p[n + 1] = UInt8(ascii: " ")
+        if let value, v > 0 { (p + n + 2).update(from: value, count: v) }
+        p[n + 2 + v] = 0x0D
+        p[n + 3 + v] = 0x0A
+        count += total
     }
 
     public var bytes: UnsafeBufferPointer<UInt8> {

@@ -244,6 +244,37 @@ public final class Channel {
         }
     }
 
+    /// Writes `bytes` behind what `output` holds, like appending them and
+    /// calling `flush`. With nothing queued (a request head on a pooled
+    /// connection, the usual case) they go straight to the socket: no
+    /// evbuffer chain is allocated, filled and freed for them. What the
+    /// socket does not take is queued for write readiness.
+    public func write(_ bytes: UnsafeBufferPointer<UInt8>) {
+        guard !isClosed, let base = bytes.baseAddress, bytes.count > 0 else { return }
+        guard link == .open, tls == nil, evbuffer_get_length(rawOutput) == 0 else {
+            evbuffer_add(rawOutput, base, bytes.count)
+            flush()
+            return
+        }
+        if flushScheduled {
+            flushScheduled = false
+            event_del(flushEvent)
+        }
+        var n = Glibc.write(fd, base, bytes.count)
+        if n < 0 {
+            guard errno == EAGAIN || errno == EINTR else {
+                failWrite(errno)
+                return
+            }
+            n = 0
+        }
+        bytesWritten &+= n
+        if n < bytes.count { evbuffer_add(rawOutput, base + n, bytes.count - n) }
+        if (n < bytes.count || wantsWritable) && event_pending(writeEvent, Int16(EV_WRITE), nil) == 0 {
+            event_add(writeEvent, nil)
+        }
+    }
+
     /// Flushes once the current callbacks are done, in this loop turn: a
     /// head, body and end produced by one callback leave in one `writev`.
     public func flushSoon() {

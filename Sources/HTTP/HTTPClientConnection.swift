@@ -57,6 +57,10 @@ public final class HTTPClientConnection: ChannelDelegate {
     public private(set) var receivedResponseBytes = false
 
     private var channel: Channel?
+    /// `channel` again, borrowed for the calls on the request path: it is
+    /// set once, in `connect`, and the strong one keeps it to the end, so
+    /// those calls need not retain and release it.
+    private var borrowedChannel: Unmanaged<Channel>?
     private var headDone = false
     private var readPaused = false
     private var wantsDrainCallback = false
@@ -83,6 +87,7 @@ public final class HTTPClientConnection: ChannelDelegate {
             return
         }
         self.channel = channel
+        borrowedChannel = Unmanaged.passUnretained(channel)
         retained = Unmanaged.passRetained(self)
         channel.delegate = self
         channel.outputLowWater = 64 * 1024
@@ -91,19 +96,34 @@ public final class HTTPClientConnection: ChannelDelegate {
     }
 
     /// Where the request goes; valid while not closed.
+    /// Calls `body` with the channel (borrowed), or returns `none` before `connect`.
+    @inline(__always)
+    private func withChannel<R>(else none: R, _ body: (Channel) -> R) -> R {
+        guard let c = borrowedChannel else { return none }
+        return c._withUnsafeGuaranteedRef(body)
+    }
+
     public var output: EventBuffer? { channel.flatMap { $0.isClosed ? nil : $0.output } }
 
     /// Queues a request head and the body bytes that are in so far
     /// (`body` is emptied), ending a chunked body if `lastChunk`; then
     /// writes. False if the connection is closed.
     public func sendRequest(head: ByteWriter, body: EventBuffer?, lastChunk: Bool) -> Bool {
-        guard let channel, !channel.isClosed else { return false }
-        let out = channel.rawOutput
-        head.flush(to: out)
-        if let body, !body.isEmpty { evbuffer_add_buffer(out, body.raw) }
-        if lastChunk { evbuffer_add(out, "0\r\n\r\n", 5) }
-        channel.flush()
-        return true
+        withChannel(else: false) { channel in
+            guard !channel.isClosed else { return false }
+            if !lastChunk && (body?.isEmpty ?? true) {
+                // The head alone (a bodyless request): written from the writer.
+                channel.write(head.bytes)
+                head.reset()
+                return true
+            }
+            let out = channel.rawOutput
+            head.flush(to: out)
+            if let body, !body.isEmpty { evbuffer_add_buffer(out, body.raw) }
+            if lastChunk { evbuffer_add(out, "0\r\n\r\n", 5) }
+            channel.flush()
+            return true
+        }
     }
 
     /// Queues more request body (all of `buffer`), as a chunk if `chunked`,
@@ -127,8 +147,7 @@ public final class HTTPClientConnection: ChannelDelegate {
 
     /// Nothing of a request is left unsent.
     public var outputIsEmpty: Bool {
-        guard let channel, !channel.isClosed else { return false }
-        return evbuffer_get_length(channel.rawOutput) == 0
+        withChannel(else: false) { !$0.isClosed && evbuffer_get_length($0.rawOutput) == 0 }
     }
 
     /// Writes the buffered request now (once connected), else on connect.
@@ -139,6 +158,14 @@ public final class HTTPClientConnection: ChannelDelegate {
     /// Writes the buffered request at the end of this loop turn.
     public func flushSoon() {
         channel?.flushSoon()
+    }
+
+    /// The current response's body, if it has one, is all in the input
+    /// already: reading on ends the response in this same callback.
+    public var holdsWholeResponse: Bool {
+        if reader.isMessageComplete { return true }
+        guard case .length = reader.framing else { return false }
+        return withChannel(else: false) { Int64(evbuffer_get_length($0.rawInput)) >= reader.remaining }
     }
 
     public var isOutputCongested: Bool {
@@ -160,16 +187,18 @@ public final class HTTPClientConnection: ChannelDelegate {
         receivedResponseBytes = false
         readPaused = false
         if state == .idle { state = .active }
-        if state == .active { channel?.startReading() }
+        if state == .active { withChannel(else: ()) { $0.startReading() } }
     }
 
     /// Back to the pool: the previous response was whole and keep-alive.
     public func becomeIdle() {
-        guard state == .active, let channel, !channel.isClosed else { return }
-        state = .idle
-        delegate = nil
-        completedExchanges += 1
-        channel.startReading()
+        withChannel(else: ()) { channel in
+            guard state == .active, !channel.isClosed else { return }
+            state = .idle
+            delegate = nil
+            completedExchanges += 1
+            channel.startReading()
+        }
     }
 
     public func pauseReading() {
@@ -206,7 +235,11 @@ public final class HTTPClientConnection: ChannelDelegate {
     }
 
     private func readable() {
-        guard let channel, !channel.isClosed else { return }
+        withChannel(else: ()) { readable(on: $0) }
+    }
+
+    private func readable(on channel: Channel) {
+        guard !channel.isClosed else { return }
         let input = channel.rawInput
         if state == .idle {
             // An idle upstream has nothing to say; bytes here mean it is broken.
@@ -263,7 +296,7 @@ public final class HTTPClientConnection: ChannelDelegate {
         // Keep-alive only for a delimited response the upstream did not
         // close, with nothing after it: stray bytes (a body on a 204, a
         // second response) would be served to the next request.
-        let leftover = channel.map { evbuffer_get_length($0.rawInput) > 0 } ?? true
+        let leftover = withChannel(else: true) { evbuffer_get_length($0.rawInput) > 0 }
         if !reader.keepAlive || reader.framing == .untilClose || leftover {
             delegate = nil
             close()
@@ -320,5 +353,5 @@ public final class HTTPClientConnection: ChannelDelegate {
         d?.clientFailed(self, failure: failure)
     }
 
-    public var isOpen: Bool { channel.map { !$0.isClosed } ?? false }
+    public var isOpen: Bool { withChannel(else: false) { !$0.isClosed } }
 }

@@ -248,8 +248,11 @@ public final class HTTPServerConnection: ChannelDelegate {
 
     /// Writes the status line, the caller's headers, the framing and
     /// Connection headers. The caller's closure appends end-to-end headers.
+    /// `endsNow`: the caller calls `endResponse` before its callback
+    /// returns, and that flushes; no deferred flush is scheduled (libevent
+    /// would activate an event, then delete it again at the end).
     public func startResponse(status: Int, reason: UnsafeBufferPointer<UInt8>? = nil, framing: ResponseFraming,
-                              headers: (ByteWriter) -> Void) {
+                              endsNow: Bool = false, headers: (ByteWriter) -> Void) {
         var bodyless = reader.isHead
         var streamed = false
         switch framing {
@@ -289,11 +292,12 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
         w.append("\r\n")
         w.flush(to: channel.rawOutput)
-        channel.flushSoon()
+        if !endsNow { channel.flushSoon() }
     }
 
-    /// Moves all of `buffer` to the client, framed.
-    public func writeBody(_ buffer: EventBuffer) {
+    /// Moves all of `buffer` to the client, framed. `endsNow` as for
+    /// `startResponse`.
+    public func writeBody(_ buffer: EventBuffer, endsNow: Bool = false) {
         let n = evbuffer_get_length(buffer.raw)
         guard !isClosed, machine.isStreaming, n > 0 else { return }
         if machine.response == .streamingBodyless {
@@ -302,7 +306,7 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
         let chunkedResponse = machine.response == .streamingChunked
         let out = channel.rawOutput
-        channel.flushSoon()
+        if !endsNow { channel.flushSoon() }
         if chunkedResponse {
             CLibevent_evbuffer_add_chunk_header(out, n)
             evbuffer_add_buffer(out, buffer.raw)
@@ -312,11 +316,11 @@ public final class HTTPServerConnection: ChannelDelegate {
         }
     }
 
-    public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>) {
+    public func writeBody(_ bytes: UnsafeBufferPointer<UInt8>, endsNow: Bool = false) {
         guard !isClosed, machine.isStreaming, machine.response != .streamingBodyless, bytes.count > 0 else { return }
         let chunkedResponse = machine.response == .streamingChunked
         let out = channel.rawOutput
-        channel.flushSoon()
+        if !endsNow { channel.flushSoon() }
         if chunkedResponse { CLibevent_evbuffer_add_chunk_header(out, bytes.count) }
         evbuffer_add(out, bytes.baseAddress, bytes.count)
         if chunkedResponse { evbuffer_add(out, "\r\n", 2) }
@@ -372,11 +376,11 @@ public final class HTTPServerConnection: ChannelDelegate {
         // Answered before the request body was read: the connection will
         // close after this response, so say so in its head.
         if machine.isReadingBody, !reader.isMessageComplete { machine.refuseKeepAlive() }
-        startResponse(status: status, framing: .contentLength(Int64(body.count))) { w in
+        startResponse(status: status, framing: .contentLength(Int64(body.count)), endsNow: true) { w in
             w.header("Content-Type", contentType)
             headers(w)
         }
-        writeBody(body)
+        writeBody(body, endsNow: true)
         endResponse()
     }
 

@@ -16,7 +16,10 @@ import Loop
 /// exchange back.
 final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     unowned let proxy: ProxyLoop
-    private(set) var client: HTTPServerConnection!
+    /// The client connection, which holds this exchange as its handler and
+    /// calls `detached` (clearing this) before it can go away: borrowed, not
+    /// counted, since each use on the request path would retain and release it.
+    private var borrowedClient: Unmanaged<HTTPServerConnection>?
     private let upstream: UpstreamExchange
     var target: UpstreamTarget { upstream.target! }
 
@@ -29,6 +32,10 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     private var chunkedUpstream = false
     private var requestHasBody = false
     private var isHead = false
+    /// The whole response came with its head (a small one, the usual case):
+    /// its end follows in the same callback, and that flush sends head and
+    /// body together; none is deferred for them.
+    private var responseBuffered = false
 
     init(proxy: ProxyLoop) {
         self.proxy = proxy
@@ -37,8 +44,14 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         timer.setAction { [unowned self] in self.timedOut() }
     }
 
+    /// Calls `body` with the client connection (`borrowedClient`).
+    @inline(__always)
+    private func withClient<R>(_ body: (HTTPServerConnection) -> R) -> R {
+        borrowedClient!._withUnsafeGuaranteedRef(body)
+    }
+
     func begin(client: HTTPServerConnection, request: MessageReader, route: CompiledRoute) {
-        self.client = client
+        borrowedClient = Unmanaged.passUnretained(client)
         let target = route.upstream
         isHead = request.isHead
         pending.removeAll()
@@ -80,18 +93,20 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             break
         case .complete:
             timer.cancel()
-            client.endResponse()
+            withClient { $0.endResponse() }
         case .refuse:
             timer.cancel()
-            client.respondError(.upstreamQueueFull)
+            withClient { $0.respondError(.upstreamQueueFull) }
         case .fail(let failure, _):
             timer.cancel()
             // A JSON answer if nothing was sent yet, else the client
             // connection is closed so it sees the truncation.
-            if client.hasResponseStarted {
-                client.abort()
-            } else {
-                client.respondError(Self.error(failure))
+            withClient { client in
+                if client.hasResponseStarted {
+                    client.abort()
+                } else {
+                    client.respondError(Self.error(failure))
+                }
             }
         case .abandon:
             timer.cancel()
@@ -111,7 +126,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
 
     /// The client connection let go of this exchange.
     func detached(from connection: HTTPServerConnection) {
-        client = nil
+        borrowedClient = nil
         // A grant still on its way would reach a reused exchange: keep this one out.
         if upstream.machine.state == .finished(grantPending: false) {
             proxy.recycle(self)
@@ -127,7 +142,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
               connection.sendRequest(head: head, body: pending, lastChunk: upstream.requestComplete && chunkedUpstream)
         else { return }
         // Only a body's reading can have been paused.
-        if requestHasBody { client.resumeReadingBody() }
+        if requestHasBody { withClient { $0.resumeReadingBody() } }
     }
 
     // MARK: Client side
@@ -136,7 +151,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         // Backpressure: stop reading the client while the upstream lags.
         if upstream.machine.requestSent, let sending = upstream.connection,
            sending.sendBody(buffer, chunked: chunkedUpstream) {
-            if sending.isOutputCongested { client.pauseReadingBody() }
+            if sending.isOutputCongested { withClient { $0.pauseReadingBody() } }
             return
         }
         if chunkedUpstream {
@@ -144,7 +159,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
         } else {
             pending.moveAll(from: buffer)
         }
-        if pending.count > HTTPClientConnection.outputHighWater { client.pauseReadingBody() }
+        if pending.count > HTTPClientConnection.outputHighWater { withClient { $0.pauseReadingBody() } }
     }
 
     func requestEnd(connection: HTTPServerConnection) {
@@ -165,7 +180,7 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
     }
 
     func clientOutputDrained(_ connection: HTTPClientConnection) {
-        client.resumeReadingBody()
+        withClient { $0.resumeReadingBody() }
     }
 
     // MARK: Upstream side
@@ -190,15 +205,21 @@ final class ProxyExchange: RequestHandler, HTTPClientDelegate {
             framing = .streamed
         }
         guard upstream.handle(.responseHead) == .deliverHead else { return }
-        client.startResponse(status: response.status, reason: response.reason, framing: framing) { w in
-            ResponseSerializer.writeHeaders(of: response, into: w)
+        responseBuffered = connection.holdsWholeResponse
+        withClient { client in
+            client.startResponse(status: response.status, reason: response.reason, framing: framing,
+                                 endsNow: responseBuffered) { w in
+                ResponseSerializer.writeHeaders(of: response, into: w)
+            }
         }
     }
 
     func clientResponseBody(_ connection: HTTPClientConnection, buffer: EventBuffer) {
-        client.writeBody(buffer)
-        if client.isOutputCongested {
-            connection.pauseReading()
+        withClient { client in
+            client.writeBody(buffer, endsNow: responseBuffered)
+            if client.isOutputCongested {
+                connection.pauseReading()
+            }
         }
     }
 
