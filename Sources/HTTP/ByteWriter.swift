@@ -216,6 +216,11 @@ public final class ByteWriter {
         evbuffer_add(buffer, base, count)
         count = 0
     }
+
+    /// The bytes added to `buffer`, and kept here.
+    func copy(to buffer: OpaquePointer) {
+        evbuffer_add(buffer, base, count)
+    }
 }
 
 @inline(__always)

@@ -106,19 +106,20 @@ public final class HTTPClientConnection: ChannelDelegate {
     public var output: EventBuffer? { channel.flatMap { $0.isClosed ? nil : $0.output } }
 
     /// Queues a request head and the body bytes that are in so far
-    /// (`body` is emptied), ending a chunked body if `lastChunk`; then
-    /// writes. False if the connection is closed.
+    /// (`body` is emptied, `head` is not: a retry on a new connection sends
+    /// it again), ending a chunked body if `lastChunk`; then writes. False
+    /// if the connection is closed.
     public func sendRequest(head: ByteWriter, body: EventBuffer?, lastChunk: Bool) -> Bool {
         withChannel(else: false) { channel in
             guard !channel.isClosed else { return false }
             if !lastChunk && (body?.isEmpty ?? true) {
                 // The head alone (a bodyless request): written from the writer.
+                // The head is kept: a stale pooled connection sends it again.
                 channel.write(head.bytes)
-                head.reset()
                 return true
             }
             let out = channel.rawOutput
-            head.flush(to: out)
+            head.copy(to: out)
             if let body, !body.isEmpty { evbuffer_add_buffer(out, body.raw) }
             if lastChunk { evbuffer_add(out, "0\r\n\r\n", 5) }
             channel.flush()

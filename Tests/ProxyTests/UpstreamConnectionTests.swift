@@ -56,3 +56,52 @@ import Testing
         #expect(upstream.connections == 2)
     }
 }
+
+extension UpstreamConnectionTests {
+    /// A pooled connection the upstream closes as the next request reaches
+    /// it (it answered the first and then went away) is stale: a GET is
+    /// sent again, whole, on a new connection. (The retry once sent an
+    /// empty head, the first attempt having consumed it, and waited for
+    /// the sync timeout.)
+    @Test func aRequestOnAStalePooledConnectionIsSentAgainWhole() throws {
+        let (listener, port) = try bindLoopback(listen: 8)
+        let second = Box<[UInt8]?>(nil)
+        let ok = Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8)
+        @Sendable func readHead(_ c: Int32) -> [UInt8] {
+            var got: [UInt8] = [], chunk = [UInt8](repeating: 0, count: 4096)
+            while !got.ends(with: Array("\r\n\r\n".utf8)) {
+                let n = recv(c, &chunk, chunk.count, 0)
+                if n <= 0 { break }
+                got += chunk[0..<n]
+            }
+            return got
+        }
+        Thread.detachNewThread {
+            // First connection: answers one request, then closes when the next arrives.
+            let c1 = accept(listener, nil, nil)
+            _ = readHead(c1)
+            try? sendAll(c1, ok)
+            _ = readHead(c1)
+            close(c1)
+            // The retry's connection.
+            let c2 = accept(listener, nil, nil)
+            let head = readHead(c2)
+            second.withLock { $0 = head }
+            try? sendAll(c2, ok)
+            _ = readHead(c2)
+            close(c2)
+            close(listener)
+        }
+        let proxy = try TestProxy(upstreamPort: port) { $0.upstreams[0].syncTimeout = .seconds(5) }
+        #expect(try get(proxy.port, "/one").text == "ok")
+        let start = ContinuousClock.now
+        #expect(try get(proxy.port, "/two").text == "ok")
+        #expect(secondsSince(start) < 2)
+        let head = String(decoding: second.withLock { $0 } ?? [], as: UTF8.self)
+        #expect(head.hasPrefix("GET /two HTTP/1.1\r\n"), "\(head)")
+    }
+}
+
+private extension Array where Element == UInt8 {
+    func ends(with suffix: [UInt8]) -> Bool { count >= suffix.count && Array(self[(count - suffix.count)...]) == suffix }
+}
