@@ -53,7 +53,7 @@ final class WebhookDeliverer {
     var log: Logger { jobs.log }
 
     /// A job whose callback is due now or later; `response`, the result its
-    /// end just wrote, is kept for the first attempt (within `keptBytes`).
+    /// end just wrote, is kept for the first attempt (within `keptBytesLimit`).
     func schedule(_ record: JobRecord, response: JobResponse? = nil) {
         guard !stopped, let callback = record.callback, callback.isPending else { return }
         if let response, record.status == .completed, kept[record.id] == nil {
