@@ -42,7 +42,12 @@ enum ResponseTarget {
 
 /// `HTTPClientConnection`'s read loop without the socket and the pool.
 final class ClientSide {
-    enum State { case active, idle, closed }
+    enum State: Equatable {
+        /// Reading the head; `received`: some of the response came.
+        case head(received: Bool)
+        case body
+        case idle, closed
+    }
 
     let reader: MessageReader
     /// Beyond what the reader was given, and beyond the head once read.
@@ -52,9 +57,7 @@ final class ClientSide {
     private let staging = EventBuffer()
     private let checked: Bool
     private(set) var transcript: Transcript
-    private var state = State.active
-    private var headDone = false
-    private var received = false
+    private var state = State.head(received: false)
     private var bodyCount: Int64 = 0
 
     /// An exchange on `reader`; `checked`: the rules are checked too.
@@ -83,10 +86,10 @@ final class ClientSide {
             if !input.isEmpty { close(reused: false) }
             return
         }
-        guard state == .active else { return }
-        if !input.isEmpty { received = true }
+        guard state != .closed else { return }
+        if !input.isEmpty, case .head = state { state = .head(received: true) }
         while true {
-            if !headDone {
+            if case .head = state {
                 poison.set(from: min(input.count, reader.capacity))
                 let result: MessageReader.HeadResult
                 do {
@@ -106,7 +109,7 @@ final class ClientSide {
                     reader.requestWasHead = wasHead
                     continue
                 }
-                headDone = true
+                state = .body
                 continue
             }
             let done: Bool
@@ -143,16 +146,16 @@ final class ClientSide {
             close(reused: true)
         case .closed:
             break
-        case .active:
-            if headDone && reader.framing == .untilClose {
-                readable()
-                guard state == .active else { return }
-                reader.finishAtClose()
-                require(reader.isMessageComplete, "close-delimited body not complete at the close")
-                close(reused: false)
-            } else {
-                fail(received || headDone ? "truncated" : "reset")
-            }
+        case .body where reader.framing == .untilClose:
+            readable()
+            guard state == .body else { return }
+            reader.finishAtClose()
+            require(reader.isMessageComplete, "close-delimited body not complete at the close")
+            close(reused: false)
+        case .body, .head(received: true):
+            fail("truncated")
+        case .head(received: false):
+            fail("reset")
         }
     }
 
