@@ -19,11 +19,27 @@ public final class JobEngine: Sendable {
     private let runningExchanges = Atomic<Int>(0)
     private let stopping = Atomic<Bool>(false)
 
+    /// The Redis store, when jobs are shared by replicas (SPEC §5b): the
+    /// truth is there, and the table only observes durations for estimates.
+    public let shared: RedisJobStore?
+
     public init(store: any JobStore, dir: String) throws(StoreError) {
         self.table = JobTable(store: store)
+        self.shared = nil
         self.dir = dir
         try makeDirectories(dir)
     }
+
+    /// Jobs kept in Redis; the spool directory holds only bodies in transit.
+    public init(shared: RedisJobStore, dir: String) throws(StoreError) {
+        self.table = JobTable(store: MemoryStore())
+        self.shared = shared
+        self.dir = dir
+        try makeDirectories(dir)
+    }
+
+    /// The store answers (`/readyz`; with Redis, every loop's connection is up).
+    public var isHealthy: Bool { shared?.isHealthy ?? store.isHealthy() }
 
     public var store: any JobStore { table.store }
 
@@ -56,6 +72,12 @@ public final class JobEngine: Sendable {
     /// dispatched; a running one is queued again if it is safe to resend,
     /// else it fails `interrupted`. Returns the jobs to dispatch.
     public func recover(now: Int64) throws(StoreError) -> [JobRecord] {
+        guard shared == nil else {
+            // Redis holds every job; a dead run's claims lapse there and are
+            // taken over by the restart rule. Spool files are only in transit.
+            removeOrphanSpoolFiles(keeping: [])
+            return []
+        }
         let records = try store.loadAll()
         table.adopt(records)
         removeOrphanSpoolFiles(keeping: Set(records.map(\.id)))

@@ -36,19 +36,14 @@ final class JobIntake: RequestHandler {
     let id: JobID
     private var machine = Machine()
     private let spool = BodySpool()
-    private let head: [UInt8]
-    private let method: String
-    private let path: String
-    private let isHead: Bool
-    private let resendable: Bool
-    private let declaresBody: Bool
-    private let credential: [UInt8]?
-    private let idempotencyKey: String?
-    /// The webhook asked for (`X-Callback-Url`), already checked against the route's `allow`.
-    private let callback: JobCallback?
+    private let submission: JobSubmission
+    private var method: String { submission.method }
+    private var isHead: Bool { submission.isHead }
+    private var resendable: Bool { submission.resendable }
+    private var idempotencyKey: String? { submission.idempotencyKey }
     /// The key as the table indexes it (within the credential).
-    private var keyIndex: String? { idempotencyKey.map { JobRecord.keyIndex(key: $0, credential: credential) } }
-    private let preference: Preference
+    private var keyIndex: String? { submission.keyIndex }
+    private var preference: Preference { submission.preference }
     private let base: [UInt8]
     private var request: JobRequest?
     private var fingerprint: [UInt8]?
@@ -71,35 +66,13 @@ final class JobIntake: RequestHandler {
     init(jobs: JobLoop, client: HTTPServerConnection, request r: MessageReader, route: CompiledRoute,
          credential: [UInt8]?, base: [UInt8], callback: JobCallback?) {
         self.jobs = jobs
-        self.callback = callback
         self.client = client
         self.route = route
         self.id = jobs.jobIDs.make()
-        self.method = String(decoding: r.methodName, as: UTF8.self)
-        self.path = String(decoding: r.path, as: UTF8.self)
-        self.isHead = r.isHead
-        self.credential = credential
         self.base = base
-        let key = r.first(named: "idempotency-key").map { String(decoding: r.value($0), as: UTF8.self) }
-        self.idempotencyKey = key.flatMap { $0.isEmpty ? nil : $0 }
-        self.resendable = r.isIdempotent || idempotencyKey != nil
-        switch r.framing {
-        case .none: self.declaresBody = r.declaredContentLength != nil
-        default: self.declaresBody = true
-        }
-        self.preference = Preference(of: r, maxWait: jobs.config.configuration.jobs.maxWait)
-        let w = jobs.proxy.scratchWriter
-        RequestSerializer.write(request: r, peer: client.peer, target: route.upstream, into: w, framing: false)
-        self.head = Array(w.bytes)
+        self.submission = JobSubmission(r, route: route, client: client, jobs: jobs, credential: credential, callback: callback)
         client.logUpstream = route.upstream.name
-        if idempotencyKey != nil {
-            var f = Fingerprint()
-            f.update(Array(method.utf8))
-            f.separate()
-            f.update(Array(path.utf8))
-            f.separate()
-            spool.fingerprint = f
-        }
+        spool.fingerprint = submission.startFingerprint()
     }
 
     // MARK: Request body
@@ -118,11 +91,7 @@ final class JobIntake: RequestHandler {
 
     func requestEnd(connection: HTTPServerConnection) {
         guard machine.isReceivingBody else { return }
-        if var f = spool.fingerprint {
-            f.separate()
-            if let credential { f.update(credential) }
-            fingerprint = f.finish()
-        }
+        fingerprint = submission.finishFingerprint(spool.fingerprint)
         let body: StoredBody
         do {
             body = try spool.finish()
@@ -130,7 +99,7 @@ final class JobIntake: RequestHandler {
             answerEarly(.spoolFailed)
             return
         }
-        request = JobRequest(head: head, body: body, declaresBody: declaresBody)
+        request = JobRequest(head: submission.head, body: body, declaresBody: submission.declaresBody)
         createdAt = wallClockMillis()
         var claimed = false
         if let key = keyIndex, let fingerprint {
@@ -176,9 +145,7 @@ final class JobIntake: RequestHandler {
     }
 
     private func record(status: JobStatus) -> JobRecord {
-        var r = JobRecord(id: id, status: status, upstream: target.name, route: route.label, method: method, path: path,
-                          createdAt: createdAt, resendable: resendable, credential: credential,
-                          idempotencyKey: idempotencyKey, fingerprint: fingerprint, callback: callback)
+        var r = submission.record(id: id, status: status, createdAt: createdAt, fingerprint: fingerprint)
         if status == .running {
             r.startedAt = runnerStartedAt
             r.attempts = 1

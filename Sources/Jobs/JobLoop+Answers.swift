@@ -81,15 +81,13 @@ extension JobLoop {
                       base: [UInt8]) {
         switch record.status {
         case .completed:
-            let bound = LoopBound((jobs: self, client: client), loop: loop)
             let id = record.id
-            store.response(of: id, on: loop) { result in
-                let (jobs, client) = bound.value
-                guard case .success(let response?) = result else {
+            readResponse(of: id) { [self] response in
+                guard let response else {
                     client?.respondError(.storeReadFailed)
                     return
                 }
-                jobs.relay(response, id: id, to: client, preference: preference)
+                relay(response, id: id, to: client, preference: preference)
             }
         case .failed:
             answerStatus(client, record, status: record.error?.resultStatus ?? 502, base: base, preference: preference)
@@ -98,6 +96,16 @@ extension JobLoop {
         case .queued, .running:
             answerStatus(client, record, status: 202, base: base, preference: preference)
         }
+    }
+
+    /// A completed job's captured response (nil: unreadable), answered on this loop.
+    func readResponse(of id: JobID, _ done: @escaping (JobResponse?) -> Void) {
+        if let shared = engine.shared {
+            shared.response(of: id, on: loop) { done((try? $0.get()) ?? nil) }
+            return
+        }
+        let bound = LoopBound(done, loop: loop)
+        store.response(of: id, on: loop) { bound.value((try? $0.get()) ?? nil) }
     }
 
     /// A captured response, replayed: its status, reason, end-to-end

@@ -19,37 +19,53 @@ extension JobLoop {
         var wait: Int?
     }
 
-    public func jobEndpoint(for r: MessageReader, on client: HTTPServerConnection) -> any RequestHandler {
-        guard let t = parseJobTarget(r.path), let record = visibleJob(t.id, for: r) else {
-            return proxy.refuse(.jobNotFound, on: client)
+    /// What a request to the job endpoint asks of a job that exists.
+    enum EndpointAction: Equatable {
+        case status
+        case result
+        /// A long poll of the status (or, with `result`, of the result).
+        case poll(seconds: Int, result: Bool)
+        case delete
+        case rearm
+        /// 405 with this `Allow`.
+        case notAllowed(allow: String)
+    }
+
+    static func endpointAction(_ t: JobTarget, method: UnsafeBufferPointer<UInt8>, isHead: Bool,
+                               record: JobRecord) -> EndpointAction {
+        if t.callback {
+            return bytesEqual(method, post) ? .rearm : .notAllowed(allow: "POST")
         }
+        if bytesEqual(method, get) || isHead {
+            if let seconds = t.wait, seconds > 0, !record.status.isTerminal { return .poll(seconds: seconds, result: t.result) }
+            return t.result ? .result : .status
+        }
+        if bytesEqual(method, delete) && !t.result { return .delete }
+        return .notAllowed(allow: t.result ? "GET, HEAD" : "GET, HEAD, DELETE")
+    }
+
+    public func jobEndpoint(for r: MessageReader, on client: HTTPServerConnection) -> any RequestHandler {
+        guard let t = parseJobTarget(r.path) else { return proxy.refuse(.jobNotFound, on: client) }
+        if let shared {
+            return SharedJobEndpoint(shared: shared, client: client, target: t, method: r.methodName, isHead: r.isHead,
+                                     credential: credential(of: r), base: publicBase(for: r))
+        }
+        guard let record = visibleJob(t.id, for: r) else { return proxy.refuse(.jobNotFound, on: client) }
         logJob(record.id, on: client)
         let base = publicBase(for: r)
-        let method = r.methodName
-        if t.callback {
-            guard bytesEqual(method, Self.post) else {
-                client.respondError(.jobMethodNotAllowed) { h in h.header("Allow", "POST") }
-                return proxy.answered
-            }
+        switch Self.endpointAction(t, method: r.methodName, isHead: r.isHead, record: record) {
+        case .rearm:
             return JobCallbackRearm(jobs: self, client: client, record: record, base: base)
-        }
-        let isGet = bytesEqual(method, Self.get) || r.isHead
-        if isGet {
-            if let seconds = t.wait, seconds > 0, !record.status.isTerminal {
-                return JobPoll(jobs: self, client: client, id: record.id, result: t.result, base: base, seconds: seconds)
-            }
-            if t.result {
-                answerResult(client, record, preference: nil, base: base)
-            } else {
-                answerStatus(client, record, status: 200, base: base)
-            }
-            return proxy.answered
-        }
-        if bytesEqual(method, Self.delete) && !t.result {
+        case .poll(let seconds, let result):
+            return JobPoll(jobs: self, client: client, id: record.id, result: result, base: base, seconds: seconds)
+        case .result:
+            answerResult(client, record, preference: nil, base: base)
+        case .status:
+            answerStatus(client, record, status: 200, base: base)
+        case .delete:
             return JobDelete(jobs: self, client: client, record: record, base: base)
-        }
-        client.respondError(.jobMethodNotAllowed) { h in
-            h.header("Allow", t.result ? "GET, HEAD" : "GET, HEAD, DELETE")
+        case .notAllowed(let allow):
+            client.respondError(.jobMethodNotAllowed) { h in h.header("Allow", allow) }
         }
         return proxy.answered
     }
@@ -61,11 +77,13 @@ extension JobLoop {
     /// The job if this request may see it: it exists, has not outlived
     /// `result_ttl`, and carries the credential it was bound to.
     func visibleJob(_ id: JobID, for r: MessageReader) -> JobRecord? {
-        guard let record = table.lookup(id),
-              !record.isExpired(now: wallClockMillis(), ttlMillis: config.configuration.jobs.resultTTL.nanoseconds / 1_000_000)
-        else { return nil }
-        guard record.credential == credential(of: r) else { return nil }
-        return record
+        table.lookup(id).flatMap { isVisible($0, credential: credential(of: r)) ? $0 : nil }
+    }
+
+    /// Not past `result_ttl`, and bound to `credential` if to anything.
+    func isVisible(_ record: JobRecord, credential: [UInt8]?) -> Bool {
+        !record.isExpired(now: wallClockMillis(), ttlMillis: config.configuration.jobs.resultTTL.nanoseconds / 1_000_000)
+            && record.credential == credential
     }
 
     /// The hash of the `jobs.bind_to` credential the request carries.

@@ -30,6 +30,29 @@ public final class JobLoop: JobService {
         proxy.jobs = self
     }
 
+    /// With the Redis store: this loop's claims, long polls and wake-ups.
+    var shared: SharedJobs?
+
+    /// With the Redis store: subscribes and starts claiming on this loop.
+    public func startShared() {
+        loop.preconditionInEventLoop()
+        guard let store = engine.shared, shared == nil else { return }
+        let s = SharedJobs(jobs: self, store: store)
+        shared = s
+        s.start()
+    }
+
+    /// Stops claiming and closes the subscription (shutdown).
+    public func closeShared() {
+        shared?.close()
+        shared = nil
+    }
+
+    /// This loop's Redis command connection was made or lost.
+    public func sharedConnectionChanged(_ change: RedisConnection.Change) {
+        shared?.connectionChanged(change)
+    }
+
     /// Webhook deliveries, on the one loop that runs them (`startDeliveries`).
     var deliverer: WebhookDeliverer?
 
@@ -71,6 +94,10 @@ public final class JobLoop: JobService {
                 return proxy.refuse(.callbackURLRefused, on: connection)
             }
             callback = JobCallback(url: url.description)
+        }
+        if let shared {
+            return SharedIntake(shared: shared, client: connection, request: request, route: route,
+                                credential: credential(of: request), base: publicBase(for: request), callback: callback)
         }
         return JobIntake(jobs: self, client: connection, request: request, route: route,
                          credential: credential(of: request), base: publicBase(for: request), callback: callback)

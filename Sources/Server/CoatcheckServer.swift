@@ -42,6 +42,7 @@ public final class CoatcheckServer: Sendable {
         var adminPort: Int?
         var signals: LoopBound<SignalWatcher>?
         var sweeper: LoopBound<ExpirySweeper>?
+        var jobLoops: [LoopBound<JobLoop>] = []
     }
 
     public init(configuration: Configuration, logger: Logger,
@@ -52,12 +53,19 @@ public final class CoatcheckServer: Sendable {
         } catch {
             throw StartupError(message: error.message)
         }
+        let group = EventLoopGroup(count: configuration.threads ?? EventLoopGroup.coreCount)
+        self.group = group
         do {
-            self.jobs = try JobEngine(store: try openStore(configuration.store), dir: configuration.jobs.dir)
+            if case .redis(let url) = configuration.store {
+                try Self.checkSharedSupport(configuration)
+                let store = RedisJobStore(settings: sharedSettings(url, configuration), loops: group.loops, replica: replicaName())
+                self.jobs = try JobEngine(shared: store, dir: configuration.jobs.dir)
+            } else {
+                self.jobs = try JobEngine(store: try openStore(configuration.store), dir: configuration.jobs.dir)
+            }
         } catch {
             throw StartupError(message: "store \(configuration.store): \(error.message)")
         }
-        self.group = EventLoopGroup(count: configuration.threads ?? EventLoopGroup.coreCount)
         self.logger = logger
         self.budget = ConnectionBudget(limit: configuration.limits.maxConnections)
         self.state = Mutex(State(runtime: runtime))
@@ -140,8 +148,21 @@ public final class CoatcheckServer: Sendable {
             let jobs = jobLoops[i % jobLoops.count]
             jobs.loop.execute { jobs.value.dispatch(record) }
         }
-        let deliveries = jobLoops[0]
-        deliveries.loop.execute { deliveries.value.startDeliveries() }
+        if let shared = jobs.shared {
+            let loops = jobLoops
+            shared.start { i, change in
+                switch change {
+                case .ready: logger.info("redis connected", metadata: ["store": "\(config.store)", "loop": "\(i)"])
+                case .lost(let reason):
+                    logger.warning("redis connection lost", metadata: ["store": "\(config.store)", "loop": "\(i)", "reason": "\(reason)"])
+                }
+                loops[i].value.sharedConnectionChanged(change)
+            }
+            for jobLoop in jobLoops { jobLoop.loop.execute { jobLoop.value.startShared() } }
+        } else {
+            let deliveries = jobLoops[0]
+            deliveries.loop.execute { deliveries.value.startDeliveries() }
+        }
         let sweepLoop = group.loops[0]
         let sweeper = try? sweepLoop.submitAndWait { [self] in
             LoopBound(ExpirySweeper(loop: sweepLoop, server: self), loop: sweepLoop)
@@ -172,6 +193,7 @@ public final class CoatcheckServer: Sendable {
             $0.adminPort = adminPort
             $0.admin = admin
             $0.sweeper = sweeper
+            $0.jobLoops = jobLoops
             $0.phase = .running
         }
         logger.info("coatcheck listening", metadata: [
@@ -183,7 +205,7 @@ public final class CoatcheckServer: Sendable {
     }
 
     /// Ready when running, not draining, and the store answers.
-    public var isReady: Bool { phase == .running && jobs.store.isHealthy() }
+    public var isReady: Bool { phase == .running && jobs.isHealthy }
 
     /// SIGTERM/SIGINT drain, SIGHUP reload; handled on loop 0 (signals reach one base only).
     public func installSignalHandlers() {
@@ -199,6 +221,9 @@ public final class CoatcheckServer: Sendable {
     public func reload(_ configuration: Configuration) throws {
         let current = state.withLock { $0.runtime }
         let next: RuntimeConfig
+        if jobs.shared != nil {
+            do { try Self.checkSharedSupport(configuration) } catch { throw StartupError(message: error.message) }
+        }
         do {
             next = try RuntimeConfig(configuration, previous: current)
         } catch {
@@ -276,6 +301,10 @@ public final class CoatcheckServer: Sendable {
     /// stops and joins the loops.
     public func waitUntilStopped() {
         stopped.wait()
+        if let shared = jobs.shared {
+            for jobLoop in state.withLock({ $0.jobLoops }) { try? jobLoop.loop.submitAndWait { jobLoop.value.closeShared() } }
+            shared.close()
+        }
         group.shutdown()
         jobs.store.close()
         logger.info("stopped")
@@ -356,12 +385,44 @@ final class SignalWatcher {
     }
 }
 
+/// `store: redis://...` with the `redis:` block.
+func sharedSettings(_ url: RedisURL, _ c: Configuration) -> RedisJobStore.Settings {
+    let endpoint = RedisEndpoint(host: url.host, port: url.port, database: url.database, username: url.username,
+                                 password: url.password)
+    return RedisJobStore.Settings(endpoint: endpoint, prefix: c.redis.prefix, lease: c.redis.lease,
+                                  waitReplicas: c.redis.waitReplicas, resultTTL: c.jobs.resultTTL)
+}
+
+/// Names this process in its claims: host, pid and a random part, so a
+/// restarted replica never mistakes its predecessor's claims for its own.
+func replicaName() -> String {
+    var host = [CChar](repeating: 0, count: 256)
+    gethostname(&host, host.count - 1)
+    let name = String(decoding: host.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return "\(name)-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
+}
+
+extension CoatcheckServer {
+    /// What the Redis store does not carry yet: refused at start with one
+    /// line, never served half-way.
+    static func checkSharedSupport(_ c: Configuration) throws(StoreError) {
+        for route in c.routes {
+            if route.mode == .auto {
+                throw StoreError("route '\(route.label)': mode auto is not available with the redis store yet (sync and async are)")
+            }
+            if route.callback != nil {
+                throw StoreError("route '\(route.label)': callback (webhooks) is not available with the redis store yet")
+            }
+        }
+    }
+}
+
 /// `store:` as configured.
 func openStore(_ location: StoreLocation) throws(StoreError) -> any JobStore {
     switch location {
     case .memory: return MemoryStore()
     case .sqlite(let path): return try SQLiteStore(path: path)
-    case .redis: throw StoreError("the redis store is not available in this build yet (memory: and sqlite:PATH are)")
+    case .redis: throw StoreError("the redis store is opened by the server (it needs the loops)")
     }
 }
 

@@ -39,6 +39,9 @@ public final class RedisDispatcher {
     private let pollTimer: Timer
     public let pollInterval: Duration
     private var stopped = false
+    /// Whether this replica may take another job of the upstream now (not
+    /// draining, a local slot free): a busy replica leaves it to the others.
+    public var canClaim: (String) -> Bool = { _ in true }
 
     public init(loop: EventLoop, store: RedisJobStore, upstreams: [(name: String, limit: Int)], runner: any ClaimRunner,
                 pollInterval: Duration? = nil) {
@@ -108,7 +111,7 @@ public final class RedisDispatcher {
     }
 
     private func claim(_ name: String) {
-        guard let limit = upstreams[name]?.limit, !stopped else {
+        guard let limit = upstreams[name]?.limit, !stopped, canClaim(name) else {
             handle(.claimed(found: false), name)
             return
         }
