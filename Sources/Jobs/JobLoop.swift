@@ -58,11 +58,13 @@ public final class JobLoop: JobService {
 
     /// Makes this loop the one that delivers webhooks: due callbacks are
     /// handed here from any loop (and from the store's context), and the
-    /// ones a previous run left pending are scheduled now.
+    /// ones a previous run left pending are scheduled now. With Redis, the
+    /// deliverer claims the replicas' due deliveries itself.
     public func startDeliveries() {
         loop.preconditionInEventLoop()
         let deliverer = WebhookDeliverer(jobs: self)
         self.deliverer = deliverer
+        guard engine.shared == nil else { return }
         let bound = LoopBound(self, loop: loop)
         table.onCallbackDue { record, response in
             bound.loop.execute { bound.value.deliverer?.schedule(record, response: response) }

@@ -75,13 +75,9 @@ final class WebhookAttempt: HTTPClientDelegate {
             self.response = nil
             sign(response.body, then: target)
         } else if record.status == .completed {
-            let bound = LoopBound(self, loop: deliverer.loop)
-            jobs.store.response(of: id, on: deliverer.loop) { result in
-                guard case .success(let response?) = result else {
-                    bound.value.end(.unsendable("result_missing"))
-                    return
-                }
-                bound.value.sign(response.body, then: target)
+            jobs.readResponse(of: id) { [self] response in
+                guard let response else { return end(.unsendable("result_missing")) }
+                sign(response.body, then: target)
             }
         } else {
             let w = ByteWriter(capacity: 1024)

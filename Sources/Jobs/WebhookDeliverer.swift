@@ -17,6 +17,12 @@ import Glibc
 /// `callback.max_concurrency` attempts per route, and writes each attempt's
 /// outcome back. Attempts go through the upstream-exchange core and its
 /// pools, with gates of their own: they never hold an upstream slot.
+///
+/// With the Redis store (SPEC §5b) the deliveries of every replica are one
+/// sorted set by due time: this claims the due ones for a while (each
+/// claim lasts `claimLease`, after which any replica may take it again),
+/// when a job's end is heard and on a short poll for retries come due, and
+/// writes each outcome only while it still holds the claim.
 final class WebhookDeliverer {
     unowned let jobs: JobLoop
     let loop: EventLoop
@@ -40,12 +46,29 @@ final class WebhookDeliverer {
     /// Name resolution and signing of large bodies: blocking work, off the loops.
     let blocking: EventLoopGroup
 
+    /// The Redis store's deliveries this replica claimed, until their
+    /// outcome is written.
+    private var claimed: [JobID: JobRecord] = [:]
+    private var shared: RedisJobStore? { jobs.engine.shared }
+    /// A claim pass is under way / another is due when it ends.
+    private var claiming = false, claimAgain = false
+    private var pollTimer: Timer?
+
     init(jobs: JobLoop) {
         self.jobs = jobs
         self.loop = jobs.loop
         blocking = EventLoopGroup(count: 1)
         blocking.start()
         timer = Timer(loop: loop) { [unowned self] in self.timerFired() }
+        if shared != nil {
+            let poll = Timer(loop: loop) { [unowned self] in
+                self.claimDue()
+                self.pollTimer?.schedule(after: Self.pollInterval)
+            }
+            pollTimer = poll
+            poll.schedule(after: Self.pollInterval)
+            claimDue()
+        }
     }
 
     deinit { blocking.shutdown() }
@@ -55,7 +78,7 @@ final class WebhookDeliverer {
     /// A job whose callback is due now or later; `response`, the result its
     /// end just wrote, is kept for the first attempt (within `keptBytesLimit`).
     func schedule(_ record: JobRecord, response: JobResponse? = nil) {
-        guard !stopped, let callback = record.callback, callback.isPending else { return }
+        guard shared == nil, !stopped, let callback = record.callback, callback.isPending else { return }
         if let response, record.status == .completed, kept[record.id] == nil {
             let cost = Self.cost(of: response)
             if keptBytes + cost <= Self.keptBytesLimit {
@@ -141,11 +164,12 @@ final class WebhookDeliverer {
 
     private func start(_ id: JobID, now: Int64) {
         guard attempts[id] == nil else { return }
-        guard let record = jobs.table.lookup(id), let callback = record.callback, callback.isPending else {
+        guard let record = shared == nil ? jobs.table.lookup(id) : claimed[id],
+              let callback = record.callback, callback.isPending else {
             _ = takeKept(id)
             return
         }
-        if let at = callback.nextAttemptAt, at > now {
+        if shared == nil, let at = callback.nextAttemptAt, at > now {
             push(at, id)  // moved later since it was scheduled
             return
         }
@@ -238,6 +262,9 @@ final class WebhookDeliverer {
     /// Writes an attempt's outcome; a retry is scheduled once it is durable.
     func finish(_ id: JobID, round: Int, _ result: AttemptResult) {
         attempts[id] = nil
+        if let shared {
+            return finishShared(id, round: round, result, store: shared)
+        }
         let now = wallClockMillis()
         let bound = LoopBound(self, loop: loop)
         let log = self.log
@@ -275,9 +302,100 @@ final class WebhookDeliverer {
             }
         })
         // The attempt was made, whatever the store then says.
-        if let counted, let meters = jobs.proxy.meters {
-            let slot = jobs.config.routes.first { $0.label == route }?.meterSlot ?? MeterLabels.unrouted
-            meters.add(MeterKey(.webhookDeliveries, slot: slot, counted.rawValue))
+        if let counted { count(counted, route: route) }
+    }
+
+    private func count(_ result: DeliveryResult, route: String?) {
+        guard let meters = jobs.proxy.meters else { return }
+        let slot = jobs.config.routes.first { $0.label == route }?.meterSlot ?? MeterLabels.unrouted
+        meters.add(MeterKey(.webhookDeliveries, slot: slot, result.rawValue))
+    }
+
+    // MARK: Redis
+
+    /// How often due deliveries (retries, takeovers) are looked for besides
+    /// the job ends heard.
+    static let pollInterval: Duration = .milliseconds(250)
+
+    /// A claimed delivery is another replica's to take after this: longer
+    /// than an attempt can last (its `callback.timeout`, twice, for the wait
+    /// for a slot), never shorter than the jobs' lease.
+    private var claimLease: Duration {
+        let longest = jobs.config.configuration.routes.compactMap { $0.callback?.timeout }.max() ?? .seconds(10)
+        return max(longest * 2 + .seconds(1), shared?.settings.lease ?? .seconds(30))
+    }
+
+    /// Deliveries held at once: what the routes' `callback.max_concurrency`
+    /// together can send, so no claim waits long for a slot.
+    private var claimLimit: Int {
+        let total = jobs.config.configuration.routes.compactMap { $0.callback?.maxConcurrency }.reduce(0, +)
+        return max(1, min(total, 1024))
+    }
+
+    /// A job ended somewhere: its delivery may be due now.
+    func wake() {
+        guard shared != nil else { return }
+        claimDue()
+    }
+
+    /// Claims the due deliveries this replica has room for and starts them.
+    private func claimDue() {
+        guard let shared, !stopped else { return }
+        guard !claiming else {
+            claimAgain = true
+            return
+        }
+        let room = claimLimit - claimed.count
+        guard room > 0 else { return }
+        claiming = true
+        claimAgain = false
+        shared.claimDeliveries(max: room, lease: claimLease, now: wallClockMillis(), on: loop) { [self] result in
+            claiming = false
+            guard case .success(let records) = result else { return }
+            let now = wallClockMillis()
+            for r in records where claimed[r.id] == nil {
+                claimed[r.id] = r
+                start(r.id, now: now)
+            }
+            // A full batch: more may be due than there was room for.
+            if claimAgain || (records.count == room && claimed.count < claimLimit) { claimDue() }
+        }
+    }
+
+    /// Writes an attempt's outcome while this replica holds the delivery;
+    /// Redis unreachable: again in a second (the claim lasts meanwhile).
+    private func finishShared(_ id: JobID, round: Int, _ result: AttemptResult, store: RedisJobStore) {
+        guard let record = claimed[id], let callback = record.callback else { return }
+        let now = wallClockMillis()
+        let policy = jobs.config.configuration.routes.first { $0.label == record.route }?.callback?.retry ?? Callback().retry
+        let tried = callback.attempts + 1
+        let outcome: RedisJobStore.DeliveryOutcome, lastError: String?, counted: DeliveryResult
+        switch DeliveryRule.decide(result, attempts: tried, policy: policy, now: now, jitter: Double.random(in: 0..<1)) {
+        case .delivered: (outcome, lastError, counted) = (.delivered, nil, .delivered)
+        case .failed(let e):
+            (outcome, lastError, counted) = (.failed, e, .failed)
+            log.warning("callback failed", metadata: ["job": "\(id)", "error": "\(e)", "attempts": "\(tried)"])
+        case .retry(let e, let at): (outcome, lastError, counted) = (.retry(at: at), e, .failedAttempt)
+        }
+        count(counted, route: record.route)
+        write(id, round: round, outcome, attempts: tried, lastError: lastError, store: store)
+    }
+
+    private func write(_ id: JobID, round: Int, _ outcome: RedisJobStore.DeliveryOutcome, attempts: Int, lastError: String?,
+                       store: RedisJobStore) {
+        store.finishDelivery(id, round: round, outcome, attempts: attempts, lastError: lastError, now: wallClockMillis(),
+                             on: loop) { [self] result in
+            switch result {
+            case .success(let held):
+                if !held { log.warning("callback claim lost before its outcome was written", metadata: ["job": "\(id)"]) }
+                claimed[id] = nil
+                claimDue()
+            case .failure(let error):
+                log.error("callback outcome not stored, retrying", metadata: ["job": "\(id)", "error": "\(error)"])
+                jobs.later(.seconds(1)) { jobs in
+                    jobs.deliverer?.write(id, round: round, outcome, attempts: attempts, lastError: lastError, store: store)
+                }
+            }
         }
     }
 }

@@ -159,10 +159,9 @@ public final class CoatcheckServer: Sendable {
                 loops[i].value.sharedConnectionChanged(change)
             }
             for jobLoop in jobLoops { jobLoop.loop.execute { jobLoop.value.startShared() } }
-        } else {
-            let deliveries = jobLoops[0]
-            deliveries.loop.execute { deliveries.value.startDeliveries() }
         }
+        let deliveries = jobLoops[0]
+        deliveries.loop.execute { deliveries.value.startDeliveries() }
         let sweepLoop = group.loops[0]
         let sweeper = try? sweepLoop.submitAndWait { [self] in
             LoopBound(ExpirySweeper(loop: sweepLoop, server: self), loop: sweepLoop)
@@ -409,9 +408,6 @@ extension CoatcheckServer {
         for route in c.routes {
             if route.mode == .auto {
                 throw StoreError("route '\(route.label)': mode auto is not available with the redis store yet (sync and async are)")
-            }
-            if route.callback != nil {
-                throw StoreError("route '\(route.label)': callback (webhooks) is not available with the redis store yet")
             }
         }
     }

@@ -20,7 +20,7 @@ import Testing
     /// `upstreamPort`.
     static func config(redis: RedisServer, upstreamPort: Int, syncPort: Int? = nil, lease: String = "2s",
                        maxConcurrency: Int = 8, resultTTL: String = "1h", bindTo: Bool = false,
-                       mode: String = "async", threads: Int = 2) throws -> String {
+                       mode: String = "async", threads: Int = 2, callback: String? = nil) throws -> String {
         let auth = redis.password.map { ":\($0)@" } ?? ""
         var text = """
             listen: "127.0.0.1:0"
@@ -40,6 +40,7 @@ import Testing
             text += "  - match: { path_prefix: \"/bytes/\" }\n    upstream: plain\n    mode: sync\n"
         }
         text += "  - match: { path_prefix: \"/\" }\n    upstream: app\n    mode: \(mode)\n"
+        if let callback { text += "    callback: \(callback)\n" }
         return try writeTempFile(text)
     }
 
@@ -255,6 +256,105 @@ import Testing
         #expect(json.string("status") == "failed")
         #expect(json.object("error")?.string("code") == "interrupted")
         #expect(upstream.requestCount == 1)
+    }
+
+    // MARK: - Webhooks
+
+    static let secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "an-older-raw-secret"]
+
+    /// The route's `callback:` for a receiver on `port`, retrying quickly.
+    static func callback(_ port: Int, timeout: String = "2s") -> String {
+        "{ allow: [\"http://127.0.0.1:\(port)/\"], secrets: [\"\(secrets[0])\", \"\(secrets[1])\"], "
+            + "retry: { attempts: 5, backoff: 50ms, max_backoff: 200ms }, timeout: \(timeout) }"
+    }
+
+    /// Jobs made on either replica are each delivered once, signed, by one
+    /// of them; a receiver's 503 is retried; the status on either replica
+    /// says delivered.
+    @Test func eachJobsWebhookIsDeliveredOnceByOneReplica() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream()
+        let receiver = try WebhookReceiver(secrets: Self.secrets, answers: ["503", "204"])
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, callback: Self.callback(receiver.port))
+        let a = try Self.start(config), b = try Self.start(config)
+        var ids: [String] = []
+        for i in 0..<20 {
+            ids.append(try createJob(i % 2 == 0 ? a.port : b.port, headers: ["X-Callback-Url: http://127.0.0.1:\(receiver.port)/hook/\(i)"]).id)
+        }
+        // The first delivery met the 503 and was retried: 21 requests in all.
+        var seen: [String: Int] = [:]
+        for n in 1...21 {
+            let d = try receiver.delivery(n)
+            #expect(d["verified"] as? [Bool] == [true, true])
+            let id = (d["headers"] as? [String: String])?["webhook-id"] ?? "?"
+            seen[id, default: 0] += 1
+        }
+        #expect(Set(seen.keys) == Set(ids))
+        #expect(seen.values.sorted() == Array(repeating: 1, count: 19) + [2])
+        for (i, id) in ids.enumerated() {
+            let port = i % 2 == 0 ? b.port : a.port
+            var callback: [String: Any] = [:]
+            #expect(waitUntil(timeout: 5) {
+                callback = (try? jobStatus(port, id))?.1.object("callback") ?? [:]
+                return callback.string("status") == "delivered"
+            }, "\(callback)")
+            #expect(callback.int("attempts") == seen[id])
+        }
+        #expect(!receiver.child.waitForOutput(beyond: receiver.child.output.count, timeout: 0.5), "nothing sent twice")
+    }
+
+    /// A delivery its replica was making when it died is taken by the other
+    /// once the delivery's claim lapses, in the same round (same webhook-id).
+    @Test func aDeadReplicasDeliveryIsTakenOver() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream()
+        let hook = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, lease: "1s",
+                                     callback: Self.callback(hook.port, timeout: "1s"))
+        let a = try Self.start(config)
+        let job = try createJob(a.port, headers: ["X-Callback-Url: http://127.0.0.1:\(hook.port)/h"])
+        #expect(hook.waitForRequests(1))
+        let b = try Self.start(config)
+        a.child.signal(SIGKILL)
+        _ = a.child.waitForExit()
+        let killed = ContinuousClock.now
+        #expect(hook.waitForRequests(2, timeout: 10))
+        #expect(secondsSince(killed) >= 1.5, "taken after the claim (2 x timeout + 1 s) lapsed")
+        hook.releaseAll()
+        let ids = hook.requests.compactMap { rawHead($0)?.values("webhook-id").first }
+        #expect(ids == [job.id, job.id])
+        var callback: [String: Any] = [:]
+        #expect(waitUntil(timeout: 5) {
+            callback = (try? jobStatus(b.port, job.id))?.1.object("callback") ?? [:]
+            return callback.string("status") == "delivered"
+        }, "\(callback)")
+    }
+
+    /// A delivery ended `failed` (410) on one replica is re-armed on the
+    /// other and delivered in a new round.
+    @Test func aFailedDeliveryIsReArmedOnAnotherReplica() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream()
+        let receiver = try WebhookReceiver(secrets: Self.secrets, answers: ["410", "204"])
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, callback: Self.callback(receiver.port))
+        let a = try Self.start(config)
+        let job = try createJob(a.port, headers: ["X-Callback-Url: http://127.0.0.1:\(receiver.port)/r"])
+        _ = try receiver.delivery(1)
+        var callback: [String: Any] = [:]
+        #expect(waitUntil(timeout: 5) {
+            callback = (try? jobStatus(a.port, job.id))?.1.object("callback") ?? [:]
+            return callback.string("status") == "failed"
+        }, "\(callback)")
+        #expect(callback.string("last_error") == "http_410")
+        let b = try Self.start(config)
+        let rearm = try sendRequest(b.port, path: "/jobs/\(job.id)/callback", body: "")
+        #expect(rearm.status == 202, "\(rearm.status) \(rearm.text)")
+        #expect(jsonObject(rearm)?.object("callback")?.string("status") == "pending")
+        let d = try receiver.delivery(2)
+        #expect((d["headers"] as? [String: String])?["webhook-id"] == "\(job.id)-2")
+        #expect(waitUntil(timeout: 5) {
+            (try? jobStatus(b.port, job.id))?.1.object("callback")?.string("status") == "delivered"
+        })
     }
 
     // MARK: - Redis faults
