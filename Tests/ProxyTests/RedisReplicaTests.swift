@@ -44,9 +44,14 @@ import Testing
         return try writeTempFile(text)
     }
 
+    /// A replica, once ready: it listens before Redis is connected, and
+    /// says so on /readyz.
     static func start(_ config: String) throws -> Replica {
         let (child, port, admin) = try serveProcess(["--config", config])
         guard let admin else { throw TestError("no admin port") }
+        guard waitUntil(timeout: 10, { (try? get(admin, "/readyz"))?.status == 200 }) else {
+            throw TestError("the replica never became ready: \(child.output.suffix(5))")
+        }
         return Replica(child: child, port: port, admin: admin)
     }
 
