@@ -20,6 +20,11 @@
       "jobs N estimated N median_error E p90_error E" where a job's error is
       |estimated - completed_at| / (completed_at - created_at)
 
+  jobs-client.py attempt BASE ID N [--timeout S] [--jobs-path /jobs]
+      Polls BASE/jobs/{ID} every 5 ms until its `attempts` reaches N (the
+      attempt has started) and prints one line: "attempt N at_ms T", T the
+      wall-clock milliseconds when it was first seen
+
 Exit status 0, or 1 with a message on stderr when the server cannot be
 reached or answers something unexpected.
 """
@@ -195,6 +200,27 @@ def steady(args):
     print(f"jobs {len(jobs)} estimated {len(errors)} median_error {quantile(0.5):.3f} p90_error {quantile(0.9):.3f}")
 
 
+def attempt(args):
+    host, port, _ = split_url(args.base)
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            conn.request("GET", f"{args.jobs_path}/{args.id}")
+            resp = conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            time.sleep(0.005)
+            continue
+        if resp.status == 200 and json.loads(payload).get("attempts", 0) >= args.n:
+            print(f"attempt {args.n} at_ms {int(time.time() * 1000)}")
+            return
+        time.sleep(0.005)
+    die(f"job {args.id[:8]}: attempt {args.n} not seen within {args.timeout}s")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -216,11 +242,19 @@ def main():
     t.add_argument("--seconds", type=float, default=5)
     t.add_argument("--timeout", type=float, default=120)
     t.add_argument("--jobs-path", default="/jobs")
+    n = commands.add_parser("attempt")
+    n.add_argument("base")
+    n.add_argument("id")
+    n.add_argument("n", type=int)
+    n.add_argument("--timeout", type=float, default=120)
+    n.add_argument("--jobs-path", default="/jobs")
     args = parser.parse_args()
     if args.command == "submit":
         submit(args)
     elif args.command == "steady":
         steady(args)
+    elif args.command == "attempt":
+        attempt(args)
     else:
         await_jobs(args)
 
