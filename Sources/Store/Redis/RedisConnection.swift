@@ -163,12 +163,20 @@ public final class RedisConnection {
     /// reply is a value: the command was refused, the connection is fine)
     /// or `RedisUnavailable`, at once when no connection is being made.
     public func send(_ command: RedisCommand, _ done: @escaping (Result<RedisValue, RedisUnavailable>) -> Void) {
+        send(command, decode: Self.value, done)
+    }
+
+    /// As `send`, with the reply read by `decode` where hiredis holds it
+    /// (during the callback: nothing of it may be kept), so a reply read on
+    /// every request is not copied into a `RedisValue` first.
+    func send<T>(_ command: RedisCommand, decode: @escaping (UnsafePointer<redisReply>) -> T,
+                 _ done: @escaping (Result<T, RedisUnavailable>) -> Void) {
         loop.preconditionInEventLoop()
         guard let context = phase.context else {
             done(.failure(RedisUnavailable(lossReason)))
             return
         }
-        let box = Unmanaged.passRetained(ReplyBox(done))
+        let box = Unmanaged.passRetained(ReplyBox { reply in done(reply.map(decode)) })
         let status = command.encoded.withUnsafeBufferPointer { bytes in
             bytes.withMemoryRebound(to: CChar.self) { chars in
                 redisAsyncFormattedCommand(context, { context, reply, privdata in
@@ -299,7 +307,7 @@ public final class RedisConnection {
                 oldest = 0
             }
         }
-        box.done(.success(Self.value(UnsafePointer(reply))))
+        box.done(.success(UnsafePointer(reply)))
     }
 
     /// A reply that comes with no connection object (the context was
@@ -373,8 +381,8 @@ extension RedisConnection.Phase {
 
 /// A command's continuation, retained from its send to its reply.
 final class ReplyBox {
-    let done: (Result<RedisValue, RedisUnavailable>) -> Void
-    init(_ done: @escaping (Result<RedisValue, RedisUnavailable>) -> Void) { self.done = done }
+    let done: (Result<UnsafePointer<redisReply>, RedisUnavailable>) -> Void
+    init(_ done: @escaping (Result<UnsafePointer<redisReply>, RedisUnavailable>) -> Void) { self.done = done }
 }
 
 private func connection(of context: UnsafePointer<redisAsyncContext>?) -> RedisConnection? {

@@ -184,7 +184,7 @@ public final class RedisJobStore: Sendable {
         guard let c = connection(loop) else { return done(.failure(RedisUnavailable("not started"))) }
         var command = RedisCommand("HGETALL")
         command.append(keys.job(id))
-        c.send(command) { result in done(result.map { RedisRecord.record(id: id, from: $0) }) }
+        c.send(command, decode: { RedisRecord.record(id: id, reply: $0) }, done)
     }
 
     public func response(of id: JobID, on loop: EventLoop, _ done: @escaping (Result<JobResponse?, RedisUnavailable>) -> Void) {

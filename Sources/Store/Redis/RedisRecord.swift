@@ -1,3 +1,9 @@
+import CHiredis
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A job as the Redis store keeps it: the record as the fields of one hash
 /// (`PREFIX:job:ID`), readable with `HGETALL` by an operator and changed
 /// field by field by the store's scripts; the request and the captured
@@ -47,40 +53,103 @@ public enum RedisRecord {
     /// is missing or is not a job's (a required field absent or malformed).
     public static func record(id: JobID, from reply: RedisValue) -> JobRecord? {
         guard let items = reply.array, !items.isEmpty, items.count % 2 == 0 else { return nil }
-        var f: [String: String] = [:]
-        f.reserveCapacity(items.count / 2)
+        var fields = Fields()
         var i = 0
         while i < items.count {
-            guard let k = items[i].string, let v = items[i + 1].string else { return nil }
-            f[k] = v
+            guard case .bulk(let k) = items[i], case .bulk(let v) = items[i + 1] else { return nil }
+            k.withUnsafeBytes { k in v.withUnsafeBytes { v in fields.set(k, v) } }
             i += 2
         }
-        guard let status = f["status"].flatMap(JobStatus.init(rawValue:)),
-              let upstream = f["upstream"], let route = f["route"], let method = f["method"], let path = f["path"],
-              let createdAt = f["created_at"].flatMap({ Int64($0) }),
-              let attempts = f["attempts"].flatMap({ Int($0) }),
-              let resendable = f["resendable"]
-        else { return nil }
-        var callback: JobCallback?
-        if let url = f["callback_url"] {
-            guard let s = f["callback_status"].flatMap(JobCallback.Status.init(rawValue:)) else { return nil }
-            callback = JobCallback(
-                url: url, status: s, attempts: f["callback_attempts"].flatMap { Int($0) } ?? 0,
-                round: f["callback_round"].flatMap { Int($0) } ?? 1, lastError: f["callback_error"],
-                nextAttemptAt: f["callback_next_at"].flatMap { Int64($0) })
+        return fields.record(id: id)
+    }
+
+    /// The same, read from hiredis's reply in place.
+    static func record(id: JobID, reply r: UnsafePointer<redisReply>) -> JobRecord? {
+        let reply = r.pointee
+        guard reply.type == REDIS_REPLY_ARRAY, reply.elements > 0, reply.elements % 2 == 0 else { return nil }
+        var fields = Fields()
+        var i = 0
+        while i < reply.elements {
+            guard let k = reply.element[i]?.pointee, let v = reply.element[i + 1]?.pointee,
+                  k.type == REDIS_REPLY_STRING, v.type == REDIS_REPLY_STRING else { return nil }
+            fields.set(UnsafeRawBufferPointer(start: k.str, count: k.len), UnsafeRawBufferPointer(start: v.str, count: v.len))
+            i += 2
         }
-        var r = JobRecord(
-            id: id, status: status, upstream: upstream, route: route, method: method, path: path,
-            createdAt: createdAt, startedAt: f["started_at"].flatMap { Int64($0) },
-            completedAt: f["completed_at"].flatMap { Int64($0) }, attempts: attempts, resendable: resendable == "1",
-            credential: f["credential"].flatMap(unhex), idempotencyKey: f["idempotency_key"],
-            fingerprint: f["fingerprint"].flatMap(unhex), callback: callback)
-        r.contentType = f["content_type"]
-        r.error = f["error"].flatMap(JobErrorCode.init(rawValue:))
-        r.errorMessage = f["error_message"]
-        r.responseStatus = f["response_status"].flatMap { Int($0) }
-        r.responseSize = f["response_size"].flatMap { Int64($0) }
-        return r
+        return fields.record(id: id)
+    }
+
+    /// A record read field by field from the reply's bytes: no dictionary
+    /// and no string but the values kept as strings (a status read is one
+    /// of these per request).
+    public struct Fields {
+        private var status: JobStatus?
+        private var upstream: String?, route: String?, method: String?, path: String?
+        private var createdAt: Int64?, startedAt: Int64?, completedAt: Int64?
+        private var attempts: Int64?
+        private var resendable: Bool?
+        private var credential: [UInt8]?, fingerprint: [UInt8]?
+        private var idempotencyKey: String?, contentType: String?, errorMessage: String?
+        private var error: JobErrorCode?
+        private var responseStatus: Int64?, responseSize: Int64?
+        private var callbackURL: String?, callbackStatus: JobCallback.Status?
+        private var callbackAttempts: Int64?, callbackRound: Int64?, callbackNextAt: Int64?
+        private var callbackError: String?
+        public init() {}
+
+        public mutating func set(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) {
+            func text() -> String { String(decoding: value, as: UTF8.self) }
+            func number() -> Int64? { decimal(value) }
+            switch key.count {
+            case 4 where same(key, "path"): path = text()
+            case 5 where same(key, "route"): route = text()
+            case 5 where same(key, "error"): error = JobErrorCode(rawValue: text())
+            case 6 where same(key, "status"): status = JobStatus(rawValue: text())
+            case 6 where same(key, "method"): method = text()
+            case 8 where same(key, "upstream"): upstream = text()
+            case 8 where same(key, "attempts"): attempts = number()
+            case 10 where same(key, "created_at"): createdAt = number()
+            case 10 where same(key, "started_at"): startedAt = number()
+            case 10 where same(key, "credential"): credential = unhex(value)
+            case 10 where same(key, "resendable"): resendable = value.count == 1 && value[0] == UInt8(ascii: "1")
+            case 11 where same(key, "fingerprint"): fingerprint = unhex(value)
+            case 12 where same(key, "completed_at"): completedAt = number()
+            case 12 where same(key, "content_type"): contentType = text()
+            case 12 where same(key, "callback_url"): callbackURL = text()
+            case 13 where same(key, "error_message"): errorMessage = text()
+            case 13 where same(key, "response_size"): responseSize = number()
+            case 14 where same(key, "callback_round"): callbackRound = number()
+            case 14 where same(key, "callback_error"): callbackError = text()
+            case 15 where same(key, "idempotency_key"): idempotencyKey = text()
+            case 15 where same(key, "response_status"): responseStatus = number()
+            case 15 where same(key, "callback_status"): callbackStatus = JobCallback.Status(rawValue: text())
+            case 16 where same(key, "callback_next_at"): callbackNextAt = number()
+            case 17 where same(key, "callback_attempts"): callbackAttempts = number()
+            default: break  // `owner`, `idempotency_ref`, ...: the store's own
+            }
+        }
+
+        public func record(id: JobID) -> JobRecord? {
+            guard let status, let upstream, let route, let method, let path, let createdAt,
+                  let attempts, let resendable else { return nil }
+            var callback: JobCallback?
+            if let url = callbackURL {
+                guard let s = callbackStatus else { return nil }
+                callback = JobCallback(url: url, status: s, attempts: Int(callbackAttempts ?? 0),
+                                       round: Int(callbackRound ?? 1), lastError: callbackError,
+                                       nextAttemptAt: callbackNextAt)
+            }
+            var r = JobRecord(
+                id: id, status: status, upstream: upstream, route: route, method: method, path: path,
+                createdAt: createdAt, startedAt: startedAt, completedAt: completedAt, attempts: Int(attempts),
+                resendable: resendable, credential: credential, idempotencyKey: idempotencyKey,
+                fingerprint: fingerprint, callback: callback)
+            r.contentType = contentType
+            r.error = error
+            r.errorMessage = errorMessage
+            r.responseStatus = responseStatus.map { Int($0) }
+            r.responseSize = responseSize
+            return r
+        }
     }
 
     // MARK: Bodies
@@ -157,8 +226,30 @@ private func hex(_ bytes: [UInt8]) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
-private func unhex(_ s: String) -> [UInt8]? {
-    let u = Array(s.utf8)
+/// Whether `bytes` are `name`'s.
+private func same(_ bytes: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
+    bytes.count == name.utf8CodeUnitCount && memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0
+}
+
+/// A decimal integer, optionally negative, that fits; nil otherwise.
+private func decimal(_ bytes: UnsafeRawBufferPointer) -> Int64? {
+    var i = 0, negative = false
+    if bytes.first == UInt8(ascii: "-") {
+        negative = true
+        i = 1
+    }
+    guard i < bytes.count, bytes.count - i <= 18 else { return nil }
+    var n: Int64 = 0
+    while i < bytes.count {
+        let d = bytes[i] &- 0x30
+        guard d < 10 else { return nil }
+        n = n * 10 + Int64(d)
+        i += 1
+    }
+    return negative ? -n : n
+}
+
+private func unhex(_ u: UnsafeRawBufferPointer) -> [UInt8]? {
     guard u.count % 2 == 0 else { return nil }
     var out: [UInt8] = []
     out.reserveCapacity(u.count / 2)
