@@ -325,14 +325,7 @@ final class JobIntake: RequestHandler {
         jobs.table.observe(.init(route: route.label, method: method),
                            millis: Int64((monotonicNanos() - runnerStart) / 1_000_000))
         releaseClaim(claim)
-        let applied: Preference? = if case .wait = preference { preference } else { nil }
-        switch outcome {
-        case .response(let response, _, _):
-            jobs.relay(response, id: nil, to: client, preference: applied)
-            removeSpoolFile(response.body.filePath)
-        case .failure(let code, _, _):
-            client?.respondError(code.httpError)
-        }
+        jobs.answerForwarded(outcome, to: client, preference: preference)
         discardRequest()
     }
 

@@ -108,6 +108,19 @@ extension JobLoop {
         store.response(of: id, on: loop) { bound.value((try? $0.get()) ?? nil) }
     }
 
+    /// An `auto` exchange whole before the switch: relayed as in sync (no
+    /// job exists), or its failure answered as sync answers it.
+    func answerForwarded(_ outcome: JobRunner.Outcome, to client: HTTPServerConnection?, preference: JobPreference) {
+        let applied: JobPreference? = if case .wait = preference { preference } else { nil }
+        switch outcome {
+        case .response(let response, _, _):
+            relay(response, id: nil, to: client, preference: applied)
+            removeSpoolFile(response.body.filePath)
+        case .failure(let code, _, _):
+            client?.respondError(code.httpError)
+        }
+    }
+
     /// A captured response, replayed: its status, reason, end-to-end
     /// headers and body bytes, plus `Job-Id` when it is a job's.
     func relay(_ response: JobResponse, id: JobID?, to client: HTTPServerConnection?, preference: JobIntake.Preference?) {

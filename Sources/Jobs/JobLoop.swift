@@ -98,6 +98,11 @@ public final class JobLoop: JobService {
             callback = JobCallback(url: url.description)
         }
         if let shared {
+            if route.mode == .auto,
+               JobPreference(of: request, maxWait: config.configuration.jobs.maxWait) != .respondAsync {
+                return SharedAutoIntake(shared: shared, client: connection, request: request, route: route,
+                                        credential: credential(of: request), base: publicBase(for: request), callback: callback)
+            }
             return SharedIntake(shared: shared, client: connection, request: request, route: route,
                                 credential: credential(of: request), base: publicBase(for: request), callback: callback)
         }

@@ -57,7 +57,6 @@ public final class CoatcheckServer: Sendable {
         self.group = group
         do {
             if case .redis(let url) = configuration.store {
-                try Self.checkSharedSupport(configuration)
                 let store = RedisJobStore(settings: sharedSettings(url, configuration), loops: group.loops, replica: replicaName())
                 self.jobs = try JobEngine(shared: store, dir: configuration.jobs.dir)
             } else {
@@ -220,9 +219,6 @@ public final class CoatcheckServer: Sendable {
     public func reload(_ configuration: Configuration) throws {
         let current = state.withLock { $0.runtime }
         let next: RuntimeConfig
-        if jobs.shared != nil {
-            do { try Self.checkSharedSupport(configuration) } catch { throw StartupError(message: error.message) }
-        }
         do {
             next = try RuntimeConfig(configuration, previous: current)
         } catch {
@@ -399,18 +395,6 @@ func replicaName() -> String {
     gethostname(&host, host.count - 1)
     let name = String(decoding: host.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     return "\(name)-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
-}
-
-extension CoatcheckServer {
-    /// What the Redis store does not carry yet: refused at start with one
-    /// line, never served half-way.
-    static func checkSharedSupport(_ c: Configuration) throws(StoreError) {
-        for route in c.routes {
-            if route.mode == .auto {
-                throw StoreError("route '\(route.label)': mode auto is not available with the redis store yet (sync and async are)")
-            }
-        }
-    }
 }
 
 /// `store:` as configured.

@@ -20,7 +20,8 @@ import Testing
     /// `upstreamPort`.
     static func config(redis: RedisServer, upstreamPort: Int, syncPort: Int? = nil, lease: String = "2s",
                        maxConcurrency: Int = 8, resultTTL: String = "1h", bindTo: Bool = false,
-                       mode: String = "async", threads: Int = 2, callback: String? = nil) throws -> String {
+                       mode: String = "async", asyncAfter: String = "2s", threads: Int = 2,
+                       callback: String? = nil) throws -> String {
         let auth = redis.password.map { ":\($0)@" } ?? ""
         var text = """
             listen: "127.0.0.1:0"
@@ -39,7 +40,7 @@ import Testing
         if syncPort != nil {
             text += "  - match: { path_prefix: \"/bytes/\" }\n    upstream: plain\n    mode: sync\n"
         }
-        text += "  - match: { path_prefix: \"/\" }\n    upstream: app\n    mode: \(mode)\n"
+        text += "  - match: { path_prefix: \"/\" }\n    upstream: app\n    mode: \(mode)\n    async_after: \(asyncAfter)\n"
         if let callback { text += "    callback: \(callback)\n" }
         return try writeTempFile(text)
     }
@@ -462,15 +463,107 @@ import Testing
         #expect(!a.child.output.contains { $0.contains("s3cret-pw") })
     }
 
-    /// Not built on Redis yet: refused at start with one line, not run half-way.
-    @Test func autoModeWithRedisIsRefusedAtStart() throws {
+    // MARK: - auto
+
+    /// `auto` on Redis: a fast answer is relayed with no job; a slow one
+    /// becomes a job past `async_after`, claimed by the replica whose
+    /// exchange goes on, seen and replayed on the other; sent once.
+    @Test func autoRequestsBecomeSharedJobsPastAsyncAfter() throws {
         let redis = try RedisServer()
-        let config = try Self.config(redis: redis, upstreamPort: 9, mode: "auto")
-        let c = try Child(["serve", "--config", config])
-        #expect(c.waitForExit() == 1)
-        #expect(c.waitForOutputEnd())
-        let lines = c.output.filter { !$0.isEmpty }
-        #expect(lines.count == 1, "\(lines)")
-        #expect(lines.first?.contains("auto") == true)
+        let (backend, backendPort) = try demoBackendProcess()
+        let config = try Self.config(redis: redis, upstreamPort: backendPort, mode: "auto", asyncAfter: "300ms")
+        let a = try Self.start(config), b = try Self.start(config)
+        let fast = try sendRequest(a.port, path: "/echo", body: "quick")
+        #expect(fast.status == 200)
+        #expect(fast.text == "quick")
+        #expect(fast.header("job-id") == nil, "answered directly: no job")
+        let started = ContinuousClock.now
+        let job = try createJob(a.port, method: "GET", path: "/sleep?ms=1200")
+        let switched = secondsSince(started)
+        #expect(switched >= 0.29 && switched < 1.0, "the 202 came after \(switched) s")
+        let onB = try jobStatus(b.port, job.id).1
+        #expect(onB.string("status") == "running")
+        #expect(onB.int("attempts") == 1)
+        let done = try awaitTerminal(b.port, job.id)
+        #expect(done.string("status") == "completed")
+        #expect(done.int("attempts") == 1)
+        let result = try sendRequest(b.port, method: "GET", path: "/jobs/\(job.id)/result")
+        #expect(result.status == 200)
+        #expect(result.text == "{\"slept_ms\":1200}")
+        let stats = try #require(jsonObject(try get(backendPort, "/stats")))
+        #expect(stats.int("requests") == 3, "the fast one, the slow one once, and /stats")
+        _ = backend
+    }
+
+    /// An `auto` job whose exchange runs on A is aborted by a DELETE on B.
+    @Test func anAutoJobsExchangeIsAbortedFromTheOtherReplica() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, mode: "auto", asyncAfter: "200ms")
+        let a = try Self.start(config), b = try Self.start(config)
+        let job = try createJob(a.port, method: "GET", path: "/held")
+        #expect(upstream.requestCount == 1)
+        let r = try sendRequest(b.port, method: "DELETE", path: "/jobs/\(job.id)")
+        #expect(jsonObject(r)?.string("status") == "canceled")
+        #expect(upstream.waitForPeerCloses(1), "A closed the exchange")
+        #expect(upstream.snapshot.closedWhileWaiting == 1)
+        #expect(try jobStatus(a.port, job.id).1.string("status") == "canceled")
+    }
+
+    /// An `auto` request still waiting for a slot at `async_after` is
+    /// written queued, and runs once a slot frees (on whichever replica).
+    @Test func anAutoRequestWaitingForASlotBecomesAQueuedJob() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, maxConcurrency: 1, mode: "auto",
+                                     asyncAfter: "200ms")
+        let a = try Self.start(config)
+        let first = try createJob(a.port, method: "GET", path: "/first")
+        let second = try createJob(a.port, method: "GET", path: "/second")
+        #expect(try jobStatus(a.port, second.id).1.string("status") == "queued")
+        #expect(upstream.requestCount == 1)
+        upstream.release()
+        #expect(upstream.waitForRequests(2))
+        upstream.releaseAll()
+        #expect(try awaitTerminal(a.port, first.id).string("status") == "completed")
+        let json = try awaitTerminal(a.port, second.id)
+        #expect(json.string("status") == "completed")
+        #expect(json.int("attempts") == 1)
+        #expect(upstream.requestLines == ["GET /first HTTP/1.1", "GET /second HTTP/1.1"])
+    }
+
+    /// A replica killed while an `auto` job's exchange runs there: the other
+    /// takes the job over after the lease (a GET: sent again, attempt 2).
+    @Test func aKilledReplicasAutoJobIsTakenOver() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, lease: "1s", mode: "auto", asyncAfter: "200ms")
+        let a = try Self.start(config)
+        let job = try createJob(a.port, method: "GET", path: "/report")
+        let b = try Self.start(config)
+        a.child.signal(SIGKILL)
+        _ = a.child.waitForExit()
+        #expect(upstream.waitForRequests(2, timeout: 10))
+        #expect(rawHead(upstream.requests[1])?.values("job-attempt") == ["2"])
+        upstream.releaseAll()
+        let json = try awaitTerminal(b.port, job.id)
+        #expect(json.string("status") == "completed")
+        #expect(json.int("attempts") == 2)
+    }
+
+    /// An Idempotency-Key on an `auto` route that names a job already
+    /// answers with it, on any replica; another body under it is a 422.
+    @Test func anAutoRequestWithATakenKeyGetsItsJob() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, mode: "auto", asyncAfter: "200ms")
+        let a = try Self.start(config), b = try Self.start(config)
+        let job = try createJob(a.port, headers: ["Idempotency-Key: k-auto"], body: "one")
+        let again = try createJob(b.port, headers: ["Idempotency-Key: k-auto"], body: "one")
+        #expect(again.id == job.id)
+        #expect(try sendRequest(b.port, headers: ["Idempotency-Key: k-auto"], body: "two").status == 422)
+        upstream.releaseAll()
+        #expect(try awaitTerminal(b.port, job.id).string("status") == "completed")
+        #expect(upstream.requestCount == 1)
     }
 }

@@ -95,6 +95,14 @@ public final class RedisDispatcher {
         handle(.wake, upstream)
     }
 
+    /// A job this replica wrote claimed (an `auto` exchange that became
+    /// one): renewed with the others until `ended`.
+    public func adopt(_ id: JobID, upstream: String) {
+        loop.preconditionInEventLoop()
+        upstreams[upstream]?.running.insert(id)
+        if stopped { renewTimer.schedule(after: store.settings.lease / 3) }
+    }
+
     private func poll() {
         guard !stopped else { return }
         for name in upstreams.keys { handle(.wake, name) }

@@ -6,7 +6,8 @@ import Meters
 import Proxy
 import Store
 
-/// A request on an `async` route with the Redis store (SPEC §5b): the body
+/// A request on an `async` route (or with `Prefer: respond-async` on an
+/// `auto` one) with the Redis store (SPEC §5b): the body
 /// is collected, the job written and queued in one script (`create`, which
 /// also settles its Idempotency-Key), and the 202 sent once Redis (and
 /// `wait_replicas` replicas) has it. Whichever replica has a slot claims

@@ -38,9 +38,9 @@ final class SharedJobs: ClaimRunner {
         /// Canceled on some replica: the exchange is stopped, its end written as such.
         var canceled = false
 
-        init(_ claim: RedisJobStore.Claim, target: UpstreamTarget) {
-            record = claim.record
-            request = claim.request
+        init(_ record: JobRecord, request: JobRequest, target: UpstreamTarget) {
+            self.record = record
+            self.request = request
             self.target = target
         }
     }
@@ -139,7 +139,7 @@ final class SharedJobs: ClaimRunner {
             write(id, r, .failed)
             return
         }
-        let c = Claimed(claim, target: target)
+        let c = Claimed(claim.record, request: claim.request, target: target)
         claimed[id] = c
         let token = target.gate.makeToken()
         let bound = LoopBound(self, loop: loop)
@@ -166,6 +166,17 @@ final class SharedJobs: ClaimRunner {
         runner.start()
     }
 
+    /// An `auto` exchange that became a job written claimed by this
+    /// replica: it goes on as the job's (`runner`), renewed and abortable
+    /// like a claimed one; its end comes through `exchangeEnded`. No
+    /// runner: the exchange ended while the job was being written.
+    func adopt(_ record: JobRecord, request: JobRequest, target: UpstreamTarget, runner: JobRunner?) {
+        let c = Claimed(record, request: request, target: target)
+        c.runner = runner
+        claimed[record.id] = c
+        dispatcher.adopt(record.id, upstream: record.upstream)
+    }
+
     func abort(_ id: JobID, claimLost: Bool) {
         guard let c = claimed[id], !c.canceled else { return }
         if let token = c.gateToken, c.target.gate.withdraw(token) { c.gateToken = nil }
@@ -183,7 +194,7 @@ final class SharedJobs: ClaimRunner {
     }
 
     /// The exchange ended: another attempt (SPEC §4, upstream retries), or its outcome.
-    private func exchangeEnded(_ id: JobID, _ outcome: JobRunner.Outcome) {
+    func exchangeEnded(_ id: JobID, _ outcome: JobRunner.Outcome) {
         guard let c = claimed[id] else { return }
         c.runner = nil
         var r = c.record

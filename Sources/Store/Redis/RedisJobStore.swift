@@ -141,14 +141,25 @@ public final class RedisJobStore: Sendable {
 
     /// Writes a new job and queues it, once Redis (and `wait_replicas`
     /// replicas) has it. `keyIndex`: its Idempotency-Key's index, if any.
-    public func create(_ record: JobRecord, request: JobRequest, body: [UInt8], keyIndex: String?, on loop: EventLoop,
-                       _ done: @escaping (Result<Created, RedisUnavailable>) -> Void) {
-        let arguments: [RedisArgument] = [.text(record.id.text), .text(record.upstream),
-                                          .bytes(RedisRecord.encode(request, body: body))]
-            + RedisRecord.fields(of: record).map { .text($0) }
+    /// `claimed`: the job's first attempt runs here already (`record` says
+    /// `running`); it is written claimed by this replica instead of queued.
+    public func create(_ record: JobRecord, request: JobRequest, body: [UInt8], keyIndex: String?, claimed: Bool = false,
+                       on loop: EventLoop, _ done: @escaping (Result<Created, RedisUnavailable>) -> Void) {
+        let fields = RedisRecord.fields(of: record).map { RedisArgument.text($0) }
+        let requestBytes = RedisArgument.bytes(RedisRecord.encode(request, body: body))
         let keyName = keyIndex.map { keys.idempotency($0) } ?? ""
-        run(RedisScript.create, keys: [keys.job(record.id), keys.request(record.id), keys.queue(record.upstream), keyName],
-            arguments, now: record.createdAt, on: loop) { [self] result in
+        let script: RedisScript, scriptKeys: [String], arguments: [RedisArgument]
+        if claimed {
+            script = RedisScript.createClaimed
+            scriptKeys = [keys.job(record.id), keys.request(record.id), keys.running(record.upstream), keyName]
+            arguments = [.text(record.id.text), .number(settings.lease.nanoseconds / 1_000_000), .text(replica), requestBytes]
+                + fields
+        } else {
+            script = RedisScript.create
+            scriptKeys = [keys.job(record.id), keys.request(record.id), keys.queue(record.upstream), keyName]
+            arguments = [.text(record.id.text), .text(record.upstream), requestBytes] + fields
+        }
+        run(script, keys: scriptKeys, arguments, now: record.createdAt, on: loop) { [self] result in
             switch result {
             case .failure(let e): done(.failure(e))
             case .success(.null): waitForReplicas(on: loop) { $0.map { done(.failure($0)) } ?? done(.success(.created)) }
@@ -185,6 +196,19 @@ public final class RedisJobStore: Sendable {
         var command = RedisCommand("HGETALL")
         command.append(keys.job(id))
         c.send(command, decode: { RedisRecord.record(id: id, reply: $0) }, done)
+    }
+
+    /// The job an Idempotency-Key (by its index) names now, if any.
+    public func job(forKey keyIndex: String, on loop: EventLoop,
+                    _ done: @escaping (Result<JobRecord?, RedisUnavailable>) -> Void) {
+        get(keys.idempotency(keyIndex), on: loop) { [self] result in
+            switch result {
+            case .failure(let e): done(.failure(e))
+            case .success(let bytes):
+                guard let id = bytes.flatMap({ JobID(String(decoding: $0, as: UTF8.self)) }) else { return done(.success(nil)) }
+                lookup(id, on: loop, done)
+            }
+        }
     }
 
     public func response(of id: JobID, on loop: EventLoop, _ done: @escaping (Result<JobResponse?, RedisUnavailable>) -> Void) {

@@ -120,6 +120,26 @@ public struct RedisScript: Sendable {
         return false
         """)
 
+    /// A new job whose first attempt is already running here (an `auto`
+    /// request past `async_after`): written `running`, claimed by
+    /// `replica` until `now + lease`, in one step; the Idempotency-Key as
+    /// in `create`. KEYS: job, request, running, idempotency key (or "").
+    /// ARGV: id, lease ms, replica, request bytes, record fields...
+    public static let createClaimed = RedisScript("createClaimed", """
+        local id, lease, replica = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+        if KEYS[4] ~= '' then
+          local existing = redis.call('GET', KEYS[4])
+          if existing then return existing end
+          redis.call('SET', KEYS[4], id)
+        end
+        redis.call('HSET', KEYS[1], unpack(slice(ARGV, 8)))
+        if KEYS[4] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_ref', KEYS[4]) end
+        redis.call('HSET', KEYS[1], 'owner', replica)
+        redis.call('SET', KEYS[2], ARGV[7])
+        redis.call('ZADD', KEYS[3], now + lease, id)
+        return false
+        """)
+
     /// Takes the next job of an upstream if it has a free slot: first the
     /// claims whose lease lapsed are settled by the restart rule (SPEC §5:
     /// resendable jobs go back to the front of the queue, others fail
@@ -309,7 +329,7 @@ public struct RedisScript: Sendable {
         return round
         """)
 
-    public static let all = [create, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm]
+    public static let all = [create, createClaimed, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm]
 }
 
 /// An argument of a script call.
