@@ -72,6 +72,7 @@ public final class CoatcheckServer: Sendable {
         self.metrics = MetricsBook(version: Self.version, methodNames: MessageReader.methodNames)
         metrics.register(jobs.table.meters)
         if let storeMeters = jobs.store.meters { metrics.register(storeMeters) }
+        for table in jobs.shared?.meters ?? [] { metrics.register(table) }
     }
 
     /// The gauges of SPEC §7, read when `/metrics` is scraped.
@@ -83,11 +84,21 @@ public final class CoatcheckServer: Sendable {
             sink.set(.upstreamQueueDepth, labels, Double(target.gate.queued))
             sink.set(.upstreamQueueOldest, labels, Double(target.gate.oldestWaitNanos) / 1e9)
         }
-        let (byStatus, pending) = jobs.table.gauges()
-        for (i, n) in byStatus.enumerated() where i < MeterLabels.jobStatuses.count {
-            sink.set(.jobs, [("state", MeterLabels.jobStatuses[i])], Double(n))
+        if let shared = jobs.shared {
+            // Redis: every replica's jobs, as last counted (every 2 s);
+            // ended ones are not counted there (they only expire).
+            if let c = shared.counts {
+                sink.set(.jobs, [("state", JobStatus.queued.rawValue)], Double(c.queued))
+                sink.set(.jobs, [("state", JobStatus.running.rawValue)], Double(c.running))
+                sink.set(.webhookPending, [], Double(c.pendingCallbacks))
+            }
+        } else {
+            let (byStatus, pending) = jobs.table.gauges()
+            for (i, n) in byStatus.enumerated() where i < MeterLabels.jobStatuses.count {
+                sink.set(.jobs, [("state", MeterLabels.jobStatuses[i])], Double(n))
+            }
+            sink.set(.webhookPending, [], Double(pending))
         }
-        sink.set(.webhookPending, [], Double(pending))
         sink.set(.connections, [("listener", "proxy")], Double(budget.current))
         if let admin { sink.set(.connections, [("listener", "admin")], Double(admin.current)) }
     }

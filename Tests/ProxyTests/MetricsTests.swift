@@ -135,7 +135,11 @@ private func metricsProxy(upstreamPort: Int, threads: Int = 1, mode: RouteMode =
 /// GET /metrics, checked line by line against the text format, as a map
 /// from series (name and labels, as written) to value.
 func scrape(_ proxy: TestProxy) throws -> [String: Double] {
-    let admin = try #require(proxy.server.adminPort)
+    try scrape(adminPort: try #require(proxy.server.adminPort))
+}
+
+/// The same for any coatcheck's admin listener.
+func scrape(adminPort admin: Int) throws -> [String: Double] {
     let r = try get(admin, "/metrics")
     guard r.status == 200 else { throw TestError("/metrics: \(r.status)") }
     guard r.header("Content-Type")?.hasPrefix("text/plain; version=0.0.4") == true else {

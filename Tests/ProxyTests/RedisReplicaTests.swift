@@ -446,6 +446,37 @@ import Testing
         #expect(try jobStatus(a.port, job.id).0.status == 404)
     }
 
+    // MARK: - Metrics
+
+    /// With Redis, `coatcheck_jobs` and `coatcheck_webhook_pending` are the
+    /// replicas' jobs together, on any replica; the counters count what
+    /// each replica did, so their sum over the replicas is exact.
+    @Test func metricsShowRedisJobsAndCountEachReplicasWork() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, maxConcurrency: 1)
+        let a = try Self.start(config), b = try Self.start(config)
+        let ids = try (1...3).map { try createJob(a.port, path: "/m\($0)", body: "x").id }
+        #expect(upstream.waitForRequests(1))
+        for replica in [a, b] {
+            var m: [String: Double] = [:]
+            #expect(waitUntil(timeout: 5) {
+                m = (try? scrape(adminPort: replica.admin)) ?? [:]
+                return m[#"coatcheck_jobs{state="queued"}"#] == 2 && m[#"coatcheck_jobs{state="running"}"#] == 1
+            }, "\(m.filter { $0.key.hasPrefix("coatcheck_jobs{") })")
+        }
+        upstream.releaseAll()
+        for id in ids { #expect(try awaitTerminal(b.port, id).string("status") == "completed") }
+        let ma = try scrape(adminPort: a.admin), mb = try scrape(adminPort: b.admin)
+        let finished = #"coatcheck_jobs_finished_total{upstream="app",status="completed"}"#
+        #expect((ma[finished] ?? 0) + (mb[finished] ?? 0) == 3, "\(ma.filter { $0.key.hasPrefix("coatcheck_jobs_finished") })")
+        #expect((ma[#"coatcheck_store_commit_duration_seconds_count{store="redis"}"#] ?? 0) >= 3, "three jobs written on A")
+        #expect(waitUntil(timeout: 5) {
+            let m = (try? scrape(adminPort: a.admin)) ?? [:]
+            return m[#"coatcheck_jobs{state="queued"}"#] == 0 && m[#"coatcheck_jobs{state="running"}"#] == 0
+        })
+    }
+
     // MARK: - Configuration
 
     /// The password is sent, never shown.

@@ -72,9 +72,20 @@ final class SharedJobs: ClaimRunner {
         subscriber = s
         s.start()
         dispatcher.start()
+        if loop.index == 0 { countJobs() }
+    }
+
+    /// Loop 0 counts the jobs in Redis for the gauges, every 2 s.
+    private var counting: Timer?
+
+    private func countJobs() {
+        store.count(upstreams: jobs.config.upstreams.map(\.name), on: loop)
+        if counting == nil { counting = Timer(loop: loop) { [unowned self] in self.countJobs() } }
+        counting?.schedule(after: .seconds(2))
     }
 
     func close() {
+        counting?.cancel()
         dispatcher.stop()
         subscriber?.close()
         subscriber = nil

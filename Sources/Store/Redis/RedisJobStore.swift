@@ -1,4 +1,5 @@
 public import Loop
+public import Meters
 import Synchronization
 
 /// `store: "redis://..."` (SPEC §5b): jobs shared by every replica on one
@@ -70,11 +71,26 @@ public final class RedisJobStore: Sendable {
     private let connections: [Slot]
     private let ready = Atomic<Int>(0)
 
-    /// One loop's connection, touched only on that loop.
+    /// One loop's connection, touched only on that loop, and the meters it
+    /// writes (one writer each: SPEC §7, no lock shared between loops).
     private final class Slot: @unchecked Sendable {
         var connection: RedisConnection?
         var isReady = false
+        let meters = MeterTable(capacity: 256)
     }
+
+    /// `coatcheck_store_commit_duration_seconds{store="redis"}` (a job's
+    /// write, an attempt's end) and this replica's `jobs_finished_total`,
+    /// `job_duration_seconds`, `job_retries_total`: one table per loop.
+    public var meters: [MeterTable] { connections.map(\.meters) }
+
+    /// The jobs in Redis by state, for `coatcheck_jobs` and
+    /// `coatcheck_webhook_pending`, as last counted (`count`).
+    public struct Counts: Sendable, Equatable {
+        public var queued = 0, running = 0, pendingCallbacks = 0
+    }
+    private let lastCounts = Mutex<Counts?>(nil)
+    public var counts: Counts? { lastCounts.withLock { $0 } }
 
     public init(settings: Settings, loops: [EventLoop], replica: String) {
         self.settings = settings
@@ -115,6 +131,25 @@ public final class RedisJobStore: Sendable {
                 slot.connection?.close()
                 slot.connection = nil
             }
+        }
+    }
+
+    private func meters(_ loop: EventLoop) -> MeterTable { connections[loop.index].meters }
+
+    /// A job that ended here (or was failed `interrupted` by a claim here):
+    /// `jobs_finished_total` and `job_duration_seconds`.
+    private func meterEnd(_ r: JobRecord, _ status: JobStatus, now: Int64, on loop: EventLoop) {
+        let m = meters(loop), slot = MeterLabels.slot(upstream: r.upstream)
+        m.add(MeterKey(.jobsFinished, slot: slot, status.ordinal))
+        m.observe(.jobDuration, slot: slot, .jobDuration, nanos: UInt64(max(0, now - r.createdAt)) * 1_000_000)
+    }
+
+    /// Counts the jobs in Redis by state (all replicas'), for the gauges;
+    /// asked every few seconds by one loop.
+    public func count(upstreams: [String], on loop: EventLoop) {
+        run(RedisScript.counts, keys: [], upstreams.map { .text($0) }, now: wallClockMillis(), on: loop) { [self] result in
+            guard case .success(let reply) = result, let n = reply.array?.compactMap(\.integer), n.count == 3 else { return }
+            lastCounts.withLock { $0 = Counts(queued: Int(n[0]), running: Int(n[1]), pendingCallbacks: Int(n[2])) }
         }
     }
 
@@ -159,10 +194,17 @@ public final class RedisJobStore: Sendable {
             scriptKeys = [keys.job(record.id), keys.request(record.id), keys.queue(record.upstream), keyName]
             arguments = [.text(record.id.text), .text(record.upstream), requestBytes] + fields
         }
+        let began = monotonicNanos()
         run(script, keys: scriptKeys, arguments, now: record.createdAt, on: loop) { [self] result in
             switch result {
             case .failure(let e): done(.failure(e))
-            case .success(.null): waitForReplicas(on: loop) { $0.map { done(.failure($0)) } ?? done(.success(.created)) }
+            case .success(.null):
+                waitForReplicas(on: loop) { [self] unavailable in
+                    if let unavailable { return done(.failure(unavailable)) }
+                    meters(loop).observe(.storeCommit, slot: StoreKind.redis.rawValue, .storeCommit,
+                                         nanos: monotonicNanos() &- began)
+                    done(.success(.created))
+                }
             case .success(let other):
                 guard let id = other.string.flatMap({ JobID($0) }) else {
                     return done(.failure(RedisUnavailable("create: unexpected reply")))
@@ -237,6 +279,10 @@ public final class RedisJobStore: Sendable {
             done(result.flatMap { reply in
                 guard let items = reply.array, items.count >= 4 else { return .failure(RedisUnavailable("claim: unexpected reply")) }
                 let interrupted = items.dropFirst(4).compactMap { $0.string.flatMap { JobID($0) } }
+                for _ in interrupted {
+                    self.meters(loop).add(MeterKey(.jobsFinished, slot: MeterLabels.slot(upstream: upstream),
+                                                   JobStatus.failed.ordinal))
+                }
                 guard let id = items[0].string.flatMap({ JobID($0) }) else { return .success((nil, interrupted)) }
                 guard let record = RedisRecord.record(id: id, from: items[3]),
                       let request = items[2].bytes.flatMap(RedisRecord.request) else {
@@ -281,17 +327,27 @@ public final class RedisJobStore: Sendable {
         case .failed: (word, retryAt, response) = ("failed", 0, [])
         case .retry(let at): (word, retryAt, response) = ("retry", at, [])
         }
+        let began = monotonicNanos()
         run(RedisScript.finish, keys: [keys.job(id), keys.running(record.upstream), keys.response(id), keys.delayed(record.upstream)],
             [.text(id.text), .text(replica), .number(Int64(record.attempts)), .text(word), .number(retryAt), .bytes(response)]
-                + fields.map { .text($0) }, now: now, on: loop) { result in
-            done(result.flatMap { reply in
+                + fields.map { .text($0) }, now: now, on: loop) { [self] result in
+            let finished = result.flatMap { reply -> Result<Finished, RedisUnavailable> in
                 switch reply.integer {
                 case 1: return .success(.written)
                 case 2: return .success(.canceled)
                 case 0: return .success(.lost)
                 default: return .failure(RedisUnavailable("finish: unexpected reply"))
                 }
-            })
+            }
+            if case .success(.written) = finished {
+                meters(loop).observe(.storeCommit, slot: StoreKind.redis.rawValue, .storeCommit, nanos: monotonicNanos() &- began)
+                switch outcome {
+                case .completed: meterEnd(record, .completed, now: now, on: loop)
+                case .failed: meterEnd(record, .failed, now: now, on: loop)
+                case .retry: meters(loop).add(MeterKey(.jobRetries, slot: MeterLabels.slot(upstream: record.upstream)))
+                }
+            }
+            done(finished)
         }
     }
 
@@ -299,8 +355,10 @@ public final class RedisJobStore: Sendable {
     public func cancel(_ record: JobRecord, now: Int64, on loop: EventLoop,
                        _ done: @escaping (Result<JobStatus?, RedisUnavailable>) -> Void) {
         run(RedisScript.cancel, keys: [keys.job(record.id), keys.queue(record.upstream), keys.delayed(record.upstream)],
-            [.text(record.id.text)], now: now, on: loop) { result in
-            done(result.map { $0.string.flatMap(JobStatus.init(rawValue:)) })
+            [.text(record.id.text)], now: now, on: loop) { [self] result in
+            let had = result.map { $0.string.flatMap(JobStatus.init(rawValue:)) }
+            if case .success(let s?) = had, !s.isTerminal { meterEnd(record, .canceled, now: now, on: loop) }
+            done(had)
         }
     }
 

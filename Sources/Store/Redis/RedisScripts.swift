@@ -329,7 +329,19 @@ public struct RedisScript: Sendable {
         return round
         """)
 
-    public static let all = [create, createClaimed, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm]
+    /// The jobs by state across the replicas, for the gauges: queued
+    /// (waiting or in a retry backoff), running (claimed), and webhook
+    /// deliveries due or under way. ARGV: the upstreams' names.
+    public static let counts = RedisScript("counts", """
+        local queued, running = 0, 0
+        for i = 4, #ARGV do
+          queued = queued + redis.call('LLEN', P .. ':queue:' .. ARGV[i]) + redis.call('ZCARD', P .. ':delayed:' .. ARGV[i])
+          running = running + redis.call('ZCARD', P .. ':running:' .. ARGV[i])
+        end
+        return {queued, running, redis.call('ZCARD', P .. ':callbacks')}
+        """)
+
+    public static let all = [create, createClaimed, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm, counts]
 }
 
 /// An argument of a script call.
