@@ -23,19 +23,38 @@ public final class JobEngine: Sendable {
     /// truth is there, and the table only observes durations for estimates.
     public let shared: RedisJobStore?
 
+    /// With Redis: the lock on this process's spool directory (`dir`),
+    /// held while it lives; -1 without.
+    private let spoolLock: Int32
+
     public init(store: any JobStore, dir: String) throws(StoreError) {
         self.table = JobTable(store: store)
         self.shared = nil
         self.dir = dir
+        spoolLock = -1
         try makeDirectories(dir)
     }
 
-    /// Jobs kept in Redis; the spool directory holds only bodies in transit.
+    /// Jobs kept in Redis; the spool holds only bodies in transit. Replicas
+    /// on one host may share `jobs.dir`: each spools in a directory of its
+    /// own inside it (`replica-NAME`), locked while it lives, so a starting
+    /// replica removes only what dead ones left.
     public init(shared: RedisJobStore, dir: String) throws(StoreError) {
         self.table = JobTable(store: MemoryStore())
         self.shared = shared
-        self.dir = dir
-        try makeDirectories(dir)
+        self.dir = dir + "/replica-" + shared.replica
+        try makeDirectories(self.dir)
+        let fd = open(self.dir + "/.lock", O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
+        guard fd >= 0, flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if fd >= 0 { close(fd) }
+            throw StoreError("cannot lock \(self.dir)/.lock: \(reason)")
+        }
+        spoolLock = fd
+    }
+
+    deinit {
+        if spoolLock >= 0 { close(spoolLock) }
     }
 
     /// The store answers (`/readyz`; with Redis, every loop's connection is up).
@@ -75,7 +94,7 @@ public final class JobEngine: Sendable {
         guard shared == nil else {
             // Redis holds every job; a dead run's claims lapse there and are
             // taken over by the restart rule. Spool files are only in transit.
-            removeOrphanSpoolFiles(keeping: [])
+            removeDeadReplicasSpools()
             return []
         }
         let records = try store.loadAll()
@@ -110,6 +129,34 @@ public final class JobEngine: Sendable {
             guard name.hasSuffix(".req") || name.hasSuffix(".res"),
                   let id = JobID(name.dropLast(4)), !ids.contains(id) else { continue }
             unlink(dir + "/" + name)
+        }
+    }
+
+    /// The spool directories of replicas that are gone: their lock is free.
+    private func removeDeadReplicasSpools() {
+        let parent = String(dir[..<dir.lastIndex(of: "/")!])
+        guard let d = opendir(parent) else { return }
+        defer { closedir(d) }
+        while let entry = readdir(d) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            let path = parent + "/" + name
+            guard name.hasPrefix("replica-"), path != dir else { continue }
+            let fd = open(path + "/.lock", O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }  // alive
+            if let inner = opendir(path) {
+                while let e = readdir(inner) {
+                    let file = withUnsafeBytes(of: e.pointee.d_name) { raw in
+                        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+                    }
+                    if file != "." && file != ".." { unlink(path + "/" + file) }
+                }
+                closedir(inner)
+            }
+            rmdir(path)
         }
     }
 

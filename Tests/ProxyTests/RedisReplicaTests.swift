@@ -21,7 +21,7 @@ import Testing
     static func config(redis: RedisServer, upstreamPort: Int, syncPort: Int? = nil, lease: String = "2s",
                        maxConcurrency: Int = 8, resultTTL: String = "1h", bindTo: Bool = false,
                        mode: String = "async", asyncAfter: String = "2s", threads: Int = 2,
-                       callback: String? = nil) throws -> String {
+                       callback: String? = nil, jobsDir: String? = nil) throws -> String {
         let auth = redis.password.map { ":\($0)@" } ?? ""
         var text = """
             listen: "127.0.0.1:0"
@@ -30,7 +30,7 @@ import Testing
             store: "redis://\(auth)127.0.0.1:\(redis.port)/0"
             redis: { lease: \(lease) }
             limits: { shutdown_grace: 500ms }
-            jobs: { result_ttl: \(resultTTL)\(bindTo ? ", bind_to: \"header:Authorization\"" : "") }
+            jobs: { result_ttl: \(resultTTL)\(bindTo ? ", bind_to: \"header:Authorization\"" : "")\(jobsDir.map { ", dir: \"\($0)\"" } ?? "") }
             upstreams:
               app: { url: "http://127.0.0.1:\(upstreamPort)", max_concurrency: \(maxConcurrency) }
 
@@ -478,6 +478,30 @@ import Testing
     }
 
     // MARK: - Configuration
+
+    /// Replicas on one host may share `jobs.dir`: each spools in a
+    /// directory of its own, and a starting one removes only the spools of
+    /// replicas that are gone (their lock is free), never a live one's.
+    @Test func replicasSharingJobsDirKeepEachOthersSpools() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream()
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let dead = dir + "/replica-gone-1-0"
+        try FileManager.default.createDirectory(atPath: dead, withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: dead + "/.lock", contents: nil))
+        #expect(FileManager.default.createFile(atPath: dead + "/\(unknownJobID()).req", contents: Data("left".utf8)))
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, jobsDir: dir)
+        let a = try Self.start(config)
+        #expect(!FileManager.default.fileExists(atPath: dead), "a dead replica's spool is removed")
+        let mine = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("replica-") }
+        #expect(mine.count == 1)
+        let b = try Self.start(config)
+        let both = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("replica-") }
+        #expect(both.count == 2 && both.contains(mine[0]), "B left A's spool alone: \(both)")
+        let job = try createJob(b.port, body: "through B")
+        #expect(try awaitTerminal(a.port, job.id).string("status") == "completed")
+    }
 
     /// The password is sent, never shown.
     @Test func aPasswordInTheURLIsUsedAndNeverLogged() throws {

@@ -54,7 +54,7 @@ private let request = JobRequest(head: Array("PUT /p HTTP/1.1\r\nX: y\r\n".utf8)
         #expect(try b.ask(on: 1) { loop, done in b.store.lookup(r.id, on: loop) { done($0) } }?.get() == r)
 
         let claimed = try b.ask { loop, done in b.store.claim(upstream: "u", limit: 4, now: wallClockMillis(), on: loop) { done($0) } }?.get()
-        let claim = try #require(claimed?.claim)
+        let claim = try #require(claimed?.claims.first)
         #expect(claim.record.id == r.id && claim.record.status == .running && claim.record.attempts == 1)
         #expect(claim.request == JobRequest(head: request.head, body: .inline([9, 8, 7]), declaresBody: true))
         // Replica a does not hold it: a renewal from a reports it lost.
@@ -96,7 +96,7 @@ private let request = JobRequest(head: Array("PUT /p HTTP/1.1\r\nX: y\r\n".utf8)
         #expect(waitUntil(timeout: 5) { a.store.isHealthy && b.store.isHealthy })
         let r = job()
         _ = a.ask { loop, done in a.store.create(r, request: request, body: [], keyIndex: nil, on: loop) { done($0) } }
-        let claim = try #require(try a.ask { loop, done in a.store.claim(upstream: "u", limit: 1, now: wallClockMillis(), on: loop) { done($0) } }?.get().claim)
+        let claim = try #require(try a.ask { loop, done in a.store.claim(upstream: "u", limit: 1, now: wallClockMillis(), on: loop) { done($0) } }?.get().claims.first)
         #expect(try b.ask { loop, done in b.store.cancel(r, now: wallClockMillis(), on: loop) { done($0) } }?.get() == .running)
         #expect(try b.ask { loop, done in b.store.lookup(r.id, on: loop) { done($0) } }?.get()?.status == .canceled)
         let renewal = try a.ask { loop, done in a.store.renew([r.id], upstream: "u", now: wallClockMillis(), on: loop) { done($0) } }?.get()
@@ -154,7 +154,7 @@ extension RedisJobStoreTests {
         let r = JobRecord(id: .random(), status: .queued, upstream: "u", route: "r", method: "PUT", path: "/p",
                           createdAt: 1_000, resendable: true, callback: JobCallback(url: "https://hooks.test/x"))
         _ = a.ask { loop, done in a.store.create(r, request: request, body: [], keyIndex: nil, on: loop) { done($0) } }
-        let claim = try #require(try a.ask { loop, done in a.store.claim(upstream: "u", limit: 1, now: 1_000, on: loop) { done($0) } }?.get().claim)
+        let claim = try #require(try a.ask { loop, done in a.store.claim(upstream: "u", limit: 1, now: 1_000, on: loop) { done($0) } }?.get().claims.first)
         _ = a.ask { loop, done in a.store.finish(claim.record, .failed, now: 2_000, on: loop) { done($0) } }
 
         let taken = try a.ask { loop, done in a.store.claimDeliveries(max: 10, lease: .seconds(5), now: 2_000, on: loop) { done($0) } }?.get()

@@ -31,20 +31,32 @@ private struct Fixture {
         ).get()
     }
 
-    /// {id or nil, attempt, interrupted ids}.
-    func claim(now: Int64, limit: Int = 10, lease: Int64 = 1_000, replica: String = "a") throws
-        -> (id: JobID?, attempt: Int64, interrupted: [JobID]) {
+    /// The jobs claimed (id, attempt) and the interrupted ids.
+    func claimAll(now: Int64, limit: Int = 10, lease: Int64 = 1_000, replica: String = "a", max: Int = 1) throws
+        -> (claims: [(id: JobID, attempt: Int64)], interrupted: [JobID]) {
         let reply = try client.script(
             RedisScript.claim, keys: [keys.running("u"), keys.queue("u"), keys.delayed("u")], now: now,
-            [.number(lease), .number(Int64(limit)), .text(replica)]
+            [.number(lease), .number(Int64(limit)), .text(replica), .number(Int64(max))]
         ).get()
-        guard let items = reply.array, items.count >= 4 else { throw TestError("claim: \(reply)") }
-        if items[0] != .null {
-            // The claimed job's request comes with it: dispatch needs no second read.
-            #expect(items[2].bytes.flatMap(RedisRecord.request)?.body == .inline(Array("hello".utf8)))
-            #expect(items[3].array?.isEmpty == false)
+        guard let parts = reply.array, parts.count == 2, let failed = parts[0].array, let taken = parts[1].array else {
+            throw TestError("claim: \(reply)")
         }
-        return (items[0].string.flatMap { JobID($0) }, items[1].integer ?? -1, items.dropFirst(4).compactMap { $0.string.flatMap { JobID($0) } })
+        var claims: [(id: JobID, attempt: Int64)] = []
+        for item in taken {
+            guard let f = item.array, f.count == 4, let id = f[0].string.flatMap({ JobID($0) }) else { throw TestError("claim: \(item)") }
+            // The claimed job's request comes with it: dispatch needs no second read.
+            #expect(f[2].bytes.flatMap(RedisRecord.request)?.body == .inline(Array("hello".utf8)))
+            #expect(f[3].array?.isEmpty == false)
+            claims.append((id, f[1].integer ?? -1))
+        }
+        return (claims, failed.compactMap { $0.string.flatMap { JobID($0) } })
+    }
+
+    /// One claim: {id or nil, attempt, interrupted ids}.
+    func claim(now: Int64, limit: Int = 10, lease: Int64 = 1_000, replica: String = "a") throws
+        -> (id: JobID?, attempt: Int64, interrupted: [JobID]) {
+        let c = try claimAll(now: now, limit: limit, lease: lease, replica: replica)
+        return (c.claims.first?.id, c.claims.first?.attempt ?? -1, c.interrupted)
     }
 
     func renew(_ ids: [JobID], now: Int64, replica: String = "a") throws -> (lost: [JobID], canceled: [JobID]) {
@@ -81,6 +93,20 @@ private struct Fixture {
 /// The Redis store's scripts against a real redis-server: each is one
 /// atomic step of the job lifecycle shared by replicas (SPEC §5b).
 @Suite(.serialized) struct RedisScriptTests {
+    /// One claim takes several jobs (one durable write for all), oldest
+    /// first, never more than `max` nor beyond the upstream's `limit`.
+    @Test func aClaimTakesUpToMaxJobsWithinTheLimit() throws {
+        let f = try Fixture()
+        let jobs = (0..<5).map { _ in f.record() }
+        for j in jobs { #expect(try f.create(j) == .null) }
+        let first = try f.claimAll(now: 2_000, limit: 3, max: 2)
+        #expect(first.claims.map(\.id) == [jobs[0].id, jobs[1].id])
+        let second = try f.claimAll(now: 2_001, limit: 3, max: 5)
+        #expect(second.claims.map(\.id) == [jobs[2].id], "the limit, 3, is reached")
+        #expect(try f.integer("ZCARD", f.keys.running("u")) == 3)
+        #expect(try f.integer("LLEN", f.keys.queue("u")) == 2)
+    }
+
     @Test func aJobIsCreatedQueuedClaimedAndFinished() throws {
         let f = try Fixture()
         let a = f.record(), b = f.record()

@@ -39,9 +39,10 @@ public final class RedisDispatcher {
     private let pollTimer: Timer
     public let pollInterval: Duration
     private var stopped = false
-    /// Whether this replica may take another job of the upstream now (not
-    /// draining, a local slot free): a busy replica leaves it to the others.
-    public var canClaim: (String) -> Bool = { _ in true }
+    /// How many more jobs of the upstream this replica may take now (0
+    /// when draining; else its free local slots): a busy replica leaves
+    /// them to the others.
+    public var room: (String) -> Int = { _ in 1 }
 
     public init(loop: EventLoop, store: RedisJobStore, upstreams: [(name: String, limit: Int)], runner: any ClaimRunner,
                 pollInterval: Duration? = nil) {
@@ -119,21 +120,22 @@ public final class RedisDispatcher {
     }
 
     private func claim(_ name: String) {
-        guard let limit = upstreams[name]?.limit, !stopped, canClaim(name) else {
+        let room = stopped ? 0 : room(name)
+        guard let limit = upstreams[name]?.limit, room > 0 else {
             handle(.claimed(found: false), name)
             return
         }
-        store.claim(upstream: name, limit: limit, now: wallClockMillis(), on: loop) { [weak self] result in
+        store.claim(upstream: name, limit: limit, max: room, now: wallClockMillis(), on: loop) { [weak self] result in
             guard let self else { return }
             switch result {
             case .failure:
                 self.handle(.failed, name)
-            case .success((let claim, _)):
-                if let claim {
+            case .success((let claims, _)):
+                for claim in claims {
                     self.upstreams[name]?.running.insert(claim.record.id)
                     self.runner.run(claim, for: self)
                 }
-                self.handle(.claimed(found: claim != nil), name)
+                self.handle(.claimed(found: !claims.isEmpty), name)
             }
         }
     }

@@ -54,9 +54,9 @@ final class SharedJobs: ClaimRunner {
         self.store = store
         let upstreams = jobs.config.upstreams.map { (name: $0.name, limit: $0.gate.maxConcurrency) }
         dispatcher = RedisDispatcher(loop: jobs.loop, store: store, upstreams: upstreams, runner: self)
-        dispatcher.canClaim = { [unowned self] name in
-            guard !self.jobs.engine.isStopping, let gate = self.jobs.config.upstream(named: name)?.gate else { return false }
-            return gate.current < gate.maxConcurrency
+        dispatcher.room = { [unowned self] name in
+            guard !self.jobs.engine.isStopping, let gate = self.jobs.config.upstream(named: name)?.gate else { return 0 }
+            return max(0, gate.maxConcurrency - gate.current)
         }
     }
 

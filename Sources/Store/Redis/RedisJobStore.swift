@@ -268,27 +268,33 @@ public final class RedisJobStore: Sendable {
         c.send(command) { result in done(result.map(\.bytes)) }
     }
 
-    /// Claims the next job of `upstream` if fewer than `limit` are claimed
-    /// across the replicas (nil: none to run, or no slot). `interrupted`:
-    /// jobs of a dead replica failed by the restart rule meanwhile.
-    public func claim(upstream: String, limit: Int, now: Int64, on loop: EventLoop,
-                      _ done: @escaping (Result<(claim: Claim?, interrupted: [JobID]), RedisUnavailable>) -> Void) {
+    /// Claims up to `max` jobs of `upstream` while fewer than `limit` are
+    /// claimed across the replicas (none: none to run, or no slot).
+    /// `interrupted`: jobs of a dead replica failed by the restart rule meanwhile.
+    public func claim(upstream: String, limit: Int, max: Int = 1, now: Int64, on loop: EventLoop,
+                      _ done: @escaping (Result<(claims: [Claim], interrupted: [JobID]), RedisUnavailable>) -> Void) {
         let leaseMillis = settings.lease.nanoseconds / 1_000_000
         run(RedisScript.claim, keys: [keys.running(upstream), keys.queue(upstream), keys.delayed(upstream)],
-            [.number(leaseMillis), .number(Int64(limit)), .text(replica)], now: now, on: loop) { result in
+            [.number(leaseMillis), .number(Int64(limit)), .text(replica), .number(Int64(max))], now: now, on: loop) { result in
             done(result.flatMap { reply in
-                guard let items = reply.array, items.count >= 4 else { return .failure(RedisUnavailable("claim: unexpected reply")) }
-                let interrupted = items.dropFirst(4).compactMap { $0.string.flatMap { JobID($0) } }
+                guard let parts = reply.array, parts.count == 2, let failed = parts[0].array, let taken = parts[1].array else {
+                    return .failure(RedisUnavailable("claim: unexpected reply"))
+                }
+                let interrupted = failed.compactMap { $0.string.flatMap { JobID($0) } }
                 for _ in interrupted {
                     self.meters(loop).add(MeterKey(.jobsFinished, slot: MeterLabels.slot(upstream: upstream),
                                                    JobStatus.failed.ordinal))
                 }
-                guard let id = items[0].string.flatMap({ JobID($0) }) else { return .success((nil, interrupted)) }
-                guard let record = RedisRecord.record(id: id, from: items[3]),
-                      let request = items[2].bytes.flatMap(RedisRecord.request) else {
-                    return .failure(RedisUnavailable("claim: job \(id) is incomplete in Redis"))
+                var claims: [Claim] = []
+                for item in taken {
+                    guard let fields = item.array, fields.count == 4, let id = fields[0].string.flatMap({ JobID($0) }),
+                          let record = RedisRecord.record(id: id, from: fields[3]),
+                          let request = fields[2].bytes.flatMap(RedisRecord.request) else {
+                        return .failure(RedisUnavailable("claim: a claimed job is incomplete in Redis"))
+                    }
+                    claims.append(Claim(record: record, request: request))
                 }
-                return .success((Claim(record: record, request: request), interrupted))
+                return .success((claims, interrupted))
             })
         }
     }

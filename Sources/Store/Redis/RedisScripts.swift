@@ -140,18 +140,19 @@ public struct RedisScript: Sendable {
         return false
         """)
 
-    /// Takes the next job of an upstream if it has a free slot: first the
-    /// claims whose lease lapsed are settled by the restart rule (SPEC §5:
-    /// resendable jobs go back to the front of the queue, others fail
+    /// Takes up to `max` jobs of an upstream while it has free slots: first
+    /// the claims whose lease lapsed are settled by the restart rule (SPEC
+    /// §5: resendable jobs go back to the front of the queue, others fail
     /// `interrupted`, canceled ones just lose the claim), then due retries
-    /// rejoin the queue's front, then, under `limit` claims, the oldest
-    /// queued job is claimed for `replica` until `now + lease`.
-    /// KEYS: running, queue, delayed. ARGV: lease ms, limit, replica.
-    /// Returns {id or false, attempt, the request's bytes, the record's
-    /// fields (as HGETALL), then the ids failed as interrupted}.
+    /// rejoin the queue's front, then, while under `limit` claims, the
+    /// oldest queued jobs are claimed for `replica` until `now + lease`
+    /// (several in one step: one write for Redis to make durable, not one
+    /// each). KEYS: running, queue, delayed. ARGV: lease ms, limit,
+    /// replica, max. Returns {{ids failed as interrupted}, {{id, attempt,
+    /// the request's bytes, the record's fields (as HGETALL)}, ...}}.
     public static let claim = RedisScript("claim", """
-        local lease, limit, replica = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-        local failed = {}
+        local lease, limit, replica, max = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+        local failed, claims = {}, {}
         for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
           redis.call('ZREM', KEYS[1], id)
           local job = jobkey(id)
@@ -172,7 +173,7 @@ public struct RedisScript: Sendable {
           redis.call('ZREM', KEYS[3], due[i])
           redis.call('LPUSH', KEYS[2], due[i])
         end
-        while redis.call('ZCARD', KEYS[1]) < limit do
+        while #claims < max and redis.call('ZCARD', KEYS[1]) < limit do
           local id = redis.call('LPOP', KEYS[2])
           if not id then break end
           local job = jobkey(id)
@@ -181,10 +182,10 @@ public struct RedisScript: Sendable {
             redis.call('HSET', job, 'status', 'running', 'owner', replica)
             redis.call('HSETNX', job, 'started_at', now)
             redis.call('ZADD', KEYS[1], now + lease, id)
-            return {id, attempt, redis.call('GET', P .. ':req:' .. id) or '', redis.call('HGETALL', job), unpack(failed)}
+            claims[#claims + 1] = {id, attempt, redis.call('GET', P .. ':req:' .. id) or '', redis.call('HGETALL', job)}
           end
         end
-        return {false, 0, '', {}, unpack(failed)}
+        return {failed, claims}
         """)
 
     /// Extends `replica`'s claims to `now + lease`. Returns {lost ids...,
