@@ -21,7 +21,7 @@ import Testing
     static func config(redis: RedisServer, upstreamPort: Int, syncPort: Int? = nil, lease: String = "2s",
                        maxConcurrency: Int = 8, resultTTL: String = "1h", bindTo: Bool = false,
                        mode: String = "async", asyncAfter: String = "2s", threads: Int = 2,
-                       callback: String? = nil, jobsDir: String? = nil) throws -> String {
+                       callback: String? = nil, jobsDir: String? = nil, retry: String? = nil) throws -> String {
         let auth = redis.password.map { ":\($0)@" } ?? ""
         var text = """
             listen: "127.0.0.1:0"
@@ -32,7 +32,7 @@ import Testing
             limits: { shutdown_grace: 500ms }
             jobs: { result_ttl: \(resultTTL)\(bindTo ? ", bind_to: \"header:Authorization\"" : "")\(jobsDir.map { ", dir: \"\($0)\"" } ?? "") }
             upstreams:
-              app: { url: "http://127.0.0.1:\(upstreamPort)", max_concurrency: \(maxConcurrency) }
+              app: { url: "http://127.0.0.1:\(upstreamPort)", max_concurrency: \(maxConcurrency)\(retry.map { ", retry: \($0)" } ?? "") }
 
             """
         if let syncPort { text += "  plain: { url: \"http://127.0.0.1:\(syncPort)\" }\n" }
@@ -194,6 +194,35 @@ import Testing
         #expect(stats.int("requests") == 201)
         #expect(stats.int("max_in_flight") == 3, "the backend saw \(stats.int("max_in_flight") ?? -1) at once")
         _ = backend
+    }
+
+    /// A 503 with `Retry-After` puts the job back in Redis for that long;
+    /// then whichever replica looks first sends it again, as attempt 2.
+    @Test func aRetriedJobWaitsInRedisAndIsSentAgain() throws {
+        let redis = try RedisServer()
+        let answered = Box(0)
+        let upstream = try FakeUpstream { bytes in
+            guard isWholeRequest(bytes) else { return nil }
+            let n = answered.withLock { n in
+                n += 1
+                return n
+            }
+            let busy = "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            return Array((n == 1 ? busy : FakeUpstream.doneReply).utf8)
+        }
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port,
+                                     retry: "{ attempts: 3, backoff: 100ms, max_backoff: 200ms }")
+        let a = try Self.start(config), b = try Self.start(config)
+        let job = try createJob(a.port, method: "PUT", path: "/busy", body: "x")
+        #expect(upstream.waitForRequests(1))
+        let first = ContinuousClock.now
+        #expect(upstream.waitForRequests(2, timeout: 10))
+        let waited = secondsSince(first)
+        #expect(waited >= 0.95, "Retry-After: 1 honoured over max_backoff 200ms, sent again after \(waited) s")
+        #expect(rawHead(upstream.requests[1])?.values("job-attempt") == ["2"])
+        let json = try awaitTerminal(b.port, job.id)
+        #expect(json.string("status") == "completed")
+        #expect(json.int("attempts") == 2)
     }
 
     // MARK: - Claims and takeover
