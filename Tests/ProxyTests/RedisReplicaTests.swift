@@ -21,15 +21,16 @@ import Testing
     static func config(redis: RedisServer, upstreamPort: Int, syncPort: Int? = nil, lease: String = "2s",
                        maxConcurrency: Int = 8, resultTTL: String = "1h", bindTo: Bool = false,
                        mode: String = "async", asyncAfter: String = "2s", threads: Int = 2,
-                       callback: String? = nil, jobsDir: String? = nil, retry: String? = nil) throws -> String {
+                       callback: String? = nil, jobsDir: String? = nil, retry: String? = nil,
+                       waitReplicas: Int = 0, grace: String = "500ms") throws -> String {
         let auth = redis.password.map { ":\($0)@" } ?? ""
         var text = """
             listen: "127.0.0.1:0"
             admin_listen: "127.0.0.1:0"
             threads: \(threads)
             store: "redis://\(auth)127.0.0.1:\(redis.port)/0"
-            redis: { lease: \(lease) }
-            limits: { shutdown_grace: 500ms }
+            redis: { lease: \(lease), wait_replicas: \(waitReplicas) }
+            limits: { shutdown_grace: \(grace) }
             jobs: { result_ttl: \(resultTTL)\(bindTo ? ", bind_to: \"header:Authorization\"" : "")\(jobsDir.map { ", dir: \"\($0)\"" } ?? "") }
             upstreams:
               app: { url: "http://127.0.0.1:\(upstreamPort)", max_concurrency: \(maxConcurrency)\(retry.map { ", retry: \($0)" } ?? "") }
@@ -54,6 +55,12 @@ import Testing
             throw TestError("the replica never became ready: \(child.output.suffix(5))")
         }
         return Replica(child: child, port: port, admin: admin)
+    }
+
+    /// Whether a replica still runs, and its last lines: for a failure's message.
+    static func state(_ r: Replica) -> String {
+        let status = r.child.process.isRunning ? "running" : "exited with \(r.child.waitForExit(timeout: 1) ?? -1)"
+        return "replica \(status); its last lines:\n" + r.child.output.suffix(12).joined(separator: "\n")
     }
 
     /// Every key Redis holds now.
@@ -441,7 +448,7 @@ import Testing
         #expect(waitUntil(timeout: 4) { (try? get(a.admin, "/readyz"))?.status == 503 })
         #expect(try sendRequest(a.port, body: "x").status == 503)
         try redis.start()
-        #expect(waitUntil(timeout: 10) { (try? get(a.admin, "/readyz"))?.status == 200 })
+        #expect(waitUntil(timeout: 10) { (try? get(a.admin, "/readyz"))?.status == 200 }, "\(Self.state(a))")
         upstream.release()
         if persistence {
             #expect(try awaitTerminal(a.port, running.id).string("status") == "completed")
@@ -504,6 +511,52 @@ import Testing
             let m = (try? scrape(adminPort: a.admin)) ?? [:]
             return m[#"coatcheck_jobs{state="queued"}"#] == 0 && m[#"coatcheck_jobs{state="running"}"#] == 0
         })
+    }
+
+    // MARK: - Durability and drain
+
+    /// `redis.wait_replicas: 1`: a 202 only once a Redis replica has the
+    /// job. Without one, the write is taken back and the client gets 503
+    /// (the job never runs); with one, 202.
+    @Test func waitReplicasHoldsThe202UntilARedisReplicaHasTheJob() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream()
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, waitReplicas: 1)
+        let a = try Self.start(config)
+        let refused = try sendRequest(a.port, path: "/alone", body: "x")
+        #expect(refused.status == 503)
+        #expect(refused.header("retry-after") != nil)
+        let replica = try RedisServer(replicaOf: redis.port)
+        let job = try createJob(a.port, path: "/replicated", body: "y")
+        #expect(try awaitTerminal(a.port, job.id).string("status") == "completed")
+        #expect(upstream.requestLines == ["POST /replicated HTTP/1.1"], "the unacknowledged job never ran")
+        #expect(try Self.keys(redis).filter { $0.contains(":job:") }.count == 1)
+        _ = replica
+    }
+
+    /// SIGTERM on a replica: its running job's exchange finishes and its end
+    /// is written (not sent again elsewhere); its queued job is left to the
+    /// other replica; it exits 0.
+    @Test func aDrainingReplicaFinishesItsJobAndLeavesTheQueueToTheOthers() throws {
+        let redis = try RedisServer()
+        let upstream = try FakeUpstream(gated: true)
+        let config = try Self.config(redis: redis, upstreamPort: upstream.port, maxConcurrency: 1, grace: "10s")
+        let a = try Self.start(config)
+        let running = try createJob(a.port, method: "GET", path: "/running")
+        #expect(upstream.waitForRequests(1))
+        let queued = try createJob(a.port, method: "GET", path: "/queued")
+        let b = try Self.start(config)
+        a.child.signal(SIGTERM)
+        _ = try a.child.waitForLine(containing: "draining")
+        upstream.release()
+        #expect(a.child.waitForExit(timeout: 15) == 0)
+        #expect(upstream.waitForRequests(2))
+        upstream.releaseAll()
+        let first = try awaitTerminal(b.port, running.id)
+        #expect(first.string("status") == "completed")
+        #expect(first.int("attempts") == 1)
+        #expect(try awaitTerminal(b.port, queued.id).string("status") == "completed")
+        #expect(upstream.requestLines == ["GET /running HTTP/1.1", "GET /queued HTTP/1.1"])
     }
 
     // MARK: - Configuration

@@ -27,7 +27,7 @@ private struct Fixture {
         return try client.script(
             RedisScript.create,
             keys: [keys.job(r.id), keys.request(r.id), keys.queue(r.upstream), key.map { keys.idempotency($0) } ?? ""],
-            now: now, [.text(r.id.text), .text(r.upstream), .bytes(request)] + RedisRecord.fields(of: r).map { .text($0) }
+            now: now, [.text(r.id.text), .text(r.upstream), .bytes(request), .text("0")] + RedisRecord.fields(of: r).map { .text($0) }
         ).get()
     }
 

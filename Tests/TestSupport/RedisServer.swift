@@ -13,6 +13,7 @@ public final class RedisServer: @unchecked Sendable {
     public let directory: String
     public let password: String?
     private let persistence: Bool
+    private let replicaOf: Int?
     private var child: Child?
 
     public static var executable: String {
@@ -25,10 +26,13 @@ public final class RedisServer: @unchecked Sendable {
     /// Started and ready (it printed "Ready to accept connections").
     /// `persistence`: an append-only file with `appendfsync always`, so a
     /// restart keeps what was acknowledged.
-    public init(password: String? = nil, persistence: Bool = false) throws {
+    /// `replicaOf`: a replica of the Redis on that port, started once it
+    /// has synchronized with it.
+    public init(password: String? = nil, persistence: Bool = false, replicaOf: Int? = nil) throws {
         directory = makeTempDirectory(prefix: "coatcheck-redis")
         self.password = password
         self.persistence = persistence
+        self.replicaOf = replicaOf
         var lastError: (any Error)?
         for _ in 0..<5 {
             port = try closedPort()
@@ -61,10 +65,12 @@ public final class RedisServer: @unchecked Sendable {
         ]
         args += persistence ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"]
         if let password { args += ["--requirepass", password] }
+        if let replicaOf { args += ["--replicaof", "127.0.0.1", "\(replicaOf)"] }
         let c = try Child(args, executable: Self.executable)
         child = c
         do {
             _ = try c.waitForLine(containing: "Ready to accept connections", timeout: 10)
+            if replicaOf != nil { _ = try c.waitForLine(containing: "sync: Finished with success", timeout: 10) }
         } catch {
             c.signal(SIGKILL)
             _ = c.waitForExit(timeout: 5)

@@ -178,11 +178,17 @@ public final class RedisJobStore: Sendable {
     /// replicas) has it. `keyIndex`: its Idempotency-Key's index, if any.
     /// `claimed`: the job's first attempt runs here already (`record` says
     /// `running`); it is written claimed by this replica instead of queued.
+    ///
+    /// With `wait_replicas`, a queued job is written held (no replica may
+    /// run it) and released once `WAIT` says enough replicas have it; short
+    /// of them it is taken back, and a held job this process could not
+    /// release expires by itself: a job whose client heard 503 never runs.
     public func create(_ record: JobRecord, request: JobRequest, body: [UInt8], keyIndex: String?, claimed: Bool = false,
                        on loop: EventLoop, _ done: @escaping (Result<Created, RedisUnavailable>) -> Void) {
         let fields = RedisRecord.fields(of: record).map { RedisArgument.text($0) }
         let requestBytes = RedisArgument.bytes(RedisRecord.encode(request, body: body))
         let keyName = keyIndex.map { keys.idempotency($0) } ?? ""
+        let held = !claimed && settings.waitReplicas > 0
         let script: RedisScript, scriptKeys: [String], arguments: [RedisArgument]
         if claimed {
             script = RedisScript.createClaimed
@@ -192,7 +198,7 @@ public final class RedisJobStore: Sendable {
         } else {
             script = RedisScript.create
             scriptKeys = [keys.job(record.id), keys.request(record.id), keys.queue(record.upstream), keyName]
-            arguments = [.text(record.id.text), .text(record.upstream), requestBytes] + fields
+            arguments = [.text(record.id.text), .text(record.upstream), requestBytes, .text(held ? "1" : "0")] + fields
         }
         let began = monotonicNanos()
         run(script, keys: scriptKeys, arguments, now: record.createdAt, on: loop) { [self] result in
@@ -200,10 +206,25 @@ public final class RedisJobStore: Sendable {
             case .failure(let e): done(.failure(e))
             case .success(.null):
                 waitForReplicas(on: loop) { [self] unavailable in
-                    if let unavailable { return done(.failure(unavailable)) }
-                    meters(loop).observe(.storeCommit, slot: StoreKind.redis.rawValue, .storeCommit,
-                                         nanos: monotonicNanos() &- began)
-                    done(.success(.created))
+                    if let unavailable {
+                        // Not acknowledged: the client hears 503, so the job must not run.
+                        withdraw(record, on: loop)
+                        return done(.failure(unavailable))
+                    }
+                    let acknowledged = { [self] in
+                        meters(loop).observe(.storeCommit, slot: StoreKind.redis.rawValue, .storeCommit,
+                                             nanos: monotonicNanos() &- began)
+                        done(.success(.created))
+                    }
+                    guard held else { return acknowledged() }
+                    run(RedisScript.release, keys: scriptKeys, [.text(record.id.text), .text(record.upstream)],
+                        now: wallClockMillis(), on: loop) { released in
+                        switch released {
+                        case .success(.integer(1)): acknowledged()
+                        case .success: done(.failure(RedisUnavailable("the job expired before its release")))
+                        case .failure(let e): done(.failure(e))
+                        }
+                    }
                 }
             case .success(let other):
                 guard let id = other.string.flatMap({ JobID($0) }) else {
@@ -212,6 +233,15 @@ public final class RedisJobStore: Sendable {
                 lookup(id, on: loop) { done($0.map { .existing($0) }) }
             }
         }
+    }
+
+    /// Takes back a job written but not acknowledged (best effort: with no
+    /// connection, nothing can be).
+    private func withdraw(_ record: JobRecord, on loop: EventLoop) {
+        let id = record.id
+        run(RedisScript.withdraw, keys: [keys.job(id), keys.request(id), keys.response(id), keys.queue(record.upstream),
+                                         keys.delayed(record.upstream), keys.running(record.upstream)],
+            [.text(id.text)], now: wallClockMillis(), on: loop) { _ in }
     }
 
     /// `WAIT` for `wait_replicas` replicas; nil when they have it.

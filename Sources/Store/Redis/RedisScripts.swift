@@ -102,9 +102,11 @@ public struct RedisScript: Sendable {
 
     /// A new job: its record and request written and its id queued in one
     /// step, or, when its Idempotency-Key is taken, nothing written and the
-    /// key's job id returned (nil: created).
-    /// KEYS: job, request, queue, idempotency key (or "" for none).
-    /// ARGV: id, upstream, request bytes, record fields...
+    /// key's job id returned (nil: created). `held` (1): written but not
+    /// queued, and set to expire in a minute, until `release` (after `WAIT`
+    /// said enough Redis replicas have it), so no replica runs a job whose
+    /// client may still hear 503. KEYS: job, request, queue, idempotency key
+    /// (or "" for none). ARGV: id, upstream, request bytes, held, record fields...
     public static let create = RedisScript("create", """
         local id = ARGV[4]
         if KEYS[4] ~= '' then
@@ -112,12 +114,27 @@ public struct RedisScript: Sendable {
           if existing then return existing end
           redis.call('SET', KEYS[4], id)
         end
-        redis.call('HSET', KEYS[1], unpack(slice(ARGV, 7)))
+        redis.call('HSET', KEYS[1], unpack(slice(ARGV, 8)))
         if KEYS[4] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_ref', KEYS[4]) end
         redis.call('SET', KEYS[2], ARGV[6])
+        if ARGV[7] == '1' then
+          for _, k in ipairs(KEYS) do if k ~= '' and k ~= KEYS[3] then redis.call('PEXPIRE', k, 60000) end end
+          return false
+        end
         redis.call('RPUSH', KEYS[3], id)
         redis.call('PUBLISH', P .. ':events', 'queued ' .. ARGV[5])
         return false
+        """)
+
+    /// A held job (`create`), acknowledged: kept, queued, and the replicas
+    /// told. Returns 0 when it is gone (expired meanwhile).
+    /// KEYS: job, request, queue, idempotency key (or ""). ARGV: id, upstream.
+    public static let release = RedisScript("release", """
+        if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+        for _, k in ipairs(KEYS) do if k ~= '' and k ~= KEYS[3] then redis.call('PERSIST', k) end end
+        redis.call('RPUSH', KEYS[3], ARGV[4])
+        redis.call('PUBLISH', P .. ':events', 'queued ' .. ARGV[5])
+        return 1
         """)
 
     /// A new job whose first attempt is already running here (an `auto`
@@ -330,6 +347,21 @@ public struct RedisScript: Sendable {
         return round
         """)
 
+    /// A job written but not acknowledged (too few Redis replicas had it
+    /// within the deadline): taken back as if never made, its exchange
+    /// stopped if a replica already runs it, its Idempotency-Key freed.
+    /// KEYS: job, request, response, queue, delayed, running. ARGV: id.
+    public static let withdraw = RedisScript("withdraw", """
+        local id = ARGV[4]
+        redis.call('LREM', KEYS[4], 1, id)
+        redis.call('ZREM', KEYS[5], id)
+        if redis.call('ZREM', KEYS[6], id) == 1 then redis.call('PUBLISH', P .. ':events', 'cancel ' .. id) end
+        local key = redis.call('HGET', KEYS[1], 'idempotency_ref')
+        if key then redis.call('DEL', key) end
+        redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+        return 1
+        """)
+
     /// The jobs by state across the replicas, for the gauges: queued
     /// (waiting or in a retry backoff), running (claimed), and webhook
     /// deliveries due or under way. ARGV: the upstreams' names.
@@ -342,7 +374,7 @@ public struct RedisScript: Sendable {
         return {queued, running, redis.call('ZCARD', P .. ':callbacks')}
         """)
 
-    public static let all = [create, createClaimed, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm, counts]
+    public static let all = [create, createClaimed, claim, renew, finish, cancel, remove, claimDeliveries, finishDelivery, rearm, counts, withdraw, release]
 }
 
 /// An argument of a script call.
