@@ -66,9 +66,35 @@ struct JobSubmission {
         return f.finish()
     }
 
-    func record(id: JobID, status: JobStatus, createdAt: Int64, fingerprint: [UInt8]?) -> JobRecord {
-        JobRecord(id: id, status: status, upstream: route.upstream.name, route: route.label, method: method, path: path,
-                  createdAt: createdAt, resendable: resendable, credential: credential,
-                  idempotencyKey: idempotencyKey, fingerprint: fingerprint, callback: callback)
+    /// `startedAt`: an `auto` exchange already under way, whose job is
+    /// `running` in its first attempt.
+    func record(id: JobID, status: JobStatus, createdAt: Int64, fingerprint: [UInt8]?, startedAt: Int64? = nil) -> JobRecord {
+        var r = JobRecord(id: id, status: status, upstream: route.upstream.name, route: route.label, method: method, path: path,
+                          createdAt: createdAt, resendable: resendable, credential: credential,
+                          idempotencyKey: idempotencyKey, fingerprint: fingerprint, callback: callback)
+        if status == .running {
+            r.startedAt = startedAt
+            r.attempts = 1
+        }
+        return r
+    }
+
+    /// The `auto` exchange of this request (attempt 1); `ended` hears how it ended.
+    func runner(jobs: JobLoop, id: JobID, request: JobRequest, ended: @escaping (JobRunner.Outcome) -> Void) -> JobRunner {
+        JobRunner(jobs: jobs, id: id, target: route.upstream, request: request, attempt: 1, isHead: isHead,
+                  resendable: resendable, maxBody: jobs.config.configuration.jobs.maxResultBody, finished: ended)
+    }
+}
+
+extension BodySpool {
+    /// A piece of a job's request body, spooled to the job's file beyond the
+    /// threshold; false when the spool failed (the request is refused).
+    func take(_ buffer: EventBuffer, id: JobID, jobs: JobLoop) -> Bool {
+        do {
+            try append(buffer, limit: .max, spoolPath: jobs.engine.spoolPath(id, "req"))
+            return true
+        } catch {
+            return false
+        }
     }
 }

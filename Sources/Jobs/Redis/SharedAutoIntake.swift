@@ -65,11 +65,7 @@ final class SharedAutoIntake: RequestHandler {
             buffer.removeAll()
             return
         }
-        do {
-            try spool.append(buffer, limit: .max, spoolPath: jobs.engine.spoolPath(id, "req"))
-        } catch {
-            answerEarly(.spoolFailed)
-        }
+        if !spool.take(buffer, id: id, jobs: jobs) { answerEarly(.spoolFailed) }
     }
 
     func requestEnd(connection: HTTPServerConnection) {
@@ -176,12 +172,7 @@ final class SharedAutoIntake: RequestHandler {
     }
 
     private func record(status: JobStatus) -> JobRecord {
-        var r = submission.record(id: id, status: status, createdAt: createdAt, fingerprint: fingerprint)
-        if status == .running {
-            r.startedAt = runnerStartedAt
-            r.attempts = 1
-        }
-        return r
+        submission.record(id: id, status: status, createdAt: createdAt, fingerprint: fingerprint, startedAt: runnerStartedAt)
     }
 
     private func write(status: JobStatus) {
@@ -238,11 +229,7 @@ final class SharedAutoIntake: RequestHandler {
             return
         }
         let bound = LoopBound(self, loop: jobs.loop)
-        let r = JobRunner(jobs: jobs, id: id, target: target, request: request, attempt: 1, isHead: submission.isHead,
-                          resendable: submission.resendable,
-                          maxBody: jobs.config.configuration.jobs.maxResultBody) { outcome in
-            bound.value.perform(.exchangeEnded(outcome))
-        }
+        let r = submission.runner(jobs: jobs, id: id, request: request) { bound.value.perform(.exchangeEnded($0)) }
         runner = r
         runnerStartedAt = wallClockMillis()
         runnerStart = monotonicNanos()

@@ -55,11 +55,7 @@ final class SharedIntake: RequestHandler {
             buffer.removeAll()
             return
         }
-        do {
-            try spool.append(buffer, limit: .max, spoolPath: jobs.engine.spoolPath(id, "req"))
-        } catch {
-            refuse(.spoolFailed)
-        }
+        if !spool.take(buffer, id: id, jobs: jobs) { refuse(.spoolFailed) }
     }
 
     func requestEnd(connection: HTTPServerConnection) {
