@@ -57,6 +57,14 @@ public final class JobEngine: Sendable {
         if spoolLock >= 0 { close(spoolLock) }
     }
 
+    /// A clean stop with Redis: this process's spool directory goes (it is
+    /// empty once nothing is in transit; if not, the next start removes it).
+    public func removeOwnSpool() {
+        guard shared != nil else { return }
+        unlink(dir + "/.lock")
+        rmdir(dir)
+    }
+
     /// The store answers (`/readyz`; with Redis, every loop's connection is up).
     public var isHealthy: Bool { shared?.isHealthy ?? store.isHealthy() }
 

@@ -310,6 +310,7 @@ public final class CoatcheckServer: Sendable {
         if let shared = jobs.shared {
             for jobLoop in state.withLock({ $0.jobLoops }) { try? jobLoop.loop.submitAndWait { jobLoop.value.closeShared() } }
             shared.close()
+            jobs.removeOwnSpool()
         }
         group.shutdown()
         jobs.store.close()

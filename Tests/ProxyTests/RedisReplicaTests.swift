@@ -583,6 +583,10 @@ import Testing
         #expect(both.count == 2 && both.contains(mine[0]), "B left A's spool alone: \(both)")
         let job = try createJob(b.port, body: "through B")
         #expect(try awaitTerminal(a.port, job.id).string("status") == "completed")
+        b.child.signal(SIGTERM)
+        #expect(b.child.waitForExit() == 0)
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("replica-") }
+        #expect(left == mine, "a clean stop removes its own spool directory")
     }
 
     /// The password is sent, never shown.
