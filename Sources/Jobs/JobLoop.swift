@@ -48,6 +48,12 @@ public final class JobLoop: JobService {
         shared = nil
     }
 
+    /// A reload reached this loop (after its proxy's): with Redis, the
+    /// upstreams claimed for follow it.
+    public func configChanged() {
+        shared?.configChanged()
+    }
+
     /// This loop's Redis command connection was made or lost.
     public func sharedConnectionChanged(_ change: RedisConnection.Change) {
         shared?.connectionChanged(change)

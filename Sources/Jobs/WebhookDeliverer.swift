@@ -167,6 +167,7 @@ final class WebhookDeliverer {
         guard let record = shared == nil ? jobs.table.lookup(id) : claimed[id],
               let callback = record.callback, callback.isPending else {
             _ = takeKept(id)
+            claimed[id] = nil  // Redis: nothing to send (its claim lapses by itself)
             return
         }
         if shared == nil, let at = callback.nextAttemptAt, at > now {

@@ -240,12 +240,16 @@ public final class CoatcheckServer: Sendable {
         }
         next.activate()
         budget.limit.store(configuration.limits.maxConnections, ordering: .relaxed)
-        let proxies = state.withLock {
+        let (proxies, jobLoops) = state.withLock {
             $0.runtime = next
-            return $0.proxies
+            return ($0.proxies, $0.jobLoops)
         }
         for proxy in proxies {
             proxy.loop.execute { proxy.value.apply(next) }
+        }
+        // After each loop's proxy (the same loop, in order): the jobs read its configuration.
+        for jobLoop in jobLoops {
+            jobLoop.loop.execute { jobLoop.value.configChanged() }
         }
         logger.info("configuration reloaded", metadata: ["routes": "\(configuration.routes.count)", "upstreams": "\(configuration.upstreams.count)"])
     }

@@ -589,6 +589,26 @@ import Testing
         #expect(left == mine, "a clean stop removes its own spool directory")
     }
 
+    /// SIGHUP adding an upstream and its route: jobs for it are claimed
+    /// and sent from then on.
+    @Test func aReloadedUpstreamIsClaimedFor() throws {
+        let redis = try RedisServer()
+        let first = try FakeUpstream(), second = try FakeUpstream()
+        let path = try Self.config(redis: redis, upstreamPort: first.port)
+        let a = try Self.start(path)
+        let before = try String(contentsOfFile: path, encoding: .utf8)
+        let after = before
+            .replacingOccurrences(of: "upstreams:\n", with: "upstreams:\n  added: { url: \"http://127.0.0.1:\(second.port)\" }\n")
+            .replacingOccurrences(of: "routes:\n", with: "routes:\n  - match: { path_prefix: \"/added/\" }\n    upstream: added\n    mode: async\n")
+        try after.write(toFile: path, atomically: true, encoding: .utf8)
+        a.child.signal(SIGHUP)
+        _ = try a.child.waitForLine(containing: "configuration reloaded")
+        let job = try createJob(a.port, path: "/added/x", body: "new")
+        #expect(try awaitTerminal(a.port, job.id).string("status") == "completed")
+        #expect(second.requestLines == ["POST /added/x HTTP/1.1"])
+        #expect(first.requestCount == 0)
+    }
+
     /// The password is sent, never shown.
     @Test func aPasswordInTheURLIsUsedAndNeverLogged() throws {
         let redis = try RedisServer(password: "s3cret-pw")

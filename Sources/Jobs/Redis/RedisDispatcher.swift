@@ -52,14 +52,28 @@ public final class RedisDispatcher {
         self.pollInterval = pollInterval ?? min(store.settings.lease / 3, .seconds(1))
         renewTimer = Timer(loop: loop)
         pollTimer = Timer(loop: loop)
-        for u in upstreams {
-            let timer = Timer(loop: loop)
-            let name = u.name
-            self.upstreams[name] = Upstream(limit: u.limit, backoffTimer: timer)
-            timer.setAction { [unowned self] in self.handle(.backoffEnded, name) }
-        }
+        for u in upstreams { add(u.name, limit: u.limit) }
         renewTimer.setAction { [unowned self] in self.renew() }
         pollTimer.setAction { [unowned self] in self.poll() }
+    }
+
+    private func add(_ name: String, limit: Int) {
+        let timer = Timer(loop: loop)
+        upstreams[name] = Upstream(limit: limit, backoffTimer: timer)
+        timer.setAction { [unowned self] in self.handle(.backoffEnded, name) }
+    }
+
+    /// A reload: upstreams added are claimed for from now on, limits
+    /// follow the configuration, and removed ones are no longer claimed
+    /// (their jobs running here end here).
+    public func update(upstreams list: [(name: String, limit: Int)]) {
+        loop.preconditionInEventLoop()
+        let names = Set(list.map(\.name))
+        for u in list {
+            if upstreams[u.name] == nil { add(u.name, limit: u.limit) } else { upstreams[u.name]!.limit = u.limit }
+        }
+        for name in upstreams.keys where !names.contains(name) { upstreams[name]!.limit = 0 }
+        for u in list { handle(.wake, u.name) }
     }
 
     /// Starts claiming (every upstream at once) and the timers.
@@ -121,7 +135,7 @@ public final class RedisDispatcher {
 
     private func claim(_ name: String) {
         let room = stopped ? 0 : room(name)
-        guard let limit = upstreams[name]?.limit, room > 0 else {
+        guard let limit = upstreams[name]?.limit, limit > 0, room > 0 else {
             handle(.claimed(found: false), name)
             return
         }

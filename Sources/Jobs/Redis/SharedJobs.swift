@@ -91,6 +91,11 @@ final class SharedJobs: ClaimRunner {
         subscriber = nil
     }
 
+    /// The configuration was reloaded (this loop's proxy has it already).
+    func configChanged() {
+        dispatcher.update(upstreams: jobs.config.upstreams.map { (name: $0.name, limit: $0.gate.maxConcurrency) })
+    }
+
     /// This loop's command connection changed: a lost one means the
     /// subscription may be stuck on the same Redis too.
     func connectionChanged(_ change: RedisConnection.Change) {
