@@ -339,9 +339,10 @@ final class WebhookDeliverer {
         claimDue()
     }
 
-    /// Claims the due deliveries this replica has room for and starts them.
+    /// Claims the due deliveries this replica has room for and starts them
+    /// (none while no route has callbacks: no script per job end then).
     private func claimDue() {
-        guard let shared, !stopped else { return }
+        guard let shared, !stopped, jobs.config.configuration.routes.contains(where: { $0.callback != nil }) else { return }
         guard !claiming else {
             claimAgain = true
             return
