@@ -128,12 +128,7 @@ public final class JobEngine: Sendable {
     /// Spool files of jobs that never were (the process died between
     /// spooling a request and committing its job) or are gone.
     private func removeOrphanSpoolFiles(keeping ids: Set<JobID>) {
-        guard let d = opendir(dir) else { return }
-        defer { closedir(d) }
-        while let entry = readdir(d) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+        for name in directoryEntries(dir) {
             guard name.hasSuffix(".req") || name.hasSuffix(".res"),
                   let id = JobID(name.dropLast(4)), !ids.contains(id) else { continue }
             unlink(dir + "/" + name)
@@ -143,27 +138,14 @@ public final class JobEngine: Sendable {
     /// The spool directories of replicas that are gone: their lock is free.
     private func removeDeadReplicasSpools() {
         let parent = String(dir[..<dir.lastIndex(of: "/")!])
-        guard let d = opendir(parent) else { return }
-        defer { closedir(d) }
-        while let entry = readdir(d) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+        for name in directoryEntries(parent) where name.hasPrefix("replica-") {
             let path = parent + "/" + name
-            guard name.hasPrefix("replica-"), path != dir else { continue }
+            guard path != dir else { continue }
             let fd = open(path + "/.lock", O_RDWR | O_CLOEXEC)
             guard fd >= 0 else { continue }
             defer { close(fd) }
             guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }  // alive
-            if let inner = opendir(path) {
-                while let e = readdir(inner) {
-                    let file = withUnsafeBytes(of: e.pointee.d_name) { raw in
-                        String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-                    }
-                    if file != "." && file != ".." { unlink(path + "/" + file) }
-                }
-                closedir(inner)
-            }
+            for file in directoryEntries(path) { unlink(path + "/" + file) }
             rmdir(path)
         }
     }

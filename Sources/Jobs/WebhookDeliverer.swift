@@ -50,8 +50,9 @@ final class WebhookDeliverer {
     /// outcome is written.
     private var claimed: [JobID: JobRecord] = [:]
     private var shared: RedisJobStore? { jobs.engine.shared }
-    /// A claim pass is under way / another is due when it ends.
-    private var claiming = false, claimAgain = false
+    /// Redis: no claim pass, or one under way (`again`: another is due when it ends).
+    private enum ClaimPass { case idle, claiming(again: Bool) }
+    private var pass = ClaimPass.idle
     private var pollTimer: Timer?
 
     init(jobs: JobLoop) {
@@ -343,16 +344,16 @@ final class WebhookDeliverer {
     /// (none while no route has callbacks: no script per job end then).
     private func claimDue() {
         guard let shared, !stopped, jobs.config.configuration.routes.contains(where: { $0.callback != nil }) else { return }
-        guard !claiming else {
-            claimAgain = true
+        if case .claiming = pass {
+            pass = .claiming(again: true)
             return
         }
         let room = claimLimit - claimed.count
         guard room > 0 else { return }
-        claiming = true
-        claimAgain = false
+        pass = .claiming(again: false)
         shared.claimDeliveries(max: room, lease: claimLease, now: wallClockMillis(), on: loop) { [self] result in
-            claiming = false
+            let again = if case .claiming(true) = pass { true } else { false }
+            pass = .idle
             guard case .success(let records) = result else { return }
             let now = wallClockMillis()
             for r in records where claimed[r.id] == nil {
@@ -360,7 +361,7 @@ final class WebhookDeliverer {
                 start(r.id, now: now)
             }
             // A full batch: more may be due than there was room for.
-            if claimAgain || (records.count == room && claimed.count < claimLimit) { claimDue() }
+            if again || (records.count == room && claimed.count < claimLimit) { claimDue() }
         }
     }
 

@@ -15,3 +15,18 @@ public func makeDirectories(_ path: String) throws(StoreError) {
         }
     }
 }
+
+/// The names in directory `path` (without `.` and `..`); empty when it
+/// cannot be read.
+public func directoryEntries(_ path: String) -> [String] {
+    guard let d = opendir(path) else { return [] }
+    defer { closedir(d) }
+    var names: [String] = []
+    while let entry = readdir(d) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}

@@ -425,7 +425,7 @@ import Testing
         let left = 10 - secondsSince(frozen)
         if left > 0 { Thread.sleep(forTimeInterval: left) } // the freeze itself is the test's input
         redis.thaw()
-        #expect(waitUntil(timeout: 10) { (try? get(a.admin, "/readyz"))?.status == 200 })
+        #expect(waitUntil(timeout: 10) { (try? get(a.admin, "/readyz"))?.status == 200 }, "\(Self.state(a))")
         #expect(try awaitTerminal(a.port, done.id).string("status") == "completed")
         #expect(try awaitTerminal(a.port, pending.id).string("status") == "completed")
         let fresh = try createJob(a.port, method: "GET", path: "/status/200")

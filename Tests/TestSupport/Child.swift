@@ -111,7 +111,11 @@ public final class Child: @unchecked Sendable {
         return status
     }
 
-    public func signal(_ s: Int32) { kill(process.processIdentifier, s) }
+    /// Signals the child while it runs: once it has exited and been reaped,
+    /// its pid may be another process's (pid_max is 32768 here).
+    public func signal(_ s: Int32) {
+        if process.isRunning { kill(process.processIdentifier, s) }
+    }
 
     /// Waits until both stdout and stderr reached EOF, so `output` is complete.
     public func waitForOutputEnd(timeout: Double = 5) -> Bool {

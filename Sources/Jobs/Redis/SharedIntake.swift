@@ -21,8 +21,8 @@ final class SharedIntake: RequestHandler {
         case body
         /// `create` in flight.
         case creating
-        /// Prefer: wait=N: the job exists; its end is awaited.
-        case waiting(token: Int)
+        /// Prefer: wait=N: the job exists (as `record` says); its end is awaited.
+        case waiting(token: Int, record: JobRecord)
         case done
     }
 
@@ -33,7 +33,6 @@ final class SharedIntake: RequestHandler {
     private let base: [UInt8]
     private let spool = BodySpool()
     private var phase = Phase.body
-    private var record: JobRecord?
     private var timer: Timer?
 
     private var jobs: JobLoop { shared.jobs }
@@ -97,10 +96,9 @@ final class SharedIntake: RequestHandler {
             jobs.answerAccepted(client, existing, preference: nil, base: base)
         case .success(.created):
             jobs.proxy.meters?.add(MeterKey(.jobsCreated, slot: submission.route.meterSlot, submission.route.mode.meterIndex))
-            self.record = record
             shared.dispatcher.wake(record.upstream)
-            if case .wait(let seconds) = submission.preference {
-                waitForEnd(seconds: seconds)
+            if case .wait(let seconds) = submission.preference, client != nil {
+                waitForEnd(record, seconds: seconds)
             } else {
                 phase = .done
                 let applied: JobPreference? = submission.preference == .absent ? nil : submission.preference
@@ -109,9 +107,9 @@ final class SharedIntake: RequestHandler {
         }
     }
 
-    private func waitForEnd(seconds: Int) {
+    private func waitForEnd(_ record: JobRecord, seconds: Int) {
         let bound = LoopBound(self, loop: jobs.loop)
-        phase = .waiting(token: shared.wait(for: id) { bound.value.lookAgain() })
+        phase = .waiting(token: shared.wait(for: id) { bound.value.lookAgain() }, record: record)
         let t = Timer(loop: jobs.loop) { [unowned self] in self.answerNow() }
         timer = t
         t.schedule(after: .seconds(seconds))
@@ -119,9 +117,9 @@ final class SharedIntake: RequestHandler {
 
     /// Woken: answered with the result if the job ended, else waiting on.
     private func lookAgain() {
-        guard case .waiting = phase else { return }
+        guard case .waiting(_, let record) = phase else { return }
         let bound = LoopBound(self, loop: jobs.loop)
-        phase = .waiting(token: shared.wait(for: id) { bound.value.lookAgain() })
+        phase = .waiting(token: shared.wait(for: id) { bound.value.lookAgain() }, record: record)
         shared.store.lookup(id, on: jobs.loop) { [self] result in
             if case .success(let r?) = result, r.status.isTerminal { answer(r) }
         }
@@ -130,7 +128,7 @@ final class SharedIntake: RequestHandler {
     private func answerNow() {
         guard case .waiting = phase else { return }
         shared.store.lookup(id, on: jobs.loop) { [self] result in
-            guard case .waiting = phase else { return }
+            guard case .waiting(_, let record) = phase else { return }
             switch result {
             case .success(let r?): answer(r)
             case .success(nil): answer(nil)
@@ -140,7 +138,7 @@ final class SharedIntake: RequestHandler {
     }
 
     private func answer(_ r: JobRecord?) {
-        guard case .waiting(let token) = phase else { return }
+        guard case .waiting(let token, _) = phase else { return }
         shared.stopWaiting(id, token: token)
         phase = .done
         timer?.cancel()
@@ -163,7 +161,7 @@ final class SharedIntake: RequestHandler {
 
     func connectionClosed(connection: HTTPServerConnection) {
         // A job already asked for stays: the client may poll it later.
-        if case .waiting(let token) = phase { shared.stopWaiting(id, token: token) }
+        if case .waiting(let token, _) = phase { shared.stopWaiting(id, token: token) }
         if case .body = phase { spool.discard() }
         if case .creating = phase {} else { phase = .done }
         timer?.cancel()

@@ -18,11 +18,20 @@ final class SharedJobEndpoint: RequestHandler {
     private let isHead: Bool
     private let credential: [UInt8]?
     private let base: [UInt8]
-    /// A long poll's wake-up registration and deadline.
-    private var waitToken: Int?
+    enum Phase: Equatable {
+        /// Looking the job up (no long poll).
+        case open
+        /// A long poll: `token` while a wake-up is registered (it is once).
+        case polling(token: Int?)
+        /// The long poll's time is up: the next look answers.
+        case expired
+        /// Answered, or its answer is on its way (a DELETE, a re-arm).
+        case settled
+    }
+
+    private var phase = Phase.open
+    /// The long poll's deadline.
     private var timer: Timer?
-    private var expired = false
-    private var answered = false
 
     private var jobs: JobLoop { shared.jobs }
     private var store: RedisJobStore { shared.store }
@@ -41,7 +50,8 @@ final class SharedJobEndpoint: RequestHandler {
             // Registered before the first look, so an end between the two is heard.
             listen()
             let t = Timer(loop: shared.jobs.loop) { [unowned self] in
-                self.expired = true
+                self.stopListening()
+                self.phase = .expired
                 self.look()
             }
             timer = t
@@ -52,17 +62,18 @@ final class SharedJobEndpoint: RequestHandler {
 
     private func listen() {
         let bound = LoopBound(self, loop: jobs.loop)
-        waitToken = shared.wait(for: id) {
+        phase = .polling(token: shared.wait(for: id) {
             let me = bound.value
-            me.waitToken = nil  // a wake-up is once
+            guard case .polling = me.phase else { return }
+            me.phase = .polling(token: nil)  // a wake-up is once
             me.look()
-        }
+        })
     }
 
     private func look() {
-        guard !answered else { return }
+        guard phase != .settled else { return }
         store.lookup(id, on: jobs.loop) { [self] result in
-            guard !answered else { return }
+            guard phase != .settled else { return }
             switch result {
             case .failure:
                 finish { $0.respondError(.storeUnavailable) }
@@ -83,12 +94,12 @@ final class SharedJobEndpoint: RequestHandler {
         }
         switch action {
         case .poll(_, let result):
-            if expired {
+            if phase == .expired {
                 finish { [self] c in
                     result ? jobs.answerResult(c, record, preference: nil, base: base)
                            : jobs.answerStatus(c, record, status: 200, base: base)
                 }
-            } else if waitToken == nil {
+            } else if phase == .polling(token: nil) {
                 listen()  // woken by a missed message's catch-up: wait on
             }
         case .status:
@@ -106,7 +117,7 @@ final class SharedJobEndpoint: RequestHandler {
 
     /// A pending job is canceled (200 with its status); an ended one deleted (204).
     private func delete(_ record: JobRecord) {
-        answered = true
+        settle()
         let now = wallClockMillis()
         guard record.status.isTerminal else {
             store.cancel(record, now: now, on: jobs.loop) { [self] result in
@@ -151,7 +162,7 @@ final class SharedJobEndpoint: RequestHandler {
             finish { [self] c in jobs.answerStatus(c, record, status: 202, base: base) }
             return
         }
-        answered = true
+        settle()
         store.rearm(id, now: wallClockMillis(), on: jobs.loop) { [self] result in
             guard case .success = result else { return reply { $0.respondError(.storeUnavailable) } }
             store.lookup(id, on: jobs.loop) { [self] result in
@@ -163,27 +174,30 @@ final class SharedJobEndpoint: RequestHandler {
 
     /// Answers now and stops waiting.
     private func finish(_ respond: (HTTPServerConnection) -> Void) {
-        answered = true
+        settle()
         reply(respond)
     }
 
-    private func reply(_ respond: (HTTPServerConnection) -> Void) {
+    /// No more looks or wake-ups: the answer is decided.
+    private func settle() {
         stopListening()
+        timer?.cancel()
+        phase = .settled
+    }
+
+    private func reply(_ respond: (HTTPServerConnection) -> Void) {
         if let client { respond(client) }
     }
 
     private func stopListening() {
-        timer?.cancel()
-        if let token = waitToken { shared.stopWaiting(id, token: token) }
-        waitToken = nil
+        if case .polling(let token?) = phase { shared.stopWaiting(id, token: token) }
     }
 
     func requestBody(_ buffer: EventBuffer, connection: HTTPServerConnection) {}
     func requestEnd(connection: HTTPServerConnection) {}
 
     func connectionClosed(connection: HTTPServerConnection) {
-        answered = true
-        stopListening()
+        settle()
     }
 
     func detached(from connection: HTTPServerConnection) {

@@ -29,19 +29,26 @@ final class SharedJobs: ClaimRunner {
 
     /// A claimed job from its claim until its end is written (or its claim lost).
     private final class Claimed {
-        var record: JobRecord
+        enum Phase {
+            /// Waiting for a local slot (`token`: its place at the gate, once queued).
+            case waiting(token: UInt64?)
+            /// The exchange runs (`runner`: none for an adopted `auto`
+            /// exchange whose end came with it).
+            case exchanging(JobRunner?)
+            /// Over here (ended, or canceled on some replica): its end is being written.
+            case ending
+        }
+
+        let record: JobRecord
         let request: JobRequest
         let target: UpstreamTarget
-        /// Waiting for a local slot: the gate token to withdraw it by.
-        var gateToken: UInt64?
-        var runner: JobRunner?
-        /// Canceled on some replica: the exchange is stopped, its end written as such.
-        var canceled = false
+        var phase: Phase
 
-        init(_ record: JobRecord, request: JobRequest, target: UpstreamTarget) {
+        init(_ record: JobRecord, request: JobRequest, target: UpstreamTarget, phase: Phase) {
             self.record = record
             self.request = request
             self.target = target
+            self.phase = phase
         }
     }
 
@@ -155,22 +162,21 @@ final class SharedJobs: ClaimRunner {
             write(id, r, .failed)
             return
         }
-        let c = Claimed(claim.record, request: claim.request, target: target)
+        let c = Claimed(claim.record, request: claim.request, target: target, phase: .waiting(token: nil))
         claimed[id] = c
         let token = target.gate.makeToken()
         let bound = LoopBound(self, loop: loop)
         switch target.gate.acquire(GateWaiter(loop: loop, token: token) { bound.value.slotGranted(id, target) }, force: true) {
         case .acquired, .rejected: slotGranted(id, target)  // forced: never rejected
-        case .queued: c.gateToken = token
+        case .queued: c.phase = .waiting(token: token)
         }
     }
 
     private func slotGranted(_ id: JobID, _ target: UpstreamTarget) {
-        guard let c = claimed[id], c.runner == nil, !c.canceled else {
+        guard let c = claimed[id], case .waiting = c.phase else {
             target.gate.release()  // stopped while it waited
             return
         }
-        c.gateToken = nil
         let bound = LoopBound(self, loop: loop)
         let r = c.record
         let runner = JobRunner(jobs: jobs, id: id, target: c.target, request: c.request, attempt: r.attempts,
@@ -178,7 +184,7 @@ final class SharedJobs: ClaimRunner {
                                maxBody: jobs.config.configuration.jobs.maxResultBody) { outcome in
             bound.value.exchangeEnded(id, outcome)
         }
-        c.runner = runner
+        c.phase = .exchanging(runner)
         runner.start()
     }
 
@@ -187,17 +193,22 @@ final class SharedJobs: ClaimRunner {
     /// like a claimed one; its end comes through `exchangeEnded`. No
     /// runner: the exchange ended while the job was being written.
     func adopt(_ record: JobRecord, request: JobRequest, target: UpstreamTarget, runner: JobRunner?) {
-        let c = Claimed(record, request: request, target: target)
-        c.runner = runner
-        claimed[record.id] = c
+        claimed[record.id] = Claimed(record, request: request, target: target, phase: .exchanging(runner))
         dispatcher.adopt(record.id, upstream: record.upstream)
     }
 
     func abort(_ id: JobID, claimLost: Bool) {
-        guard let c = claimed[id], !c.canceled else { return }
-        if let token = c.gateToken, c.target.gate.withdraw(token) { c.gateToken = nil }
-        c.runner?.abort()
-        c.runner = nil
+        guard let c = claimed[id] else { return }
+        switch c.phase {
+        case .waiting(let token):
+            // A grant already on its way finds the job gone and is given back.
+            if let token { c.target.gate.withdraw(token) }
+        case .exchanging(let runner):
+            runner?.abort()
+        case .ending:
+            return  // its end is being written already
+        }
+        c.phase = .ending
         if claimLost {
             // Another replica may own the job now: nothing of this run is written.
             log.warning("job claim lost; its exchange here is stopped", metadata: ["job": "\(id)"])
@@ -205,14 +216,13 @@ final class SharedJobs: ClaimRunner {
             return
         }
         // Canceled: the end is written (the job stays canceled) and the claim, the slot, given back.
-        c.canceled = true
         write(id, c.record, .failed)
     }
 
     /// The exchange ended: another attempt (SPEC §4, upstream retries), or its outcome.
     func exchangeEnded(_ id: JobID, _ outcome: JobRunner.Outcome) {
-        guard let c = claimed[id] else { return }
-        c.runner = nil
+        guard let c = claimed[id], case .exchanging = c.phase else { return }
+        c.phase = .ending
         var r = c.record
         let now = wallClockMillis()
         if !jobs.engine.isStopping,

@@ -176,7 +176,7 @@ public final class RedisConnection {
             done(.failure(RedisUnavailable(lossReason)))
             return
         }
-        let box = Unmanaged.passRetained(ReplyBox { reply in done(reply.map(decode)) })
+        let box = Unmanaged.passRetained(DecodingReplyBox(decode: decode, done: done) as ReplyBox)
         let status = command.encoded.withUnsafeBufferPointer { bytes in
             bytes.withMemoryRebound(to: CChar.self) { chars in
                 redisAsyncFormattedCommand(context, { context, reply, privdata in
@@ -294,7 +294,7 @@ public final class RedisConnection {
             // hiredis is failing the context's commands (it frees it next):
             // the first of them ends the connection for everyone.
             if let context { lost(UnsafePointer(context), reason: Self.errorText(UnsafePointer(context))) }
-            box.done(.failure(RedisUnavailable(lossReason)))
+            box.deliver(.failure(RedisUnavailable(lossReason)))
             return
         }
         if oldest < deadlines.count {
@@ -307,13 +307,13 @@ public final class RedisConnection {
                 oldest = 0
             }
         }
-        box.done(.success(UnsafePointer(reply)))
+        box.deliver(.success(UnsafePointer(reply)))
     }
 
     /// A reply that comes with no connection object (the context was
     /// freed from under a late callback): only its caller hears of it.
     fileprivate static func orphaned(_ box: ReplyBox) {
-        box.done(.failure(RedisUnavailable("connection closed")))
+        box.deliver(.failure(RedisUnavailable("connection closed")))
     }
 
     private func watch(after timeout: Duration) {
@@ -379,10 +379,23 @@ extension RedisConnection.Phase {
     }
 }
 
-/// A command's continuation, retained from its send to its reply.
-final class ReplyBox {
-    let done: (Result<UnsafePointer<redisReply>, RedisUnavailable>) -> Void
-    init(_ done: @escaping (Result<UnsafePointer<redisReply>, RedisUnavailable>) -> Void) { self.done = done }
+/// A command's continuation, retained from its send to its reply (what
+/// the C callback gets back); the reply is decoded into `T` while hiredis
+/// still holds it. One allocation per command.
+class ReplyBox {
+    func deliver(_ reply: Result<UnsafePointer<redisReply>, RedisUnavailable>) {}
+}
+
+final class DecodingReplyBox<T>: ReplyBox {
+    let decode: (UnsafePointer<redisReply>) -> T
+    let done: (Result<T, RedisUnavailable>) -> Void
+
+    init(decode: @escaping (UnsafePointer<redisReply>) -> T, done: @escaping (Result<T, RedisUnavailable>) -> Void) {
+        self.decode = decode
+        self.done = done
+    }
+
+    override func deliver(_ reply: Result<UnsafePointer<redisReply>, RedisUnavailable>) { done(reply.map(decode)) }
 }
 
 private func connection(of context: UnsafePointer<redisAsyncContext>?) -> RedisConnection? {

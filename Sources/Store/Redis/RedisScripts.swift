@@ -92,6 +92,20 @@ public struct RedisScript: Sendable {
           if key then redis.call('PEXPIRE', key, ttl) end
           redis.call('PUBLISH', P .. ':events', 'end ' .. id)
         end
+        -- A new job's record and request, its Idempotency-Key (KEYS[4], ''
+        -- for none) taken for it; or, when the key is taken, nothing
+        -- written and the key's job id returned. KEYS[1]: job, KEYS[2]: request.
+        local function writeNew(id, fields, request)
+          if KEYS[4] ~= '' then
+            local existing = redis.call('GET', KEYS[4])
+            if existing then return existing end
+            redis.call('SET', KEYS[4], id)
+          end
+          redis.call('HSET', KEYS[1], unpack(fields))
+          if KEYS[4] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_ref', KEYS[4]) end
+          redis.call('SET', KEYS[2], request)
+          return false
+        end
         local function slice(t, from)
           local out = {}
           for i = from, #t do out[#out + 1] = t[i] end
@@ -109,14 +123,8 @@ public struct RedisScript: Sendable {
     /// (or "" for none). ARGV: id, upstream, request bytes, held, record fields...
     public static let create = RedisScript("create", """
         local id = ARGV[4]
-        if KEYS[4] ~= '' then
-          local existing = redis.call('GET', KEYS[4])
-          if existing then return existing end
-          redis.call('SET', KEYS[4], id)
-        end
-        redis.call('HSET', KEYS[1], unpack(slice(ARGV, 8)))
-        if KEYS[4] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_ref', KEYS[4]) end
-        redis.call('SET', KEYS[2], ARGV[6])
+        local existing = writeNew(id, slice(ARGV, 8), ARGV[6])
+        if existing then return existing end
         if ARGV[7] == '1' then
           for _, k in ipairs(KEYS) do if k ~= '' and k ~= KEYS[3] then redis.call('PEXPIRE', k, 60000) end end
           return false
@@ -144,15 +152,9 @@ public struct RedisScript: Sendable {
     /// ARGV: id, lease ms, replica, request bytes, record fields...
     public static let createClaimed = RedisScript("createClaimed", """
         local id, lease, replica = ARGV[4], tonumber(ARGV[5]), ARGV[6]
-        if KEYS[4] ~= '' then
-          local existing = redis.call('GET', KEYS[4])
-          if existing then return existing end
-          redis.call('SET', KEYS[4], id)
-        end
-        redis.call('HSET', KEYS[1], unpack(slice(ARGV, 8)))
-        if KEYS[4] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_ref', KEYS[4]) end
+        local existing = writeNew(id, slice(ARGV, 8), ARGV[7])
+        if existing then return existing end
         redis.call('HSET', KEYS[1], 'owner', replica)
-        redis.call('SET', KEYS[2], ARGV[7])
         redis.call('ZADD', KEYS[3], now + lease, id)
         return false
         """)
