@@ -33,9 +33,10 @@ enum DeliveryRule {
     static let longestHint: Int64 = 3600
 
     /// `attempts`: the attempts of this round so far, this one included.
-    /// `jitter` in [0, 1): where in the upper half of its delay a retry lands.
+    /// `jitter` in [0, 1): where in the upper half of its delay a retry
+    /// lands (drawn only for a retry).
     static func decide(_ result: AttemptResult, attempts: Int, policy: RetryPolicy, now: Int64,
-                       jitter: Double) -> Decision {
+                       jitter: @autoclosure () -> Double) -> Decision {
         var hintMillis: Int64 = 0
         let lastError: String
         switch result {
@@ -56,7 +57,7 @@ enum DeliveryRule {
         let full = policy.delay(afterAttempt: attempts).nanoseconds / 1_000_000
         // Equal jitter: half the delay for sure, the other half at random, so
         // receivers that failed together are not retried together.
-        let delay = full / 2 + Int64(Double(full - full / 2) * jitter)
+        let delay = full / 2 + Int64(Double(full - full / 2) * jitter())
         return .retry(lastError: lastError, at: now + max(delay, hintMillis))
     }
 }

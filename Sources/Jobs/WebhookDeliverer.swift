@@ -273,7 +273,9 @@ final class WebhookDeliverer {
         let route = jobs.table.lookup(id)?.route
         let policy = jobs.config.configuration.routes.first { $0.label == route }?.callback?.retry ?? Callback().retry
         var counted: DeliveryResult?
-        jobs.table.updateCallback(of: id, { callback in
+        // Deferred: an outcome lost in a crash means one more delivery, which
+        // at-least-once allows; a burst's outcomes then share commits.
+        jobs.table.updateCallback(of: id, deferred: true, { callback in
             guard callback.isPending, callback.round == round else { return nil }
             let tried = callback.attempts + 1
             switch DeliveryRule.decide(result, attempts: tried, policy: policy, now: now, jitter: Double.random(in: 0..<1)) {

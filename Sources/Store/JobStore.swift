@@ -195,6 +195,10 @@ public protocol JobStore: AnyObject, Sendable {
     func insert(_ record: JobRecord, request: JobRequest, done: @escaping @Sendable (StoreError?) -> Void)
     /// A job's new state; `response` is given once, when it completes.
     func update(_ record: JobRecord, response: JobResponse?, done: @escaping @Sendable (StoreError?) -> Void)
+    /// A job's new state whose loss in a crash only repeats work (a webhook
+    /// attempt's outcome: a lost one means the delivery is made again). The
+    /// store may hold it for a few milliseconds, to go with another commit.
+    func updateDeferred(_ record: JobRecord, done: @escaping @Sendable (StoreError?) -> Void)
     /// Jobs gone for good (DELETE, expiry), with their files.
     func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void)
     /// A job's stored request (nil: no such job), answered on `loop`.
@@ -220,6 +224,10 @@ public protocol LocalJobStore: JobStore {
 
 extension JobStore {
     public var meters: MeterTable? { nil }
+
+    public func updateDeferred(_ record: JobRecord, done: @escaping @Sendable (StoreError?) -> Void) {
+        update(record, response: nil, done: done)
+    }
 }
 
 extension LocalJobStore {

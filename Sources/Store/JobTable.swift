@@ -349,8 +349,10 @@ public final class JobTable: Sendable {
     /// outcome, a re-arm): `change` gets the latest one and returns the next,
     /// or nil to write nothing. Returns the record written. A callback made
     /// pending again (re-armed) is handed to `onCallbackDue` once durable.
+    /// `deferred`: an attempt's outcome, which the store may commit a few
+    /// milliseconds later with other writes (`JobStore.updateDeferred`).
     @discardableResult
-    public func updateCallback(of id: JobID, _ change: (JobCallback) -> JobCallback?,
+    public func updateCallback(of id: JobID, deferred: Bool = false, _ change: (JobCallback) -> JobCallback?,
                                done: @escaping @Sendable (StoreError?) -> Void = { _ in }) -> JobRecord? {
         ordering.withLock { _ in
             var armed = false
@@ -363,10 +365,15 @@ public final class JobTable: Sendable {
                 return r
             }
             guard let updated else { return nil }
-            store.update(updated, response: nil) { [self, armed] error in
+            let stored: @Sendable (StoreError?) -> Void = { [self, armed] error in
                 publish(updated, stored: error == nil, transition: false)
                 if armed && error == nil, let handler = callbackDue.withLock({ $0 }) { handler.run(updated, nil) }
                 done(error)
+            }
+            if deferred {
+                store.updateDeferred(updated, done: stored)
+            } else {
+                store.update(updated, response: nil, done: stored)
             }
             return updated
         }

@@ -1,5 +1,6 @@
 import CSQLite
 import Dispatch
+import Loop
 @testable import Store
 import Synchronization
 import TestSupport
@@ -420,6 +421,75 @@ private func inOneBatch(_ store: SQLiteStore, _ submit: () -> Void) -> JobRecord
         #expect(results.enumerated().allSatisfy { i, error in (i == 25 || i == 26) == (error != nil) })
         #expect(store.committedTransactions == before + 1)
         #expect(try store.loadAll().count == 51)
+    }
+
+    /// A deferred write (a delivery attempt's outcome) does not commit on
+    /// its own while it may wait: it goes with the next write that must be
+    /// durable, in one transaction, and in order.
+    @Test func aDeferredWriteGoesWithTheNextCommit() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db, deferredDelay: .seconds(3600))
+        defer { store.close() }
+        var job = record(status: .completed)
+        #expect(store.insertSync(job, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        let before = store.committedTransactions
+
+        let deferred = Callbacks()
+        job.callback = JobCallback(url: "https://hooks.example/done", status: .delivered, attempts: 1, round: 1)
+        store.updateDeferred(job, done: deferred.done)
+        let other = record()
+        #expect(store.insertSync(other, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        // The insert's callback ran after the whole batch committed, so the
+        // deferred write's did too (callbacks run in submission order).
+        #expect(deferred.wait() == [nil])
+        #expect(store.committedTransactions == before + 1)
+        #expect(try store.loadAll().first { $0.id == job.id }?.callback?.status == .delivered)
+    }
+
+    /// With nothing else to go with, a deferred write is committed once it
+    /// has waited its delay.
+    @Test func aDeferredWriteAloneIsCommittedAfterItsDelay() throws {
+        let dir = TempDir()
+        let store = try SQLiteStore(path: dir.db, deferredDelay: .milliseconds(20))
+        defer { store.close() }
+        var job = record(status: .failed)
+        #expect(store.insertSync(job, JobRequest(head: head, body: .empty, declaresBody: false)) == nil)
+        let before = store.committedTransactions
+        let started = monotonicNanos()
+        let c = Callbacks()
+        job.callback = JobCallback(url: "https://hooks.example/done", status: .failed, attempts: 3, round: 1,
+                                   lastError: "http_410")
+        store.updateDeferred(job, done: c.done)
+        #expect(c.wait() == [nil])
+        #expect(monotonicNanos() - started >= 20_000_000)
+        #expect(store.committedTransactions == before + 1)
+        #expect(try store.loadAll().first { $0.id == job.id }?.callback?.lastError == "http_410")
+    }
+
+    /// Many deferred writes commit without waiting out their delay; a store
+    /// closed with deferred writes queued commits them first.
+    @Test func deferredWritesCommitWhenManyOrOnClose() throws {
+        let dir = TempDir()
+        let request = JobRequest(head: head, body: .empty, declaresBody: false)
+        var jobs = (0..<(WriteQueue.deferredLimit + 1)).map { _ in record(status: .completed) }
+        do {
+            let store = try SQLiteStore(path: dir.db, deferredDelay: .seconds(3600))
+            let inserted = Callbacks()
+            for job in jobs { store.insert(job, request: request, done: inserted.done) }
+            #expect(inserted.wait(jobs.count).allSatisfy { $0 == nil })
+            let c = Callbacks()
+            for i in jobs.indices {
+                jobs[i].callback = JobCallback(url: "https://hooks.example/\(i)", status: .delivered, attempts: 1, round: 1)
+            }
+            for job in jobs[..<WriteQueue.deferredLimit] { store.updateDeferred(job, done: c.done) }
+            #expect(c.wait(WriteQueue.deferredLimit).allSatisfy { $0 == nil })
+            store.updateDeferred(jobs[WriteQueue.deferredLimit], done: c.done)
+            store.close()
+            #expect(c.wait() == [nil])
+        }
+        let reopened = try SQLiteStore(path: dir.db)
+        defer { reopened.close() }
+        #expect(try reopened.loadAll().allSatisfy { $0.callback?.status == .delivered })
     }
 
     /// Databases of earlier schemas open and keep their jobs: version 2 had

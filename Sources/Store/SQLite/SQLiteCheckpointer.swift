@@ -14,7 +14,7 @@ final class Checkpointer: @unchecked Sendable {
     static let threshold: Int32 = 1000
 
     private let connection: Connection
-    private let wakeup = Semaphore()
+    private let wakeup = Wakeup()
     /// A checkpoint was asked for and has not started yet.
     private let requested = Atomic<Bool>(false)
     private let stopping = Atomic<Bool>(false)

@@ -44,7 +44,9 @@ public final class SQLiteStore: LocalJobStore {
     /// process on the same database would dispatch the same jobs.
     private let lock: Mutex<Int32>
 
-    public init(path: String) throws(StoreError) {
+    /// `deferredDelay`: how long an `updateDeferred` write waits for a
+    /// commit to share before it is committed on its own.
+    public init(path: String, deferredDelay: Duration = .milliseconds(10)) throws(StoreError) {
         self.path = path
         try createParentDirectories(of: path)
         let lockFD = try createPrivateFile(path)
@@ -67,7 +69,7 @@ public final class SQLiteStore: LocalJobStore {
         // it stops when that connection closes (also when this init fails).
         let checkpointer = try Checkpointer(path: path)
         checkpointer.watch(connection)
-        let queue = WriteQueue()
+        let queue = WriteQueue(deferredDelay: deferredDelay)
         let rows = RowMap()
         let writer = try Writer(connection: connection, queue: queue, rows: rows)
         self.rows = rows
@@ -92,12 +94,16 @@ public final class SQLiteStore: LocalJobStore {
         submit(.update(record, response), done)
     }
 
+    public func updateDeferred(_ record: JobRecord, done: @escaping @Sendable (StoreError?) -> Void) {
+        submit(.update(record, nil), deferred: true, done)
+    }
+
     public func delete(_ ids: [JobID], done: @escaping @Sendable (StoreError?) -> Void) {
         submit(.delete(ids), done)
     }
 
-    private func submit(_ op: WriteOp, _ done: @escaping @Sendable (StoreError?) -> Void) {
-        if !queue.enqueue(PendingWrite(op: op, done: done)) {
+    private func submit(_ op: WriteOp, deferred: Bool = false, _ done: @escaping @Sendable (StoreError?) -> Void) {
+        if !queue.enqueue(PendingWrite(op: op, done: done), deferred: deferred) {
             done(StoreError("sqlite: the store is closed"))
         }
     }

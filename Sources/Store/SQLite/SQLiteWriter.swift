@@ -20,17 +20,33 @@ final class PendingWrite: Sendable {
     }
 }
 
-/// The hand-off between submitting threads and the writer thread. The
-/// semaphore is posted when the queue turns non-empty (and on stop); the
-/// writer takes the whole queue after each wake-up, so no write is missed.
+/// The hand-off between submitting threads and the writer thread. A
+/// write that must be durable before it is answered wakes the writer when
+/// it is the first such write queued; a deferred one (a change whose loss
+/// in a crash only repeats work) does not: it goes with the next commit, or
+/// on its own once it has waited `deferredDelay`, or when `deferredLimit` of them
+/// queue up. The writer takes the whole queue each time, so no write is
+/// missed.
 final class WriteQueue: Sendable {
     struct State {
         var pending: [PendingWrite] = []
+        /// A write that is not deferred is queued: the writer was woken for it.
+        var urgent = false
+        /// When the oldest deferred write still queued came (`monotonicNanos`).
+        var deferredSince: UInt64?
         var stopping = false
     }
 
+    /// How long a deferred write may wait for a commit to go with (10 ms by default).
+    let deferredDelay: UInt64
+    static let deferredLimit = 256
+
+    init(deferredDelay: Duration) {
+        self.deferredDelay = UInt64(deferredDelay.nanoseconds)
+    }
+
     private let state = Mutex(State())
-    private let wakeup = Semaphore()
+    private let wakeup = Wakeup()
     let commits = Atomic<Int>(0)
     /// `store_commit_duration_seconds`: written by the writer thread only.
     let meters = MeterTable(capacity: 64)
@@ -42,11 +58,21 @@ final class WriteQueue: Sendable {
     let failNextCommit = Atomic<Bool>(false)
 
     /// False once the store is closing: the caller answers `done` itself.
-    func enqueue(_ write: PendingWrite) -> Bool {
+    func enqueue(_ write: PendingWrite, deferred: Bool = false) -> Bool {
         let (accepted, wake) = state.withLock { s -> (Bool, Bool) in
             if s.stopping { return (false, false) }
             s.pending.append(write)
-            return (true, s.pending.count == 1)
+            if !deferred {
+                defer { s.urgent = true }
+                return (true, !s.urgent)
+            }
+            if s.urgent { return (true, false) }
+            if s.deferredSince == nil {
+                // The writer may be waiting with no deadline: it sets one.
+                s.deferredSince = monotonicNanos()
+                return (true, true)
+            }
+            return (true, s.pending.count == Self.deferredLimit)
         }
         if wake { wakeup.signal() }
         return accepted
@@ -61,13 +87,30 @@ final class WriteQueue: Sendable {
         if wake { wakeup.signal() }
     }
 
-    /// Blocks until there is work or a stop; returns everything queued.
+    /// Blocks until there is work that is due, or a stop; returns
+    /// everything queued.
     func next() -> (writes: [PendingWrite], stop: Bool) {
-        wakeup.wait()
-        return state.withLock { s in
-            let writes = s.pending
-            s.pending = []
-            return (writes, s.stopping)
+        var deadline: UInt64?
+        while true {
+            wakeup.wait(until: deadline)
+            let taken = state.withLock { s -> (writes: [PendingWrite], stop: Bool)? in
+                if !s.stopping && !s.urgent {
+                    guard let since = s.deferredSince else {
+                        deadline = nil
+                        return nil
+                    }
+                    if s.pending.count < Self.deferredLimit && monotonicNanos() &- since < deferredDelay {
+                        deadline = since &+ deferredDelay
+                        return nil
+                    }
+                }
+                let writes = s.pending
+                s.pending = []
+                s.urgent = false
+                s.deferredSince = nil
+                return (writes, s.stopping)
+            }
+            if let taken { return taken }
         }
     }
 }
