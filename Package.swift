@@ -109,7 +109,10 @@ let package = Package(
         .testTarget(name: "MetersTests", dependencies: ["Meters"], swiftSettings: strict),
         .testTarget(name: "HTTPTests", dependencies: ["HTTP", "Loop"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "JobsTests", dependencies: ["Jobs", "Store", "Config", "HTTP", "Loop", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "JobsTests",
+            dependencies: ["Jobs", "Store", "Config", "HTTP", "Loop", "TestSupport", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         .testTarget(name: "StoreTests", dependencies: ["Store", "Loop", "CSQLite", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "ProxyTests",

@@ -15,6 +15,13 @@ static inline int COpenSSL_set_partial_writes(SSL_CTX *ctx) {
     return (int)SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 }
 
+// Reads take whatever the socket has (several records at once), not a
+// record header and then its body in two reads.
+static inline int COpenSSL_set_read_ahead(SSL_CTX *ctx) {
+    SSL_CTX_set_read_ahead(ctx, 1);
+    return 1;
+}
+
 static inline int COpenSSL_set_sni(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }

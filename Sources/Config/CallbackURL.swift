@@ -31,17 +31,23 @@ public struct CallbackURL: Sendable, Equatable, CustomStringConvertible {
     /// Normalized: what is matched and what is sent.
     public let path: String
     public let query: String?
+    /// The request target sent to the receiver.
+    public let requestTarget: String
+    /// The `Host` header: the port only when it is not the scheme's default.
+    public let hostHeader: String
+
+    private init(isTLS: Bool, host: String, port: Int, path: String, query: String?) {
+        self.isTLS = isTLS
+        self.host = host
+        self.port = port
+        self.path = path
+        self.query = query
+        requestTarget = query.map { path + "?" + $0 } ?? path
+        let h = host.contains(":") ? "[\(host)]" : host
+        hostHeader = port == (isTLS ? 443 : 80) ? h : "\(h):\(port)"
+    }
 
     public var scheme: String { isTLS ? "https" : "http" }
-
-    /// The request target sent to the receiver.
-    public var requestTarget: String { query.map { path + "?" + $0 } ?? path }
-
-    /// The `Host` header: the port only when it is not the scheme's default.
-    public var hostHeader: String {
-        let h = host.contains(":") ? "[\(host)]" : host
-        return port == (isTLS ? 443 : 80) ? h : "\(h):\(port)"
-    }
 
     /// The normalized URL; `parse(description)` gives this value back.
     public var description: String { "\(scheme)://\(hostHeader)\(requestTarget)" }
@@ -137,14 +143,6 @@ public struct CallbackURL: Sendable, Equatable, CustomStringConvertible {
             case .hiddenDotSegment: "a path segment hides a dot segment (..%2F, %2F.., ..;)"
             }
         }
-    }
-
-    private init(isTLS: Bool, host: String, port: Int, path: String, query: String?) {
-        self.isTLS = isTLS
-        self.host = host
-        self.port = port
-        self.path = path
-        self.query = query
     }
 }
 

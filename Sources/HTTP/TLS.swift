@@ -25,6 +25,7 @@ public final class TLSClientContext: @unchecked Sendable {
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
         _ = COpenSSL_set_min_tls12(ctx)
         _ = COpenSSL_set_partial_writes(ctx)
+        _ = COpenSSL_set_read_ahead(ctx)
         // The system's trust store is always used (SPEC §6); a missing one
         // leaves only `ca_file`.
         _ = SSL_CTX_set_default_verify_paths(ctx)
@@ -132,8 +133,9 @@ final class TLSSession {
         }
     }
 
-    /// Decrypted bytes already inside OpenSSL: no socket event will announce them.
-    var hasPendingInput: Bool { SSL_pending(ssl) > 0 }
+    /// Bytes already inside OpenSSL, decrypted or not (read ahead with an
+    /// earlier record): no socket event will announce them.
+    var hasPendingInput: Bool { SSL_has_pending(ssl) == 1 }
 
     /// Sends close_notify once, without waiting for the peer's.
     func shutdown() {

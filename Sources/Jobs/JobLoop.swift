@@ -42,10 +42,11 @@ public final class JobLoop: JobService {
         s.start()
     }
 
-    /// Stops claiming and closes the subscription (shutdown).
+    /// Stops claiming and closes the subscriptions (shutdown).
     public func closeShared() {
         shared?.close()
         shared = nil
+        deliverer?.closeShared()
     }
 
     /// A reload reached this loop (after its proxy's): with Redis, the
@@ -62,10 +63,11 @@ public final class JobLoop: JobService {
     /// Webhook deliveries, on the one loop that runs them (`startDeliveries`).
     var deliverer: WebhookDeliverer?
 
-    /// Makes this loop the one that delivers webhooks: due callbacks are
-    /// handed here from any loop (and from the store's context), and the
-    /// ones a previous run left pending are scheduled now. With Redis, the
-    /// deliverer claims the replicas' due deliveries itself.
+    /// Makes this loop the one that delivers webhooks (the server gives them
+    /// a loop of their own): due callbacks are handed here from any loop
+    /// (and from the store's context), and the ones a previous run left
+    /// pending are scheduled now. With Redis, the deliverer claims the
+    /// replicas' due deliveries itself, woken by the job ends it hears.
     public func startDeliveries() {
         loop.preconditionInEventLoop()
         let deliverer = WebhookDeliverer(jobs: self)

@@ -43,12 +43,13 @@ final class WebhookAttempt: HTTPClientDelegate {
         self.callback = callback
         self.url = url
         self.settings = settings
+        webhookID = callback.round == 1 ? record.id.text : "\(record.id.text)-\(callback.round)"
         upstream = UpstreamExchange(proxy: deliverer.jobs.proxy)
         timer = Timer(loop: deliverer.loop) { [unowned self] in self.perform(.failed(.timedOut)) }
     }
 
     /// The same on every attempt of one round (receivers deduplicate by it).
-    var webhookID: String { callback.round == 1 ? id.text : "\(id.text)-\(callback.round)" }
+    let webhookID: String
 
     private var secrets: [String] { settings.secrets }
 
@@ -89,7 +90,7 @@ final class WebhookAttempt: HTTPClientDelegate {
 
     private func sign(_ body: StoredBody, then target: UpstreamTarget) {
         self.body = body
-        var signer = WebhookSigner(secrets: secrets, id: webhookID, timestamp: timestamp)
+        var signer = WebhookSigner(keys: deliverer.keys(for: record.route, settings), id: webhookID, timestamp: timestamp)
         switch body {
         case .inline(let bytes):
             bytes.withUnsafeBytes { signer.update($0) }
@@ -227,7 +228,7 @@ final class WebhookAttempt: HTTPClientDelegate {
         ended = true
         timer.cancel()
         releaseSlot()
-        deliverer.finish(id, round: callback.round, result)
+        deliverer.finish(id, route: record.route, callback: callback, result)
     }
 }
 

@@ -35,12 +35,17 @@ final class WebhookDeliverer {
     private var attempts: [JobID: WebhookAttempt] = [:]
     /// Receivers by route and origin, with their resolved address, kept for
     /// a minute (then resolved again).
-    private var receivers: [String: (target: UpstreamTarget, until: Int64)] = [:]
+    private var receivers: [String: [String: (target: UpstreamTarget, until: Int64)]] = [:]
     /// `callback.max_concurrency`, per route label.
     private var gates: [String: LocalConcurrencyGate] = [:]
     /// Receivers being resolved, with who waits for each: a burst of due
     /// deliveries to one receiver resolves it once (and shares one pool).
     private var resolving: [String: [(UpstreamTarget?) -> Void]] = [:]
+    /// Signing keys by route label, while its secrets stay the same.
+    private var signingKeys: [String: WebhookKeys] = [:]
+    /// Callback URLs parsed at their first attempt, with their receiver's
+    /// origin (`scheme://host:port`), by their text (bounded).
+    private var parsedURLs: [String: (url: CallbackURL, origin: String)] = [:]
     /// TLS contexts by `ca_file` ("" for none).
     private var contexts: [String: TLSClientContext] = [:]
     /// Name resolution and signing of large bodies: blocking work, off the loops.
@@ -54,6 +59,8 @@ final class WebhookDeliverer {
     private enum ClaimPass { case idle, claiming(again: Bool) }
     private var pass = ClaimPass.idle
     private var pollTimer: Timer?
+    /// Redis: the replicas' events, for the job ends (a delivery may be due).
+    private var subscriber: RedisSubscriber?
 
     init(jobs: JobLoop) {
         self.jobs = jobs
@@ -61,15 +68,31 @@ final class WebhookDeliverer {
         blocking = EventLoopGroup(count: 1)
         blocking.start()
         timer = Timer(loop: loop) { [unowned self] in self.timerFired() }
-        if shared != nil {
+        if let shared {
             let poll = Timer(loop: loop) { [unowned self] in
                 self.claimDue()
                 self.pollTimer?.schedule(after: Self.pollInterval)
             }
             pollTimer = poll
             poll.schedule(after: Self.pollInterval)
+            let s = RedisSubscriber(loop: loop, endpoint: shared.settings.endpoint, channel: shared.keys.events,
+                                    onChange: { [unowned self] change in
+                                        if change == .ready { self.claimDue() }  // ends published meanwhile
+                                    }, onMessage: { [unowned self] message in
+                                        if message.starts(with: "end ".utf8) { self.claimDue() }
+                                    })
+            subscriber = s
+            s.start()
             claimDue()
         }
+    }
+
+    /// Redis: stops the polling and closes the subscription (shutdown).
+    func closeShared() {
+        pollTimer?.cancel()
+        pollTimer = nil
+        subscriber?.close()
+        subscriber = nil
     }
 
     deinit { blocking.shutdown() }
@@ -178,22 +201,22 @@ final class WebhookDeliverer {
         let response = takeKept(id)
         guard let route = jobs.config.configuration.routes.first(where: { $0.label == record.route && $0.callback != nil }),
               let settings = route.callback else {
-            finish(id, round: callback.round, .unsendable("callback_not_configured"))
+            finish(id, route: record.route, callback: callback, .unsendable("callback_not_configured"))
             return
         }
-        guard let url = CallbackURL.parse(callback.url) else {
-            finish(id, round: callback.round, .unsendable("bad_url"))
+        guard let (url, origin) = parsedURL(callback.url) else {
+            finish(id, route: record.route, callback: callback, .unsendable("bad_url"))
             return
         }
         // A reload may have narrowed `allow`: the configuration in force decides.
         guard url.isAllowed(byAny: settings.allow) else {
-            finish(id, round: callback.round, .unsendable("callback_not_allowed"))
+            finish(id, route: record.route, callback: callback, .unsendable("callback_not_allowed"))
             return
         }
         let attempt = WebhookAttempt(deliverer: self, record: record, callback: callback, url: url, settings: settings,
                                      response: response)
         attempts[id] = attempt
-        receiver(for: url, route: record.route, settings: settings) { [weak attempt] target in
+        receiver(for: url, origin: origin, route: record.route, settings: settings) { [weak attempt] target in
             guard let attempt else { return }
             guard let target else {
                 attempt.end(.connectFailed)
@@ -203,15 +226,33 @@ final class WebhookDeliverer {
         }
     }
 
+    /// `text` parsed, once for many deliveries to the same receiver URL.
+    private func parsedURL(_ text: String) -> (url: CallbackURL, origin: String)? {
+        if let parsed = parsedURLs[text] { return parsed }
+        guard let url = CallbackURL.parse(text) else { return nil }
+        if parsedURLs.count >= 1024 { parsedURLs.removeAll(keepingCapacity: true) }
+        let parsed = (url, "\(url.scheme)://\(url.host):\(url.port)")
+        parsedURLs[text] = parsed
+        return parsed
+    }
+
+    /// The route's signing keys (made again when a reload changed its secrets).
+    func keys(for route: String, _ settings: Callback) -> WebhookKeys {
+        if let keys = signingKeys[route], keys.secrets == settings.secrets { return keys }
+        let keys = WebhookKeys(secrets: settings.secrets)
+        signingKeys[route] = keys
+        return keys
+    }
+
     /// The receiver `url` names, as a pooled target; nil when its name does not resolve.
-    private func receiver(for url: CallbackURL, route: String, settings: Callback,
+    private func receiver(for url: CallbackURL, origin: String, route: String, settings: Callback,
                           _ done: @escaping (UpstreamTarget?) -> Void) {
-        let key = "\(route) \(url.isTLS ? "https" : "http")://\(url.host):\(url.port)"
         let now = wallClockMillis()
-        if let cached = receivers[key], cached.until > now {
+        if let cached = receivers[route]?[origin], cached.until > now {
             done(cached.target)
             return
         }
+        let key = "\(route) \(origin)"
         if resolving[key] != nil {
             resolving[key]!.append(done)
             return
@@ -255,44 +296,49 @@ final class WebhookDeliverer {
                     return
                 }
                 let target = UpstreamTarget(standalone: peer, address: address, gate: gate, tls: tlsContext)
-                bound.value.receivers[key] = (target, wallClockMillis() + 60_000)
+                bound.value.receivers[route, default: [:]][origin] = (target, wallClockMillis() + 60_000)
                 for waiter in bound.value.resolving.removeValue(forKey: key) ?? [] { waiter(target) }
             }
         }
     }
 
-    /// Writes an attempt's outcome; a retry is scheduled once it is durable.
-    func finish(_ id: JobID, round: Int, _ result: AttemptResult) {
+    /// Writes an attempt's outcome (`callback`: the delivery as the attempt
+    /// began); a retry is scheduled once it is durable.
+    func finish(_ id: JobID, route: String, callback: JobCallback, _ result: AttemptResult) {
         attempts[id] = nil
         if let shared {
-            return finishShared(id, round: round, result, store: shared)
+            return finishShared(id, round: callback.round, result, store: shared)
         }
-        let now = wallClockMillis()
+        let policy = jobs.config.configuration.routes.first { $0.label == route }?.callback?.retry ?? Callback().retry
+        let tried = callback.attempts + 1, round = callback.round
+        let decision = DeliveryRule.decide(result, attempts: tried, policy: policy, now: wallClockMillis(),
+                                           jitter: Double.random(in: 0..<1))
+        let counted: DeliveryResult
+        switch decision {
+        case .delivered: counted = .delivered
+        case .failed(let lastError):
+            counted = .failed
+            log.warning("callback failed", metadata: ["job": "\(id)", "error": "\(lastError)", "attempts": "\(tried)"])
+        case .retry: counted = .failedAttempt
+        }
+        let retrying = counted == .failedAttempt
         let bound = LoopBound(self, loop: loop)
         let log = self.log
-        let route = jobs.table.lookup(id)?.route
-        let policy = jobs.config.configuration.routes.first { $0.label == route }?.callback?.retry ?? Callback().retry
-        var counted: DeliveryResult?
         // Deferred: an outcome lost in a crash means one more delivery, which
         // at-least-once allows; a burst's outcomes then share commits.
-        jobs.table.updateCallback(of: id, deferred: true, { callback in
-            guard callback.isPending, callback.round == round else { return nil }
-            let tried = callback.attempts + 1
-            switch DeliveryRule.decide(result, attempts: tried, policy: policy, now: now, jitter: Double.random(in: 0..<1)) {
-            case .delivered:
-                counted = .delivered
-                return callback.with(status: .delivered, attempts: tried, lastError: .some(nil))
-            case .failed(let lastError):
-                counted = .failed
-                log.warning("callback failed", metadata: ["job": "\(id)", "error": "\(lastError)", "attempts": "\(tried)"])
-                return callback.with(status: .failed, attempts: tried, lastError: lastError)
-            case .retry(let lastError, let at):
-                counted = .failedAttempt
-                return callback.with(attempts: tried, lastError: lastError, nextAttemptAt: at)
+        jobs.table.updateCallback(of: id, deferred: true, { latest in
+            // One attempt at a time: unless a re-arm came meanwhile, the latest is the one attempted.
+            guard latest.isPending, latest.round == round, latest.attempts == tried - 1 else { return nil }
+            switch decision {
+            case .delivered: return latest.with(status: .delivered, attempts: tried, lastError: .some(nil))
+            case .failed(let lastError): return latest.with(status: .failed, attempts: tried, lastError: lastError)
+            case .retry(let lastError, let at): return latest.with(attempts: tried, lastError: lastError, nextAttemptAt: at)
             }
         }, done: { error in
             if let error {
                 log.error("callback outcome not stored", metadata: ["job": "\(id)", "error": "\(error)"])
+            } else if !retrying {
+                return  // delivered or given up: nothing more to schedule
             }
             bound.loop.execute {
                 let me = bound.value
@@ -306,7 +352,7 @@ final class WebhookDeliverer {
             }
         })
         // The attempt was made, whatever the store then says.
-        if let counted { count(counted, route: route) }
+        count(counted, route: route)
     }
 
     private func count(_ result: DeliveryResult, route: String?) {
@@ -334,12 +380,6 @@ final class WebhookDeliverer {
     private var claimLimit: Int {
         let total = jobs.config.configuration.routes.compactMap { $0.callback?.maxConcurrency }.reduce(0, +)
         return max(1, min(total, 1024))
-    }
-
-    /// A job ended somewhere: its delivery may be due now.
-    func wake() {
-        guard shared != nil else { return }
-        claimDue()
     }
 
     /// Claims the due deliveries this replica has room for and starts them

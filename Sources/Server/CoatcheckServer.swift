@@ -20,6 +20,10 @@ import Glibc
 public final class CoatcheckServer: Sendable {
     public enum Phase: Sendable { case initial, running, draining, stopped }
 
+    /// The proxy's loops (`threads` of them), then one more of its own for
+    /// the webhook deliveries (DESIGN "Webhook deliveries"): signing, the
+    /// receivers' handshakes and a burst of due deliveries (say, after a
+    /// restart) take no time from a loop that proxies requests and runs jobs.
     public let group: EventLoopGroup
     public let logger: Logger
     public let jobs: JobEngine
@@ -43,6 +47,8 @@ public final class CoatcheckServer: Sendable {
         var signals: LoopBound<SignalWatcher>?
         var sweeper: LoopBound<ExpirySweeper>?
         var jobLoops: [LoopBound<JobLoop>] = []
+        /// The delivery loop's proxy (its exchanges' pools; no listener) and jobs.
+        var delivery: (proxy: LoopBound<ProxyLoop>, jobs: LoopBound<JobLoop>)?
     }
 
     public init(configuration: Configuration, logger: Logger,
@@ -53,7 +59,7 @@ public final class CoatcheckServer: Sendable {
         } catch {
             throw StartupError(message: error.message)
         }
-        let group = EventLoopGroup(count: configuration.threads ?? EventLoopGroup.coreCount)
+        let group = EventLoopGroup(count: (configuration.threads ?? EventLoopGroup.coreCount) + 1)
         self.group = group
         do {
             if case .redis(let url) = configuration.store {
@@ -133,6 +139,7 @@ public final class CoatcheckServer: Sendable {
         var port = config.listen.port
         var proxies: [LoopBound<ProxyLoop>] = []
         var jobLoops: [LoopBound<JobLoop>] = []
+        var delivery: (proxy: LoopBound<ProxyLoop>, jobs: LoopBound<JobLoop>)!
         do {
             for loop in group.loops {
                 let boundPort = port
@@ -141,6 +148,10 @@ public final class CoatcheckServer: Sendable {
                     metrics.register(proxy.meterTable)
                     let jobs = JobLoop(proxy: proxy, engine: jobs)
                     return (LoopBound(proxy, loop: loop), LoopBound(jobs, loop: loop))
+                }
+                if loop === group.loops.last {
+                    delivery = (bound, jobLoop)
+                    break
                 }
                 proxies.append(bound)
                 jobLoops.append(jobLoop)
@@ -159,7 +170,7 @@ public final class CoatcheckServer: Sendable {
             jobs.loop.execute { jobs.value.dispatch(record) }
         }
         if let shared = jobs.shared {
-            let loops = jobLoops
+            let loops = jobLoops + [delivery.jobs]  // as the store's: one per loop of the group
             shared.start { i, change in
                 switch change {
                 case .ready: logger.info("redis connected", metadata: ["store": "\(config.store)", "loop": "\(i)"])
@@ -170,7 +181,7 @@ public final class CoatcheckServer: Sendable {
             }
             for jobLoop in jobLoops { jobLoop.loop.execute { jobLoop.value.startShared() } }
         }
-        let deliveries = jobLoops[0]
+        let deliveries = delivery.jobs
         deliveries.loop.execute { deliveries.value.startDeliveries() }
         let sweepLoop = group.loops[0]
         let sweeper = try? sweepLoop.submitAndWait { [self] in
@@ -203,12 +214,13 @@ public final class CoatcheckServer: Sendable {
             $0.admin = admin
             $0.sweeper = sweeper
             $0.jobLoops = jobLoops
+            $0.delivery = delivery
             $0.phase = .running
         }
         logger.info("coatcheck listening", metadata: [
             "listen": "\(config.listen.host):\(finalPort)",
             "admin": "\(adminPort.map { "\(config.adminListen!.host):\($0)" } ?? "off")",
-            "threads": "\(group.loops.count)",
+            "threads": "\(proxies.count)",
             "routes": "\(config.routes.count)",
         ])
     }
@@ -242,7 +254,7 @@ public final class CoatcheckServer: Sendable {
         budget.limit.store(configuration.limits.maxConnections, ordering: .relaxed)
         let (proxies, jobLoops) = state.withLock {
             $0.runtime = next
-            return ($0.proxies, $0.jobLoops)
+            return ($0.proxies + ($0.delivery.map { [$0.proxy] } ?? []), $0.jobLoops + ($0.delivery.map { [$0.jobs] } ?? []))
         }
         for proxy in proxies {
             proxy.loop.execute { proxy.value.apply(next) }
@@ -312,7 +324,8 @@ public final class CoatcheckServer: Sendable {
     public func waitUntilStopped() {
         stopped.wait()
         if let shared = jobs.shared {
-            for jobLoop in state.withLock({ $0.jobLoops }) { try? jobLoop.loop.submitAndWait { jobLoop.value.closeShared() } }
+            let jobLoops = state.withLock { $0.jobLoops + ($0.delivery.map { [$0.jobs] } ?? []) }
+            for jobLoop in jobLoops { try? jobLoop.loop.submitAndWait { jobLoop.value.closeShared() } }
             shared.close()
             jobs.removeOwnSpool()
         }

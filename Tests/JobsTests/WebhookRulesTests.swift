@@ -1,4 +1,6 @@
 import Config
+import Crypto
+import Foundation
 @testable import Jobs
 import Testing
 
@@ -99,6 +101,42 @@ private let now: Int64 = 1_000_000
                 i = end
             }
             #expect(signer.finalize() == whole, "pieces of \(piece)")
+        }
+    }
+
+    /// RFC 4231's HMAC-SHA256 test cases 1, 2, 4 and 6 (a key longer than a block).
+    @Test(arguments: [
+        ([UInt8](repeating: 0x0B, count: 20), Array("Hi There".utf8),
+         "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+        (Array("Jefe".utf8), Array("what do ya want for nothing?".utf8),
+         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+        (Array(1...25), [UInt8](repeating: 0xCD, count: 50),
+         "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
+        ([UInt8](repeating: 0xAA, count: 131), Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8),
+         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+    ]) func hmacMatchesRFC4231(key: [UInt8], message: [UInt8], expected: String) {
+        var mac = HMACSHA256(key: key)
+        message.withUnsafeBytes { mac.update($0) }
+        #expect(mac.finalize().map { String(format: "%02x", $0) }.joined() == expected)
+    }
+
+    /// The same codes as swift-crypto's `HMAC<SHA256>`, for keys and
+    /// messages of every length around the block size, fed in pieces.
+    @Test func hmacMatchesSwiftCrypto() {
+        var generator = SystemRandomNumberGenerator()
+        for keyLength in [0, 1, 31, 32, 63, 64, 65, 200] {
+            for messageLength in [0, 1, 55, 56, 63, 64, 65, 1000] {
+                let key = (0..<keyLength).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let message = (0..<messageLength).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                var mac = HMACSHA256(key: key)
+                message.withUnsafeBytes { whole in
+                    let half = whole.count / 2
+                    mac.update(UnsafeRawBufferPointer(rebasing: whole[..<half]))
+                    mac.update(UnsafeRawBufferPointer(rebasing: whole[half...]))
+                }
+                let reference = HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key))
+                #expect(Array(mac.finalize()) == Array(reference), "key \(keyLength), message \(messageLength)")
+            }
         }
     }
 

@@ -117,7 +117,6 @@ final class SharedJobs: ClaimRunner {
         } else if let id = JobID(rest) {
             if word.elementsEqual("end".utf8) {
                 wake(id)
-                jobs.deliverer?.wake()
             } else if word.elementsEqual("cancel".utf8) {
                 abort(id, claimLost: false)
             }
@@ -127,7 +126,6 @@ final class SharedJobs: ClaimRunner {
     private func wakeEverything() {
         for name in jobs.config.upstreams.map(\.name) { dispatcher.wake(name) }
         for id in Array(waiters.keys) { wake(id) }
-        jobs.deliverer?.wake()
     }
 
     // MARK: Long polls
