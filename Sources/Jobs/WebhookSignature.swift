@@ -19,7 +19,7 @@ struct WebhookSigner {
         prefix.reserveCapacity(id.utf8.count + 22)
         prefix.append(contentsOf: id.utf8)
         prefix.append(UInt8(ascii: "."))
-        appendDecimal(timestamp, to: &prefix)
+        prefix.append(contentsOf: String(timestamp).utf8)  // a small string: no allocation
         prefix.append(UInt8(ascii: "."))
         prefix.withUnsafeBytes { update($0) }
     }
@@ -97,16 +97,4 @@ struct HMACSHA256 {
         inner.finalize().withUnsafeBytes { outer.update(bufferPointer: $0) }
         return outer.finalize()
     }
-}
-
-/// Appends `value` in decimal ASCII.
-private func appendDecimal(_ value: Int64, to bytes: inout [UInt8]) {
-    if value < 0 { bytes.append(UInt8(ascii: "-")) }
-    var magnitude = value.magnitude
-    var digits: [UInt8] = []
-    repeat {
-        digits.append(UInt8(ascii: "0") + UInt8(magnitude % 10))
-        magnitude /= 10
-    } while magnitude > 0
-    bytes.append(contentsOf: digits.reversed())
 }
