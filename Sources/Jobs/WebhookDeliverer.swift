@@ -65,7 +65,7 @@ final class WebhookDeliverer {
     init(jobs: JobLoop) {
         self.jobs = jobs
         self.loop = jobs.loop
-        blocking = EventLoopGroup(count: 1)
+        blocking = EventLoopGroup(count: 1, name: "webhook io")
         blocking.start()
         timer = Timer(loop: loop) { [unowned self] in self.timerFired() }
         if let shared {

@@ -136,14 +136,19 @@ public final class EventLoopGroup: Sendable {
     public let loops: [EventLoop]
     private let threads = Mutex<[StartedThread]>([])
 
-    public init(count: Int) {
+    /// The threads' name: `name` and the loop's index.
+    private let name: String
+
+    public init(count: Int, name: String = "loop") {
         precondition(count >= 1)
         loops = (0..<count).map { EventLoop(index: $0) }
+        self.name = name
     }
 
-    public init(loops: [EventLoop]) {
+    public init(loops: [EventLoop], name: String = "loop") {
         precondition(!loops.isEmpty)
         self.loops = loops
+        self.name = name
     }
 
     /// Waits for the loop threads to end (after `stop()` from elsewhere).
@@ -157,7 +162,7 @@ public final class EventLoopGroup: Sendable {
         for loop in loops[first...] {
             let thread: StartedThread
             do {
-                thread = try startThread { loop.run() }
+                thread = try startThread(name: "\(name) \(loop.index)") { loop.run() }
             } catch {
                 preconditionFailure("cannot start an event loop thread: \(error)")
             }

@@ -1,3 +1,5 @@
+import CLibevent
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,11 +30,15 @@ public struct StartedThread: @unchecked Sendable {
     public var isCurrent: Bool { pthread_equal(raw, pthread_self()) != 0 }
 }
 
-/// Runs `body` on a new thread (`pthread_create`); the thread holds what
-/// `body` captures until it returns. The one way this project starts a
-/// thread: event loops, the SQLite writer and checkpointer.
-public func startThread(_ body: @escaping () -> Void) throws(ThreadStartError) -> StartedThread {
-    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+/// Runs `body` on a new thread (`pthread_create`) named `name` (as `top -H`
+/// and `ps -L` show it); the thread holds what `body` captures until it
+/// returns. The one way this project starts a thread: event loops, the
+/// SQLite writer and checkpointer.
+public func startThread(name: String, _ body: @escaping () -> Void) throws(ThreadStartError) -> StartedThread {
+    let box = Unmanaged.passRetained(ThreadBody {
+        nameCurrentThread(name)
+        body()
+    }).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { arg in
         Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().run()
@@ -43,4 +49,9 @@ public func startThread(_ body: @escaping () -> Void) throws(ThreadStartError) -
         throw ThreadStartError(code: rc)
     }
     return StartedThread(raw: thread)
+}
+
+/// Names the calling thread, as `top -H` and `ps -L` show it.
+public func nameCurrentThread(_ name: String) {
+    CLibevent_name_thread(name)
 }

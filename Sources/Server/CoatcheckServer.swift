@@ -151,6 +151,7 @@ public final class CoatcheckServer: Sendable {
                 }
                 if loop === group.loops.last {
                     delivery = (bound, jobLoop)
+                    loop.execute { nameCurrentThread("delivery") }
                     break
                 }
                 proxies.append(bound)

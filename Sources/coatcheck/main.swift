@@ -127,7 +127,7 @@ struct DemoBackendCommand: ParsableCommand {
     func run() throws {
         let address = SocketAddressSpec(parsing: listen)!
         signal(SIGPIPE, SIG_IGN)
-        let group = EventLoopGroup(count: 1)
+        let group = EventLoopGroup(count: 1, name: "backend")
         group.start()
         let loop = group.loops[0]
         let backend: LoopBound<DemoBackend>

@@ -1,3 +1,4 @@
+import Foundation
 import Dispatch
 import Loop
 import Synchronization
@@ -22,6 +23,23 @@ import Testing
         }
         #expect(done.wait(timeout: .now() + 5) == .success)
         #expect(seen.withLock { $0 } == Array(0..<100))
+    }
+
+    /// What `ps -L` shows: each loop's thread by its group's name and index,
+    /// renamed in place, cut to the 15 bytes Linux keeps.
+    @Test func loopThreadsAreNamed() throws {
+        let group = EventLoopGroup(count: 2, name: "probe")
+        group.start()
+        defer { group.shutdown() }
+        func name(on loop: EventLoop, renaming newName: String? = nil) throws -> String {
+            try loop.submitAndWait {
+                if let newName { nameCurrentThread(newName) }
+                return try String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)
+            }
+        }
+        #expect(try name(on: group.loops[0]) == "probe 0\n")
+        #expect(try name(on: group.loops[1]) == "probe 1\n")
+        #expect(try name(on: group.loops[1], renaming: "a name longer than fifteen") == "a name longer t\n")
     }
 
     @Test func deferredWakeupsHoldTheWorkUntilTheScopeEnds() throws {

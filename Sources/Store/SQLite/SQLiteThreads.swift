@@ -7,7 +7,7 @@ import Glibc
 /// Starts one of the store's threads (`Loop.startThread`), naming it in the error.
 func startThread(_ name: String, _ body: @escaping () -> Void) throws(StoreError) -> StartedThread {
     do {
-        return try Loop.startThread(body)
+        return try Loop.startThread(name: "sqlite \(name)", body)
     } catch {
         throw StoreError("sqlite: cannot start the \(name) thread: \(error)")
     }
