@@ -23,7 +23,7 @@ final class Checkpointer: @unchecked Sendable {
     init(path: String) throws(StoreError) {
         connection = try Connection(path: path, flags: SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX)
         try connection.execute("PRAGMA busy_timeout=\(SQLiteStore.busyTimeoutMillis)")
-        let t = try startThread("checkpoint") { [self] in run() }
+        let t = try startThread("checkpoint", short: "ckpt") { [self] in run() }
         thread.withLock { $0 = t }
     }
 

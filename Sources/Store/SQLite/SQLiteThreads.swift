@@ -4,10 +4,11 @@ import Loop
 import Glibc
 #endif
 
-/// Starts one of the store's threads (`Loop.startThread`), naming it in the error.
-func startThread(_ name: String, _ body: @escaping () -> Void) throws(StoreError) -> StartedThread {
+/// Starts one of the store's threads (`Loop.startThread`), naming it in the
+/// error; the thread is "sqlite" and `short` (or `name`), within Linux's 15 bytes.
+func startThread(_ name: String, short: String? = nil, _ body: @escaping () -> Void) throws(StoreError) -> StartedThread {
     do {
-        return try Loop.startThread(name: "sqlite \(name)", body)
+        return try Loop.startThread(name: "sqlite \(short ?? name)", body)
     } catch {
         throw StoreError("sqlite: cannot start the \(name) thread: \(error)")
     }
