@@ -49,6 +49,11 @@ public final class CoatcheckServer: Sendable {
         var jobLoops: [LoopBound<JobLoop>] = []
         /// The delivery loop's proxy (its exchanges' pools; no listener) and jobs.
         var delivery: (proxy: LoopBound<ProxyLoop>, jobs: LoopBound<JobLoop>)?
+
+        /// Every loop's proxy and jobs, the delivery loop's last: what a
+        /// reload or the shutdown reaches.
+        var everyProxy: [LoopBound<ProxyLoop>] { proxies + (delivery.map { [$0.proxy] } ?? []) }
+        var everyJobLoop: [LoopBound<JobLoop>] { jobLoops + (delivery.map { [$0.jobs] } ?? []) }
     }
 
     public init(configuration: Configuration, logger: Logger,
@@ -255,7 +260,7 @@ public final class CoatcheckServer: Sendable {
         budget.limit.store(configuration.limits.maxConnections, ordering: .relaxed)
         let (proxies, jobLoops) = state.withLock {
             $0.runtime = next
-            return ($0.proxies + ($0.delivery.map { [$0.proxy] } ?? []), $0.jobLoops + ($0.delivery.map { [$0.jobs] } ?? []))
+            return ($0.everyProxy, $0.everyJobLoop)
         }
         for proxy in proxies {
             proxy.loop.execute { proxy.value.apply(next) }
@@ -325,8 +330,7 @@ public final class CoatcheckServer: Sendable {
     public func waitUntilStopped() {
         stopped.wait()
         if let shared = jobs.shared {
-            let jobLoops = state.withLock { $0.jobLoops + ($0.delivery.map { [$0.jobs] } ?? []) }
-            for jobLoop in jobLoops { try? jobLoop.loop.submitAndWait { jobLoop.value.closeShared() } }
+            for jobLoop in state.withLock({ $0.everyJobLoop }) { try? jobLoop.loop.submitAndWait { jobLoop.value.closeShared() } }
             shared.close()
             jobs.removeOwnSpool()
         }
