@@ -72,6 +72,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "n": n, "path": self.path, "headers": headers, "size": len(body),
             "sha256": hashlib.sha256(body).hexdigest(), "verified": verified(headers, body), "answered": status,
         }
+        # Recorded before it is answered: once the proxy has seen the answer,
+        # the record is already in the pipe.
+        with lock:  # one whole line per record, whatever the threads do
+            sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
+            sys.stdout.flush()
         self.send_response(status)
         if retry_after:
             self.send_header("Retry-After", retry_after)
@@ -79,9 +84,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "http://127.0.0.1:1/elsewhere")
         self.send_header("Content-Length", "0")
         self.end_headers()
-        with lock:  # one whole line per record, whatever the threads do
-            sys.stdout.write(json.dumps(record, sort_keys=True) + "\n")
-            sys.stdout.flush()
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

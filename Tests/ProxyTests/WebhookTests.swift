@@ -127,6 +127,9 @@ extension JobTests {
             #expect(callback.string("status") == "failed")
             #expect(callback.string("last_error") == lastError)
             #expect(callback.int("attempts") == attempts)
+            // The records are printed before each answer, but read from the
+            // pipe by another thread: wait for the last one, then count.
+            _ = try receiver.delivery(attempts)
             #expect(receiver.count == attempts, "a 3xx is not followed; a 410 is not retried")
         }
 
