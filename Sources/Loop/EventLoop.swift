@@ -20,6 +20,8 @@ public final class EventLoop: @unchecked Sendable {
     /// The `event_base` this loop owns; valid until `deinit`.
     public let base: OpaquePointer
     public let index: Int
+    /// Timers on the precise monotonic clock (see `init`).
+    public let preciseTimers: Bool
 
     private let wakeFD: Int32
     private var wakeEvent: OpaquePointer!
@@ -27,18 +29,26 @@ public final class EventLoop: @unchecked Sendable {
     private let threadID = Atomic<UInt>(0)
     private let stopped = Atomic<Bool>(false)
 
-    public init(index: Int = 0) {
+    /// `preciseTimers`: timers on `CLOCK_MONOTONIC` (and a timerfd) instead
+    /// of libevent's default `CLOCK_MONOTONIC_COARSE`, whose resolution is
+    /// the kernel tick (4 ms at HZ=250), so a 100 ms timer fires 100-104 ms
+    /// later. The proxy's timers are timeouts, where a tick does not matter
+    /// and a timerfd update per loop turn would; the demo backend's sleeps
+    /// are the answer itself.
+    public init(index: Int = 0, preciseTimers: Bool = false) {
         let config = event_config_new()!
         // Enable/disable pairs within one loop turn cost no epoll_ctl at all.
         event_config_set_flag(config, Int32(EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST.rawValue))
         // One thread per base: libevent needs no locks of its own.
         event_config_set_flag(config, Int32(EVENT_BASE_FLAG_NOLOCK.rawValue))
+        if preciseTimers { event_config_set_flag(config, Int32(EVENT_BASE_FLAG_PRECISE_TIMER.rawValue)) }
         guard let base = event_base_new_with_config(config) else {
             fatalError("event_base_new_with_config failed")
         }
         event_config_free(config)
         self.base = base
         self.index = index
+        self.preciseTimers = preciseTimers
         self.wakeFD = eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC))
         precondition(wakeFD >= 0, "eventfd failed")
         wakeEvent = event_new(base, wakeFD, Int16(EV_READ | EV_PERSIST), { fd, _, arg in
@@ -139,9 +149,9 @@ public final class EventLoopGroup: Sendable {
     /// The threads' name: `name` and the loop's index.
     private let name: String
 
-    public init(count: Int, name: String = "loop") {
+    public init(count: Int, name: String = "loop", preciseTimers: Bool = false) {
         precondition(count >= 1)
-        loops = (0..<count).map { EventLoop(index: $0) }
+        loops = (0..<count).map { EventLoop(index: $0, preciseTimers: preciseTimers) }
         self.name = name
     }
 

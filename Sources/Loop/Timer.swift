@@ -19,11 +19,13 @@ import Glibc
 /// the rest, so the action does not run early (by more than a tick of the
 /// coarse clock deadlines are kept in, a few milliseconds), and one that
 /// fires disarmed does nothing: a busy connection costs one timer insertion
-/// per timeout period instead of two per request.
+/// per timeout period instead of two per request. On a loop with
+/// `preciseTimers`, deadlines are kept in the precise clock instead.
 public final class Timer {
     private var event: OpaquePointer?
     private var action: () -> Void
-    /// Armed to run `action` at `deadline` (coarse monotonic nanoseconds).
+    /// Armed to run `action` at `deadline` (monotonic nanoseconds, coarse
+    /// unless the loop's timers are precise).
     private var armed = false
     private var deadline: UInt64 = 0
     /// When the pending libevent event fires; 0 while none is pending.
@@ -34,6 +36,7 @@ public final class Timer {
 
     /// The loop whose base the event belongs to: it must outlive the event.
     private let loop: EventLoop
+    private let precise: Bool
 
     public convenience init(loop: EventLoop, action: @escaping () -> Void) {
         self.init(loop: loop)
@@ -44,6 +47,7 @@ public final class Timer {
     public init(loop: EventLoop) {
         self.action = {}
         self.loop = loop
+        self.precise = loop.preciseTimers
         self.event = nil
         self.event = CLibevent_evtimer_new(loop.base, { _, _, arg in
             // The action may drop the last reference to its timer (a timer
@@ -65,7 +69,7 @@ public final class Timer {
     /// (Re)arms the timer to fire once after `after`.
     public func schedule(after: Duration) {
         let delay = nanoseconds(after)
-        let now = coarseMonotonicNanos()
+        let now = self.now()
         deadline = now &+ delay
         armed = true
         // A pending event that fires no later than the deadline will do: it
@@ -84,7 +88,7 @@ public final class Timer {
     private func fired() {
         eventFires = 0
         guard armed else { return }
-        let now = coarseMonotonicNanos()
+        let now = self.now()
         if now < deadline {
             add(deadline - now)
             eventFires = deadline
@@ -93,6 +97,9 @@ public final class Timer {
         armed = false
         action()
     }
+
+    @inline(__always)
+    private func now() -> UInt64 { precise ? monotonicNanos() : coarseMonotonicNanos() }
 
     private func add(_ nanos: UInt64) {
         var tv = timeval(tv_sec: Int(nanos / 1_000_000_000), tv_usec: Int(nanos % 1_000_000_000 / 1000))

@@ -127,7 +127,8 @@ struct DemoBackendCommand: ParsableCommand {
     func run() throws {
         let address = SocketAddressSpec(parsing: listen)!
         signal(SIGPIPE, SIG_IGN)
-        let group = EventLoopGroup(count: 1, name: "backend")
+        // `/sleep?ms=100` answers after 100 ms, not a clock tick later.
+        let group = EventLoopGroup(count: 1, name: "backend", preciseTimers: true)
         group.start()
         let loop = group.loops[0]
         let backend: LoopBound<DemoBackend>

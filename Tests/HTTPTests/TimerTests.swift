@@ -97,6 +97,32 @@ import Glibc
         if let at = p.fired.first { #expect(at >= armed + 100 - 5) }
     }
 
+    /// A loop with precise timers (the demo backend's) keeps deadlines on
+    /// the precise clock: a timer never fires before its delay has passed,
+    /// which the coarse clock's tick allows, and not a tick after it.
+    @Test func preciseTimersFireOnTheDelayNotOnATick() throws {
+        let group = EventLoopGroup(count: 1, preciseTimers: true)
+        group.start()
+        defer { group.shutdown() }
+        let loop = group.loops[0]
+        final class Holder: @unchecked Sendable { var timer: Timer? }
+        let holder = Holder()
+        let fired = DispatchSemaphore(value: 0)
+        let firedAt = Mutex(ContinuousClock.now)
+        try loop.submitAndWait { holder.timer = Timer(loop: loop) { firedAt.withLock { $0 = .now }; fired.signal() } }
+        var lateness: [Double] = []
+        for _ in 0..<16 {
+            let armed = ContinuousClock.now
+            loop.execute { holder.timer?.schedule(after: .milliseconds(10)) }
+            #expect(fired.wait(timeout: .now() + 2) == .success)
+            let d = firedAt.withLock { $0 } - armed
+            lateness.append(Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15 - 10)
+        }
+        try loop.submitAndWait { holder.timer = nil }
+        #expect(lateness.allSatisfy { $0 >= 0 }, "fired early: \(lateness) ms")
+        #expect(lateness.sorted()[lateness.count / 2] < 1.5, "a tick late: \(lateness) ms")
+    }
+
     @Test func theActionMayArmItsTimerAgain() {
         let group = EventLoopGroup(count: 1)
         group.start()
