@@ -177,17 +177,15 @@ public final class RedisConnection {
             return
         }
         let box = Unmanaged.passRetained(DecodingReplyBox(decode: decode, done: done) as ReplyBox)
-        let status = command.encoded.withUnsafeBufferPointer { bytes in
-            bytes.withMemoryRebound(to: CChar.self) { chars in
-                redisAsyncFormattedCommand(context, { context, reply, privdata in
-                    let box = Unmanaged<ReplyBox>.fromOpaque(privdata!).takeRetainedValue()
-                    guard let owner = connection(of: context.map { UnsafePointer($0) }) else {
-                        RedisConnection.orphaned(box)
-                        return
-                    }
-                    owner.replied(context, reply?.assumingMemoryBound(to: redisReply.self), box: box)
-                }, box.toOpaque(), chars.baseAddress, chars.count)
-            }
+        let status = command.withEncoded { chars, length in
+            redisAsyncFormattedCommand(context, { context, reply, privdata in
+                let box = Unmanaged<ReplyBox>.fromOpaque(privdata!).takeRetainedValue()
+                guard let owner = connection(of: context.map { UnsafePointer($0) }) else {
+                    RedisConnection.orphaned(box)
+                    return
+                }
+                owner.replied(context, reply?.assumingMemoryBound(to: redisReply.self), box: box)
+            }, box.toOpaque(), chars, length)
         }
         guard status == REDIS_OK else {
             // hiredis refuses while it tears the context down.

@@ -110,14 +110,11 @@ public final class RedisSubscriber {
         commands.append(subscribe)
         let me = Unmanaged.passUnretained(self).toOpaque()
         for command in commands {
-            let bytes = command.encoded
-            _ = bytes.withUnsafeBufferPointer { b in
-                b.withMemoryRebound(to: CChar.self) { chars in
-                    redisAsyncFormattedCommand(context, { context, reply, _ in
-                        guard let me = subscriber(of: context.map { UnsafePointer($0) }) else { return }
-                        me.received(context!, reply?.assumingMemoryBound(to: redisReply.self))
-                    }, me, chars.baseAddress, chars.count)
-                }
+            _ = command.withEncoded { chars, length in
+                redisAsyncFormattedCommand(context, { context, reply, _ in
+                    guard let me = subscriber(of: context.map { UnsafePointer($0) }) else { return }
+                    me.received(context!, reply?.assumingMemoryBound(to: redisReply.self))
+                }, me, chars, length)
             }
         }
     }

@@ -99,14 +99,23 @@ public struct RedisCommand: Sendable {
         return String(decoding: rest.prefix { $0 != 0x0D }, as: UTF8.self)
     }
 
-    /// `*COUNT\r\n` and the arguments.
-    var encoded: [UInt8] {
+    /// `*COUNT\r\n` and the arguments, then a NUL that is not counted in
+    /// the length `body` gets. hiredis needs it: `redisAsyncFormattedCommand`
+    /// finds a command's arguments with `strchr`, and for SUBSCRIBE it walks
+    /// past the last one looking for another `$`. Without a terminator that
+    /// read runs off the buffer (seen as `nextArgument: Assertion 'p'
+    /// failed` when a replica resubscribed after a Redis restart).
+    func withEncoded<R>(_ body: (UnsafePointer<CChar>, Int) -> R) -> R {
         var out: [UInt8] = [UInt8(ascii: "*")]
-        out.reserveCapacity(arguments.count + 8)
+        out.reserveCapacity(arguments.count + 9)
         out.append(contentsOf: String(count).utf8)
         out.append(0x0D)
         out.append(0x0A)
         out.append(contentsOf: arguments)
-        return out
+        let length = out.count
+        out.append(0)
+        return out.withUnsafeBufferPointer { bytes in
+            bytes.withMemoryRebound(to: CChar.self) { body($0.baseAddress!, length) }
+        }
     }
 }
