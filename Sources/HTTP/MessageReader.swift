@@ -52,7 +52,9 @@ public final class MessageReader {
     private var fieldCount = 0
 
     // Request line.
-    public private(set) var method: UInt8 = 0
+    /// http_parser's method number, or `unknownMethod` for a head rejected
+    /// before its method was known to be one.
+    public private(set) var method: UInt8 = MessageReader.unknownMethod
     public private(set) var targetStart = 0
     public private(set) var targetEnd = 0
     /// Where the origin-form path starts inside the target (absolute-form is reduced).
@@ -131,7 +133,7 @@ public final class MessageReader {
         status = 0
         // Nothing of the previous message may leak into this one (an error
         // answer to it, or its log line, reads these).
-        method = UInt8(HTTP_GET.rawValue)
+        method = Self.unknownMethod
         targetStart = 0
         targetEnd = 0
         pathStart = 0
@@ -158,15 +160,44 @@ public final class MessageReader {
         guard let end = findHeadEnd(n) else {
             scannedTo = max(0, n - 2)
             if available >= capacity {
-                if kind == .request && !hasLineFeed(n) { throw .targetTooLong }
+                if kind == .request {
+                    method = methodOfRequestLine(n)
+                    if !hasLineFeed(n) { throw .targetTooLong }
+                }
                 throw kind == .request ? .headersTooLarge : .badResponse
             }
             return .incomplete
         }
         headLength = end
-        try parseHead()
+        do {
+            try parseHead()
+        } catch {
+            // Metrics and the access log name a rejected request's method
+            // when its line starts with one (`validate` has already set it
+            // if the parser got that far).
+            if kind == .request && method == Self.unknownMethod { method = methodOfRequestLine(end) }
+            throw error
+        }
         evbuffer_drain(input, end)
         return .complete
+    }
+
+    /// A method that no request gets from the parser: the head was rejected
+    /// before it named a method this proxy knows (`FOO`, `get`, garbage).
+    /// Metrics label it `other`.
+    public static let unknownMethod: UInt8 = 255
+
+    /// The method the first `n` head bytes start with (a known name, then
+    /// SP), else `unknownMethod`. Only for heads already rejected.
+    private func methodOfRequestLine(_ n: Int) -> UInt8 {
+        var start = 0
+        while start < n && start < 4 && (bytes[start] == 0x0D || bytes[start] == 0x0A) { start += 1 }
+        var end = start
+        while end < n && end - start < 32 && isTchar(bytes[end]) { end += 1 }
+        guard end > start, end < n, bytes[end] == 0x20 else { return Self.unknownMethod }
+        let token = UnsafeBufferPointer(start: bytes + start, count: end - start)
+        for (i, name) in Self.methodNames.enumerated() where name.utf8.elementsEqual(token) { return UInt8(i) }
+        return Self.unknownMethod
     }
 
     private func hasLineFeed(_ n: Int) -> Bool {

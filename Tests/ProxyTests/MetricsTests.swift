@@ -57,6 +57,13 @@ import Testing
         let r = try request(proxy.port, "GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
         #expect(r.status == 400)
         #expect(try scrape(proxy)[#"coatcheck_http_requests_total{route="(none)",method="GET",code="400"}"#] == 1)
+        // A method the proxy does not know is `other`, not the last one seen.
+        #expect(try request(proxy.port, "FOO / HTTP/1.1\r\nHost: a\r\n\r\n").status == 501)
+        #expect(try request(proxy.port, "get / HTTP/1.1\r\nHost: a\r\n\r\n").status == 501, "methods are case-sensitive")
+        let after = try scrape(proxy)
+        #expect(after[#"coatcheck_http_requests_total{route="(none)",method="other",code="501"}"#] == 2)
+        #expect(after[#"coatcheck_http_requests_total{route="(none)",method="GET",code="400"}"#] == 1)
+        #expect(after[#"coatcheck_http_requests_total{route="(none)",method="GET",code="501"}"#] == nil)
     }
 
     @Test func upstreamFaultsAreCountedByError() throws {
