@@ -8,15 +8,20 @@ package enum JobPreference: Equatable {
     /// Seconds, already capped by `jobs.max_wait`.
     case wait(Int)
 
-    /// RFC 7240 `Prefer`: respond-async, or wait=N seconds.
+    /// RFC 7240 `Prefer`: respond-async, or wait=N seconds. Both together
+    /// (RFC 7240 §4.1's own example, `respond-async, wait=10`, and OData's
+    /// reading) are a bounded wait: the response if it comes within N
+    /// seconds, else 202, so fast requests skip the poll. The first `wait`
+    /// counts.
     package init(of r: MessageReader, maxWait: Duration) {
         var result = JobPreference.absent
         for f in r.fields where headerName(r.name(f), equals: "prefer") {
             forEachPreference(r.value(f)) { token in
                 if headerName(token, equals: "respond-async") {
-                    result = .respondAsync
+                    if result == .absent { result = .respondAsync }
                 } else if token.count > 5, headerName(UnsafeBufferPointer(rebasing: token[0..<5]), equals: "wait="),
-                          let n = parseSeconds(UnsafeBufferPointer(rebasing: token[5...])), result == .absent {
+                          let n = parseSeconds(UnsafeBufferPointer(rebasing: token[5...])),
+                          result == .absent || result == .respondAsync {
                     let cap = Int(maxWait.components.seconds)
                     result = .wait(min(n, cap))
                 }

@@ -265,6 +265,24 @@ extension JobTests {
             #expect(proxy.server.jobs.table.count == 0)
         }
 
+        /// RFC 7240's own example: respond-async with a wait bounds the wait,
+        /// so a fast response is relayed and a slow one becomes a 202.
+        @Test(arguments: ["respond-async, wait=1", "wait=1, respond-async"])
+        func respondAsyncWithAWaitIsTheWait(prefer: String) throws {
+            let backend = try InProcessBackend()
+            let proxy = try jobProxy(upstreamPort: backend.port, mode: .auto, asyncAfter: .milliseconds(100))
+            let fast = try sendRequest(proxy.port, method: "GET", path: "/sleep?ms=300", headers: ["Prefer: \(prefer)"])
+            #expect(fast.status == 200, "\(fast.status) \(fast.text)")
+            #expect(fast.text == "{\"slept_ms\":300}")
+            #expect(fast.header("preference-applied") == "wait=1")
+            let start = ContinuousClock.now
+            let slow = try createJob(proxy.port, method: "GET", path: "/sleep?ms=3000", headers: ["Prefer: \(prefer)"])
+            let elapsed = secondsSince(start)
+            #expect(elapsed >= 0.95 && elapsed < 1.6, "202 after \(elapsed)s")
+            #expect(slow.response.header("preference-applied") == "wait=1")
+            #expect(backend.stats.requests == 2)
+        }
+
         @Test func preferIsIgnoredOnASyncRoute() throws {
             let backend = try InProcessBackend()
             let proxy = try jobProxy(upstreamPort: backend.port, mode: .sync)
