@@ -549,11 +549,11 @@ components:
 
   headers:
     Location:
-      description: '`{jobs.path}/{id}`: the job''s status URL, relative to the proxy (not prefixed with `public_url`).'
+      description: 'The job''s status URL: `{jobs.path}/{id}`, relative to the proxy; with `public_url` configured, the same absolute URL as `status_url` (`public_url` may carry a path, as behind a gateway that mounts the proxy under one).'
       required: true
       schema:
         type: string
-        pattern: '^/.*/[A-Za-z0-9_-]{22}$'
+        pattern: '^(https?://[^/]+(/.*)?)?/.*/[A-Za-z0-9_-]{22}$'
     RetryAfter:
       description: |
         The suggested first poll, in seconds: the time left to the job's

@@ -48,7 +48,10 @@ extension JobLoop {
         JobJSON.writeAccepted(record, context, into: w)
         logJob(record.id, on: client)
         client.respond(status: 202, contentType: "application/json", body: w.bytes) { h in
+            // With `public_url` (which may carry a path of its own) the same
+            // absolute URL as `status_url`; else relative, as from the Host.
             h.append("Location: ")
+            if let base = config.publicBase { h.append(base) }
             h.append(config.jobsPath)
             h.append(byte: UInt8(ascii: "/"))
             h.append(jobID: record.id)

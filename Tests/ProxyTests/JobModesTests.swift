@@ -54,8 +54,20 @@ extension JobTests {
             let job = try createJob(proxy.port, host: "internal.local:9", body: "x")
             #expect(job.json.string("status_url") == "https://api.example.com/jobs/\(job.id)")
             #expect(job.json.string("result_url") == "https://api.example.com/jobs/\(job.id)/result")
+            #expect(job.response.header("location") == "https://api.example.com/jobs/\(job.id)")
             let (_, status) = try jobStatus(proxy.port, job.id)
             #expect(status.string("result_url") == "https://api.example.com/jobs/\(job.id)/result")
+        }
+
+        /// A gateway that mounts the proxy under a path: the 202's Location
+        /// points where status_url does, not at the bare host's /jobs.
+        @Test func aPublicURLWithAPathIsTheLocationsBaseToo() throws {
+            let upstream = try FakeUpstream(gated: true)
+            let proxy = try jobProxy(upstreamPort: upstream.port) { $0.publicURL = "https://api.example.com/base" }
+            defer { upstream.releaseAll() }
+            let job = try createJob(proxy.port, body: "x")
+            #expect(job.json.string("status_url") == "https://api.example.com/base/jobs/\(job.id)")
+            #expect(job.response.header("location") == job.json.string("status_url"))
         }
 
         @Test func jobsPathIsConfigurable() throws {
