@@ -344,14 +344,3 @@ extension JobErrorCode {
         }
     }
 }
-
-extension RouteMode {
-    /// The mode's place in `MeterLabels.modes`.
-    var meterIndex: Int {
-        switch self {
-        case .sync: return 0
-        case .async: return 1
-        case .auto: return 2
-        }
-    }
-}

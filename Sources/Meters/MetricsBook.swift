@@ -15,6 +15,8 @@ public final class MetricsBook: Sendable {
     private let tables = Mutex<[MeterTable]>([])
     private let gaugeReaders = Mutex<[GaugeReader]>([])
     private let scrape = Mutex(ScrapeState())
+    /// Counter series shown at 0 before their first count (`declare`).
+    private let declared = Mutex<Set<MeterKey>>([])
     /// http_parser's method names, by number (`MeterFamily.httpRequests`' `a`).
     private let methodNames: [String]
 
@@ -35,11 +37,21 @@ public final class MetricsBook: Sendable {
         gaugeReaders.withLock { $0.append(GaugeReader(read: read)) }
     }
 
+    /// Counter series that exist from now on, at 0 until counted: the
+    /// label sets a configuration makes known (its job routes, their
+    /// upstreams and callbacks), so `rate()` and `absent()` see a series
+    /// before its first event, as Prometheus's guidance asks. A series,
+    /// once shown, stays, as counted ones do.
+    public func declare(_ keys: some Sequence<MeterKey>) {
+        declared.withLock { $0.formUnion(keys) }
+    }
+
     /// The text format 0.0.4 page.
     public func render() -> [UInt8] {
         let tables = self.tables.withLock { $0 }
         let readers = gaugeReaders.withLock { $0 }
         var totals: [MeterKey: UInt64] = [:]
+        for key in declared.withLock({ $0 }) { totals[key] = 0 }
         for t in tables { t.forEach { k, v in totals[k, default: 0] &+= v } }
         var sink = GaugeSink()
         for r in readers { r.read(&sink) }

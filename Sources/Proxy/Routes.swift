@@ -32,6 +32,17 @@ public final class CompiledRoute: Sendable {
     }
 }
 
+extension RouteMode {
+    /// The mode's place in `MeterLabels.modes`.
+    public var meterIndex: Int {
+        switch self {
+        case .sync: return 0
+        case .async: return 1
+        case .auto: return 2
+        }
+    }
+}
+
 /// Routing (SPEC §2): the first route whose prefix, methods and host match.
 extension RuntimeConfig {
     /// The first route matching the request, or nil (SPEC §2: in order).

@@ -81,9 +81,36 @@ public final class CoatcheckServer: Sendable {
         self.state = Mutex(State(runtime: runtime))
         self.reloadSource = reloadSource
         self.metrics = MetricsBook(version: Self.version, methodNames: MessageReader.methodNames)
+        metrics.declare(Self.declaredCounters(runtime))
         metrics.register(jobs.table.meters)
         if let storeMeters = jobs.store.meters { metrics.register(storeMeters) }
         for table in jobs.shared?.meters ?? [] { metrics.register(table) }
+    }
+
+    /// The job and webhook counters a configuration can move, for
+    /// `MetricsBook.declare`: created per job route and its mode; finished
+    /// (per end status) and retries per upstream of a job route; deliveries
+    /// per result on each route with callbacks.
+    static func declaredCounters(_ runtime: RuntimeConfig) -> [MeterKey] {
+        var keys: [MeterKey] = []
+        var upstreams = Set<String>()
+        for (route, spec) in zip(runtime.routes, runtime.configuration.routes) where route.mode != .sync {
+            keys.append(MeterKey(.jobsCreated, slot: route.meterSlot, route.mode.meterIndex))
+            upstreams.insert(route.upstream.name)
+            if spec.callback != nil {
+                for result in DeliveryResult.allCases {
+                    keys.append(MeterKey(.webhookDeliveries, slot: route.meterSlot, result.rawValue))
+                }
+            }
+        }
+        for name in upstreams {
+            let slot = MeterLabels.slot(upstream: name)
+            for status in [JobStatus.completed, .failed, .canceled] {
+                keys.append(MeterKey(.jobsFinished, slot: slot, status.ordinal))
+            }
+            keys.append(MeterKey(.jobRetries, slot: slot))
+        }
+        return keys
     }
 
     /// The gauges of SPEC §7, read when `/metrics` is scraped.
@@ -257,6 +284,7 @@ public final class CoatcheckServer: Sendable {
             logger.warning("listen and threads changes take effect on restart only")
         }
         next.activate()
+        metrics.declare(Self.declaredCounters(next))
         budget.limit.store(configuration.limits.maxConnections, ordering: .relaxed)
         let (proxies, jobLoops) = state.withLock {
             $0.runtime = next

@@ -76,6 +76,46 @@ import Testing
         #expect(m[#"coatcheck_http_requests_total{route="/",method="GET",code="502"}"#] == 2)
     }
 
+    /// Before anything happened: the counters a configuration can move are
+    /// there at 0, so `rate()` and `absent()` see them; a sync route's
+    /// upstream gets no job series.
+    @Test func jobAndWebhookCountersExistAtZeroBeforeTheirFirstEvent() throws {
+        let proxy = try metricsProxy(upstreamPort: try closedPort(), mode: .async) { c in
+            var cb = Callback()
+            cb.allow = [CallbackURL.parse("http://127.0.0.1:9/")!]
+            cb.secrets = ["s"]
+            c.routes[0].callback = cb
+            c.routes[0].name = "orders"
+            var plain = c.routes[0]
+            plain.name = "plain"
+            plain.mode = .sync
+            plain.callback = nil
+            plain.upstream = "other"
+            plain.pathPrefix = "/plain"
+            var other = c.upstreams[0]
+            other.name = "other"
+            c.upstreams.append(other)
+            c.routes.insert(plain, at: 0)
+        }
+        let m = try scrape(proxy)
+        #expect(m[#"coatcheck_jobs_created_total{route="orders",mode="async"}"#] == 0)
+        for status in ["completed", "failed", "canceled"] {
+            #expect(m[#"coatcheck_jobs_finished_total{upstream="app",status="\#(status)"}"#] == 0, "\(status)")
+        }
+        #expect(m[#"coatcheck_job_retries_total{upstream="app"}"#] == 0)
+        for result in ["delivered", "failed_attempt", "failed"] {
+            #expect(m[#"coatcheck_webhook_deliveries_total{route="orders",result="\#(result)"}"#] == 0, "\(result)")
+        }
+        #expect(!m.keys.contains { $0.contains(#"upstream="other""#) && $0.hasPrefix("coatcheck_job") })
+        #expect(!m.keys.contains { $0.contains(#"route="plain""#) && $0.hasPrefix("coatcheck_jobs_created") })
+        // Counted from 0: one job that fails (the upstream is closed) is 1.
+        _ = try createJob(proxy.port, body: "x")
+        #expect(waitUntil(timeout: 5) {
+            (try? scrape(proxy))?[#"coatcheck_jobs_finished_total{upstream="app",status="failed"}"#] == 1
+        })
+        #expect(try scrape(proxy)[#"coatcheck_jobs_created_total{route="orders",mode="async"}"#] == 1)
+    }
+
     @Test func jobsAreCountedFromCreationToTheirEndWithTheirGauges() throws {
         let upstream = try FakeUpstream(gated: true)
         let proxy = try metricsProxy(upstreamPort: upstream.port, mode: .async) { c in
