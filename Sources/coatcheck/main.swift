@@ -70,6 +70,7 @@ struct Serve: ParsableCommand {
         let level = Logger.Level(rawValue: configuration.logLevel.rawValue) ?? .info
         LoggingSystem.bootstrap { JSONLineLogHandler(label: $0, level: level) }
         let logger = Logger(label: "coatcheck")
+        warnIfUpstreamOverrideReplacesRoutes(flag: overrides.upstream, file: file, environment: environment, logger: logger)
 
         let reloadSource: (@Sendable () throws -> Configuration)?
         if file != nil || environment["COATCHECK_CONFIG"] != nil {
@@ -87,6 +88,21 @@ struct Serve: ParsableCommand {
             throw ExitCode(1)
         }
     }
+}
+
+/// `--upstream` (or `COATCHECK_UPSTREAM`) with a file that has routes of its
+/// own: the precedence of SPEC §1 replaces them, callbacks and all, with the
+/// one catch-all route. That is the sidecar case when the file has none;
+/// when it has some, say so once, at start.
+private func warnIfUpstreamOverrideReplacesRoutes(flag: String?, file: String?, environment: [String: String],
+                                                  logger: Logger) {
+    let nonEmpty = { (name: String) in environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+    let source = flag != nil ? "--upstream" : (nonEmpty("COATCHECK_UPSTREAM") != nil ? "COATCHECK_UPSTREAM" : nil)
+    guard let source, let path = file ?? nonEmpty("COATCHECK_CONFIG"),
+          let fromFile = try? ConfigLoader.load(path: path), !fromFile.routes.isEmpty else { return }
+    logger.warning("\(source) replaces the file's routes and upstreams with one catch-all auto route", metadata: [
+        "file": "\(path)", "routes": "\(fromFile.routes.count)", "upstreams": "\(fromFile.upstreams.count)",
+    ])
 }
 
 struct CheckConfig: ParsableCommand {
@@ -112,7 +128,7 @@ struct CheckConfig: ParsableCommand {
 struct DemoBackendCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo-backend",
-        abstract: "A small slow synchronous backend: /sleep?ms=N /status/CODE /echo /bytes/N /stats."
+        abstract: "A small slow synchronous backend: /sleep?ms=N /status/CODE /echo /bytes/N /stats /webhook (prints each delivery)."
     )
 
     @Option(name: .long, help: "Listen address HOST:PORT (port 0 picks a free port).")

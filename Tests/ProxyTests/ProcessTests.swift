@@ -28,6 +28,22 @@ import Testing
         _ = backend
     }
 
+    /// `--upstream` with a file: the sidecar case when the file has no
+    /// routes; when it has some, they are replaced, and the log says so.
+    @Test(arguments: [true, false])
+    func anUpstreamFlagSaysWhenItReplacesTheFilesRoutes(fileHasRoutes: Bool) throws {
+        let yaml = fileHasRoutes
+            ? "upstreams:\n  app: { url: \"http://127.0.0.1:9\" }\nroutes:\n  - { match: { path_prefix: \"/\" }, upstream: app, mode: async }\n"
+            : "jobs: { max_wait: 5s }\n"
+        let path = try writeTempFile(yaml)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (serve, _, _) = try serveProcess(["--config", path, "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0",
+                                              "--store", "memory:"])
+        // Events go to stderr in order: a warning at start precedes this line.
+        let warned = serve.output.contains { $0.contains("--upstream replaces the file's routes and upstreams") }
+        #expect(warned == fileHasRoutes, "output: \(serve.output)")
+    }
+
     /// SPEC §7: one JSON line per request on stdout, with the fields operators grep for.
     @Test func accessLogWritesOneJSONLinePerRequest() throws {
         let (backend, backendPort) = try demoBackendProcess()
