@@ -234,6 +234,12 @@ struct Walker {
                 }
             }
             guard let upstreamNode else { throw error(item, "\(path): missing key 'upstream'") }
+            // Metrics and logs tell routes apart by label (SPEC §2: the name,
+            // else path_prefix): two with one label would count as one.
+            if let other = result.first(where: { $0.route.label == route.label }) {
+                throw error(item, "\(path): labelled '\(route.label)' like \(other.path) (a route without a name is "
+                    + "labelled by its path_prefix): give one of them a name")
+            }
             if let callbackKey, route.mode == .sync {
                 throw error(callbackKey, "\(path).callback: callbacks need a job: the route's mode must be async or auto")
             }

@@ -201,6 +201,35 @@ func minimal(_ extra: String = "") -> String {
         #expect(c.routes.map(\.label) == ["reports", "/other", "/"])
     }
 
+    /// A label is the name, else path_prefix: two routes on one prefix
+    /// without names, or a name that is another route's prefix, would count
+    /// as one route in metrics.
+    @Test(arguments: [
+        ("  - match: { path_prefix: \"/x\", methods: [POST] }\n    upstream: app\n    mode: async",
+         "coatcheck.yaml:6:5: routes[1]: labelled '/x' like routes[0]"),
+        ("  - name: \"/x\"\n    match: { path_prefix: \"/y\" }\n    upstream: app",
+         "coatcheck.yaml:6:5: routes[1]: labelled '/x' like routes[0]"),
+    ])
+    func routesMayNotShareALabel(second: String, error: String) throws {
+        let yaml = """
+            upstreams:
+              app: { url: "http://a" }
+            routes:
+              - match: { path_prefix: "/x", methods: [GET] }
+                upstream: app
+            \(second)
+            """
+        let message = parseError(yaml)?.description ?? ""
+        #expect(message.hasPrefix(error), "\(message)")
+        #expect(message.hasSuffix("give one of them a name"))
+        // Named apart, the same routes are fine.
+        #expect(throws: Never.self) {
+            try ConfigLoader.parse(yaml: yaml.replacingOccurrences(of: "  - match: { path_prefix: \"/x\", methods: [GET] }",
+                                                                   with: "  - name: reads\n    match: { path_prefix: \"/x\", methods: [GET] }"),
+                                   file: "f")
+        }
+    }
+
     @Test func badDurationPointsAtTheValue() {
         let e = parseError(minimal("limits:\n  body_timeout: 10 seconds"))
         #expect(e?.line == 2)
