@@ -493,7 +493,8 @@ components:
         `jobs.max_wait`) for the upstream's response; a response whole in
         time is relayed directly (on an `async` route: the job's result,
         replayed), else 202. Both together (`respond-async, wait=10`, as
-        in RFC 7240) are `wait=N`: 202 once N seconds have passed. Several preferences may be listed, comma-separated;
+        in RFC 7240) are `wait=N`: 202 once N seconds have passed.
+        Several preferences may be listed, comma-separated;
         parameters after `;` and unknown preferences are ignored. An
         applied preference is echoed in `Preference-Applied`.
       schema:
