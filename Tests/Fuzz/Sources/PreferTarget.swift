@@ -4,8 +4,10 @@ import Jobs
 /// `Prefer` as a job route reads it (`JobPreference`). Each line of the
 /// input is the value of one `Prefer` field of a request; a head the reader
 /// refuses is skipped. The answer must be the one written down here again
-/// from the rule: `respond-async` anywhere wins, else the first `wait=N`
-/// whose N is 1 to 9 digits (a fraction ignored), capped by `jobs.max_wait`.
+/// from the rule: the first `wait=N` whose N is 1 to 9 digits (a fraction
+/// ignored), capped by `jobs.max_wait`, wins, also beside `respond-async`
+/// (RFC 7240's `respond-async, wait=10` is a bounded wait); else
+/// `respond-async` anywhere.
 enum PreferTarget {
     static let maxWait = Duration.seconds(60)
 
@@ -44,8 +46,8 @@ enum PreferTarget {
                 }
             }
         }
-        if respondAsync { return .respondAsync }
         if let wait { return .wait(min(wait, Int(maxWait.components.seconds))) }
+        if respondAsync { return .respondAsync }
         return .absent
     }
 }
