@@ -190,12 +190,7 @@ public final class MessageReader {
     /// The method the first `n` head bytes start with (a known name, then
     /// SP), else `unknownMethod`. Only for heads already rejected.
     private func methodOfRequestLine(_ n: Int) -> UInt8 {
-        var start = 0
-        while start < n && start < 4 && (bytes[start] == 0x0D || bytes[start] == 0x0A) { start += 1 }
-        var end = start
-        while end < n && end - start < 32 && isTchar(bytes[end]) { end += 1 }
-        guard end > start, end < n, bytes[end] == 0x20 else { return Self.unknownMethod }
-        let token = UnsafeBufferPointer(start: bytes + start, count: end - start)
+        guard let token = leadingToken(n) else { return Self.unknownMethod }
         for (i, name) in Self.methodNames.enumerated() where name.utf8.elementsEqual(token) { return UInt8(i) }
         return Self.unknownMethod
     }
@@ -276,7 +271,7 @@ public final class MessageReader {
     private func mapParserError(_ errno: http_errno) -> HTTPError {
         guard kind == .request else { return .badResponse }
         switch errno {
-        case HPE_INVALID_METHOD where startsWithToken():
+        case HPE_INVALID_METHOD where leadingToken(headLength) != nil:
             // A method, well formed, that http_parser does not know (RFC 9110 §9.1).
             return .methodNotImplemented
         case HPE_INVALID_TRANSFER_ENCODING:
@@ -296,14 +291,15 @@ public final class MessageReader {
         }
     }
 
-    /// The request line starts (after the empty lines §2.2 lets a server
-    /// skip) with a token followed by SP.
-    private func startsWithToken() -> Bool {
+    /// The token the first `n` head bytes start with (after the empty lines
+    /// §2.2 lets a server skip), when SP follows it: a request line's method.
+    private func leadingToken(_ n: Int) -> UnsafeBufferPointer<UInt8>? {
         var i = 0
-        while i < headLength && (bytes[i] == 0x0D || bytes[i] == 0x0A) { i += 1 }
+        while i < n && (bytes[i] == 0x0D || bytes[i] == 0x0A) { i += 1 }
         let start = i
-        while i < headLength && isTchar(bytes[i]) { i += 1 }
-        return i > start && i < headLength && bytes[i] == 0x20
+        while i < n && isTchar(bytes[i]) { i += 1 }
+        guard i > start && i < n && bytes[i] == 0x20 else { return nil }
+        return UnsafeBufferPointer(start: bytes + start, count: i - start)
     }
 
     /// The RFC 9112 rules http_parser does not enforce (DESIGN.md lists them).
